@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from embedkit import heads  # noqa: E402
 from embedkit.cache import Split  # noqa: E402
+from embedkit.heads.monitor import Monitor  # noqa: E402
 from embedkit.heads.trainer import draw_indices, fit_grid, lr_wd_grid, sampler_cdf  # noqa: E402
 from embedkit.metrics import evaluate_split  # noqa: E402
 from embedkit.synthetic import WATERBIRDS_SIZES, planted_arrays  # noqa: E402
@@ -84,14 +85,14 @@ def main(argv=None):
           f"threads {args.threads}, steps {args.steps}")
     grid = lr_wd_grid()
     fit_grid(train.Z, train.y, grid, steps=20, eval_every=20)                       # warm-up
-    _, w_vec, c_vec = timed(lambda: fit_grid(train.Z, train.y, grid, val=val, test=test, rule="val_wga",
+    _, w_vec, c_vec = timed(lambda: fit_grid(train.Z, train.y, grid, val=val, monitor=Monitor({"test": test}), rule="val_wga",
                                              steps=args.steps, eval_every=100, threads=args.threads))
     _, w_ref, c_ref = timed(lambda: reference_loop(train, val, test, grid, args.steps, 100, 128, 0))
     print(f"lr x wd grid (9 configs): vectorised {w_vec:.2f}s wall {c_vec:.2f}s cpu | per-config loop "
           f"{w_ref:.2f}s wall {c_ref:.2f}s cpu | ratio (cpu) {c_vec / c_ref:.2f}")
     total = 0.0
     for name in args.methods.split(","):
-        head, w, c = timed(lambda: heads.create(name, seed=0, threads=args.threads).fit(train, val, test))
+        head, w, c = timed(lambda: heads.create(name, seed=0, threads=args.threads).fit(train, val, Monitor({"test": test})))
         total += c
         s = head.selected_
         print(f"{name:10s} fit {w:6.2f}s wall {c:6.2f}s cpu  configs {head.info_['grid_size']:4d}  "

@@ -600,6 +600,7 @@ def head_study(cache_path, lrs, out_dir, *, backbone: str | None = None, model: 
     from embedkit import selection
     from embedkit.cache import Cache
     from embedkit.heads.base import spawn_seeds
+    from embedkit.heads.monitor import Monitor
     from embedkit.heads.trainer import fit_grid
 
     lrs = parse_lrs(lrs)
@@ -614,7 +615,9 @@ def head_study(cache_path, lrs, out_dir, *, backbone: str | None = None, model: 
     for seed in seeds:
         s = spawn_seeds(seed)
         log(f"[lr-study] heads ({model}) seed {seed}: {len(lrs)} learning rates x {steps} steps on {train.backbone}")
-        res = fit_grid(train.Z, train.y, grid, val=val, test=test, rule=rule, steps=steps, eval_every=eval_every,
+        # The study's table reports test at each config's own val-selected step: the runner-style
+        # monitor records test per evaluation (selection reads val only).
+        res = fit_grid(train.Z, train.y, grid, val=val, monitor=Monitor({"test": test}), rule=rule, steps=steps, eval_every=eval_every,
                        batch_size=batch_size, model=model, hidden=hidden, standardize=standardize,
                        momentum=momentum, init_seed=s["init"], sampler_seed=s["sampler"], device="cpu", threads=1)
         for k, cfg in enumerate(res.configs):

@@ -11,9 +11,10 @@ One run = one method, one parameter set, one seed and one label budget, in its o
 
 `fit_record` loads the cache, applies the label budget to val (the same rows for every method
 at a given seed), decides the label regime from the visible labels, refuses a method whose needs
-the cache cannot meet (`UnmetNeeds`), fits, evaluates val and test **after** the fit (a head sees
-test only to add test metrics to its per-step history), runs the leak guard on the head's row
-sets and writes the record. `sweep` does that for many methods and seeds and writes the results
+the cache cannot meet (`UnmetNeeds`), fits on train and val, evaluates val and test **after** the
+fit, runs the leak guard on the head's row sets and writes the record. Test never enters a head:
+the per-step test metrics of the history come from a `Monitor` the runner builds with the test
+split and passes to `fit`; the head hands it a way to score its candidates. `sweep` does that for many methods and seeds and writes the results
 table; unmet needs, missing head modules and refusals become table rows with their reason.
 """
 from __future__ import annotations
@@ -143,7 +144,10 @@ def fit_record(cache_path, method: str, params: dict | None, seed: int, out_dir,
     return the record. `splits` = (cache, train, val, test) from `load_splits` to reuse loaded
     arrays across runs."""
     from embedkit import heads
+    from embedkit.heads.monitor import Monitor
     params = dict(params or {})
+    # Parameters are checked (by the head's PARAMS, in its constructor) before anything is loaded.
+    heads.create(method, seed=seed, **params)
     cache, train, val, test = splits or load_splits(cache_path, backbone)
     if val_reserved:
         val, reserved = reserve_val(val, val_reserved, seed)
@@ -157,7 +161,7 @@ def fit_record(cache_path, method: str, params: dict | None, seed: int, out_dir,
         raise UnmetNeeds(why)
 
     t0 = time.perf_counter()
-    head.fit(train, seen, test if test_history else None)
+    head.fit(train, seen, Monitor({"test": test}) if test_history else Monitor())
     fit_seconds = time.perf_counter() - t0
 
     split_metrics = {"val": _evaluate(head, seen), "test": _evaluate(head, test)}
@@ -171,6 +175,8 @@ def fit_record(cache_path, method: str, params: dict | None, seed: int, out_dir,
     # Rows a head fitted or tuned on may not be read by its final selection (spec 4.4).
     flags = check_leak(np.union1d(rows["fit"], rows["tune"]), rows["select"], rows["report"], allow_overlap)
     sel = dict(head.selected_ or {})
+    sel_rows = np.sort(np.asarray(getattr(head, "selection_rows_", None) if getattr(head, "selection_rows_", None)
+                                  is not None else [], np.int64))
     sel_flags = sel.pop("flags", {}) or {}
     flags.update(oracle=bool(sel_flags.get("oracle", False)),
                  partial_groups=bool(sel_flags.get("partial_groups", False) or
@@ -212,7 +218,8 @@ def fit_record(cache_path, method: str, params: dict | None, seed: int, out_dir,
                   "dtype": prov.get("dtype"), "dataset": cache.dataset},
         "selection": {"rule": sel.get("rule"), "split": sel.get("split"), "score": sel.get("score"),
                       "config_id": sel.get("config_id"), "config": sel.get("config"), "step": sel.get("step"),
-                      "tie": sel.get("tie"), "grid_size": sel.get("grid_size")},
+                      "tie": sel.get("tie"), "grid_size": sel.get("grid_size"), "refit": bool(sel.get("refit", False)),
+                      "rows": {"n": int(len(sel_rows)), "sha256": rows_sha(sel_rows)}},
         "fit_seconds": fit_seconds,
         "metrics": split_metrics,
         "mean_kinds": dict(metrics.MEAN_KINDS),
@@ -291,6 +298,9 @@ def sweep(cache_path, methods, seeds, out_dir, *, params: dict | None = None, la
     if methods in ("all", None):
         methods = list(heads.DEFAULT_SWEEP)
     params = params or {}
+    for method, p in params.items():            # a bad parameter is one line before any fit
+        if method in heads.names() and (methods is None or method in methods):
+            heads.create(method, **p)
     out_dir = Path(out_dir)
     splits = load_splits(cache_path, backbone)
     fingerprint = splits[0].fingerprint(splits[1].backbone)

@@ -12,6 +12,7 @@ from embedkit import heads, metrics
 from embedkit.cache import Split
 from embedkit.heads import dfr as dfr_module
 from embedkit.heads.base import spawn_seeds
+from embedkit.heads.monitor import Monitor
 from embedkit.selection import apply_label_budget
 from embedkit.synthetic import planted_arrays
 
@@ -207,11 +208,11 @@ def test_label_budget_limits_dfr_to_visible_rows():
 
 def test_rows_by_role_and_history():
     train, val, test = splits(seed=0)
-    head = heads.create("dfr", seed=0).fit(train, val, test)
+    head = heads.create("dfr", seed=0).fit(train, val, Monitor({"test": test}))
     assert set(head.rows_["fit"]) == set(val.rows) and len(head.rows_["select"]) == 0
     assert len(np.intersect1d(head.artifacts_["tune_fit_rows"], head.rows_["tune"])) == 0
     assert len(head.history_) == 7 and all(r["test"] is not None for r in head.history_)
-    assert head.selected_["split"] == "val_sel" and head.selected_["rule"] == "val_wga"
+    assert head.selected_["split"] == "val[select]" and head.selected_["rule"] == "val_wga"
     h = heads.create("dfr_train", seed=0).fit(train, val)
     assert set(h.rows_["select"]) == set(val.rows) and set(h.rows_["fit"]) == set(train.rows)
 

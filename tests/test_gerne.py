@@ -183,6 +183,7 @@ def test_pseudo_groups_are_the_least_confident(rng):
 from embedkit import heads, metrics                                          # noqa: E402
 from embedkit.cache import Split                                             # noqa: E402
 from embedkit.heads.gerne import train_gerne_grid                            # noqa: E402
+from embedkit.heads.monitor import Monitor
 from embedkit.synthetic import planted_arrays                                # noqa: E402
 
 SIZES = {"train": 800, "val": 400, "test": 400}
@@ -209,7 +210,7 @@ def test_training_loop_matches_a_plain_extrapolated_sgd_loop(beta, coupling):
     train, val, _ = splits(dim=6, sizes={"train": 300, "val": 100, "test": 10})
     c, lr, wd, steps, B = 0.5, 0.05, 1e-2, 25, 8
     hist, state, _ = train_gerne_grid(train.Z, train.y, train.a, 2, 2, [{"c": c, "beta": beta, "lr": lr, "wd": wd}],
-                                      val=val, test=None, rule="val_wga", steps=steps, eval_every=steps,
+                                      val=val, rule="val_wga", steps=steps, eval_every=steps,
                                       per_class=B, coupling=coupling, sampler_seed=5, init_seed=9, threads=1)
     from embedkit.heads.trainer import LinearModel
     p0 = LinearModel(6, 2).init_params(torch.Generator().manual_seed(9))
@@ -237,8 +238,8 @@ def test_training_loop_matches_a_plain_extrapolated_sgd_loop(beta, coupling):
 
 def test_gerne_beats_erm_and_records_its_bounds():
     train, val, test = splits(dim=16, core=0.6, spurious=2.0, noise=1.0)
-    erm = heads.create("erm", seed=0, steps=300, eval_every=50, threads=1).fit(train, val, test)
-    head = heads.create("gerne", seed=0, **FAST).fit(train, val, test)
+    erm = heads.create("erm", seed=0, steps=300, eval_every=50, threads=1).fit(train, val, Monitor({"test": test}))
+    head = heads.create("gerne", seed=0, **FAST).fit(train, val, Monitor({"test": test}))
     wga = lambda h: metrics.evaluate_split(h.decision_function(test.Z), test)["worst_group_acc"]
     assert wga(head) >= wga(erm) + 0.1, (wga(erm), wga(head))
     b = head.info_["bounds"][0]
@@ -253,10 +254,10 @@ def test_head_refuses_beta_out_of_bounds_and_bad_params():
     train, val, test = splits(dim=8)
     with pytest.raises(EmbedkitError, match="outside"):
         heads.create("gerne", seed=0, beta=50.0, **FAST).fit(train, val)
-    with pytest.raises(EmbedkitError, match="outside"):
-        heads.create("gerne", seed=0, beta=-1.5, **FAST).fit(train, val)
-    with pytest.raises(EmbedkitError, match="mixing factor"):
-        heads.create("gerne", c_grid=(0.0,))
+    with pytest.raises(EmbedkitError, match="parameter beta=-1.5"):      # below -1: refused in the constructor
+        heads.create("gerne", seed=0, beta=-1.5, **FAST)
+    with pytest.raises(EmbedkitError, match="mix_grid"):
+        heads.create("gerne", mix_grid=(0.0,))
     with pytest.raises(EmbedkitError, match="target"):
         heads.create("gerne", target="mean")
 
@@ -264,14 +265,14 @@ def test_head_refuses_beta_out_of_bounds_and_bad_params():
 def test_unknown_attribute_variant_gba_target_and_expected_variant():
     train, val, test = splits(dim=16, core=0.6, spurious=2.0, noise=1.0)
     hidden = train.hide_attrs(np.zeros(len(train), bool))
-    head = heads.create("gerne", seed=0, t_grid=(0.02, 0.1), target="gba", **FAST).fit(hidden, val, test)
+    head = heads.create("gerne", seed=0, t_grid=(0.02, 0.1), target="gba", **FAST).fit(hidden, val, Monitor({"test": test}))
     assert head.info_["attrs"] == "unknown" and head.selected_["rule"] == "val_gba"
     assert head.selected_["config"]["t"] in (0.02, 0.1)
     assert head.info_["biased_head"]["in_sample"] and len(head.rows_["tune"]) == len(val)
     # pseudo-groups from a tiny t leave a class without hard rows: skipped, and all skipped is refused
     with pytest.raises(EmbedkitError, match="larger t"):
         heads.create("gerne", seed=0, t_grid=(1e-4,), **FAST).fit(hidden, val)
-    exp = heads.create("gerne", seed=0, expected=True, beta=(1.0,), **FAST).fit(train, val, test)
+    exp = heads.create("gerne", seed=0, expected=True, beta=(1.0,), **FAST).fit(train, val, Monitor({"test": test}))
     assert exp.info_["variant"] == "expected" and exp.selected_["config"]["beta"] == 1.0
 
 

@@ -13,6 +13,7 @@ from embedkit.errors import EmbedkitError
 from embedkit.heads.afr import AFRHead, L2Pull, afr_weights, effective_sample_size
 from embedkit.heads.groupdro import GroupDROLoss
 from embedkit.heads.jtt import error_set, upweights
+from embedkit.heads.monitor import Monitor
 from embedkit.heads.trainer import StepContext, Variant, draw_indices, fit_grid, sampler_cdf
 from embedkit.metrics import evaluate_split
 from tests.test_trainer import assert_reports_match, planted_splits
@@ -107,19 +108,19 @@ def test_gdro_trainer_run_matches_a_plain_reference_loop():
 
 def test_groupdro_head_records_q_and_refuses_hidden_train_attributes():
     tr, va, te = planted_splits()
-    h = heads.create("groupdro", seed=0, eta_grid=[0.1], **FAST).fit(tr, va, te)
+    h = heads.create("groupdro", seed=0, eta_grid=[0.1], **FAST).fit(tr, va, Monitor({"test": te}))
     assert h.info_["grid_size"] == 3 * 4
     for r in h.history_:
         assert len(r["q"]) == 4 and sum(r["q"]) == pytest.approx(1.0)
     with pytest.raises(EmbedkitError, match="attributes on every train row"):
-        heads.create("groupdro").fit(tr.hide_attrs(np.arange(len(tr)) > 5), va, te)
+        heads.create("groupdro").fit(tr.hide_attrs(np.arange(len(tr)) > 5), va)
 
 
 # -- JTT -----------------------------------------------------------------------------------------
 
 def test_jtt_error_set_is_exactly_the_stage1_misclassifications():
     tr, va, te = planted_splits()
-    h = heads.create("jtt", seed=1, T_grid=[2], lambda_up_grid=[20], **FAST).fit(tr, va, te)
+    h = heads.create("jtt", seed=1, T_grid=[2], lambda_up_grid=[20], **FAST).fit(tr, va, Monitor({"test": te}))
     W, b = h.artifacts_["stage1_coef"], h.artifacts_["stage1_intercept"]
     wrong = (tr.Z @ W.T + b).argmax(1) != tr.y
     assert np.array_equal(h.artifacts_["error_set_rows"], tr.rows[wrong]) and wrong.any()
@@ -135,8 +136,8 @@ def test_jtt_error_set_is_exactly_the_stage1_misclassifications():
 
 def test_jtt_with_lambda_up_one_is_erm_with_the_same_seeds():
     tr, va, te = planted_splits()
-    jtt = heads.create("jtt", seed=5, T_grid=[2], lambda_up_grid=[1], **FAST).fit(tr, va, te)
-    erm = heads.create("erm", seed=5, **FAST).fit(tr, va, te)
+    jtt = heads.create("jtt", seed=5, T_grid=[2], lambda_up_grid=[1], **FAST).fit(tr, va, Monitor({"test": te}))
+    erm = heads.create("erm", seed=5, **FAST).fit(tr, va, Monitor({"test": te}))
     assert jtt.coef_.tobytes() == erm.coef_.tobytes()
     assert [r["val"] for r in jtt.history_] == [r["val"] for r in erm.history_]
 
@@ -164,7 +165,7 @@ def test_jtt_warns_on_a_tiny_error_set_and_dedupes_identical_sets():
     tr, va, te = planted_splits(dim=8, noise=0.05)                    # separable, stage 1 unregularised: E = {}
     with pytest.warns(UserWarning, match="error set"):
         h = heads.create("jtt", seed=0, T_grid=[10, 20], lambda_up_grid=[5], stage1_wd_grid=[0.0], stage1_lr=0.1,
-                         **FAST).fit(tr, va, te)
+                         **FAST).fit(tr, va, Monitor({"test": te}))
     assert all(s["size"] == 0 for s in h.info_["error_sets"])
     assert h.info_["n_variants"] == 1 and h.info_["duplicate_error_sets"][0]["same_as"]["T"] == 10
 
@@ -172,7 +173,7 @@ def test_jtt_warns_on_a_tiny_error_set_and_dedupes_identical_sets():
 def test_jtt_stored_id_needs_logits_and_an_explicit_flag():
     tr, va, te = planted_splits()
     with pytest.raises(EmbedkitError, match="logits"):
-        heads.create("jtt", id="stored").fit(tr, va, te)
+        heads.create("jtt", id="stored").fit(tr, va, Monitor({"test": te}))
     assert "logits" in heads.create("jtt", id="stored").unmet(tr, va)
 
 
@@ -236,8 +237,8 @@ def test_afr_update_norm_after_clipping_is_at_most_one():
 def test_afr_large_lambda_stays_near_the_stage1_head_and_holdout_is_disjoint():
     tr, va, te = planted_splits()
     kw = dict(gamma_grid=[8.0], epochs=60, eval_every=20, steps=100)
-    pulled = heads.create("afr", seed=0, lam_grid=[1e6], **kw).fit(tr, va, te)
-    free = heads.create("afr", seed=0, lam_grid=[0.0], **kw).fit(tr, va, te)
+    pulled = heads.create("afr", seed=0, lam_grid=[1e6], **kw).fit(tr, va, Monitor({"test": te}))
+    free = heads.create("afr", seed=0, lam_grid=[0.0], **kw).fit(tr, va, Monitor({"test": te}))
 
     def moved(h):
         return np.sqrt(((h.coef_ - h.artifacts_["stage1_coef"]) ** 2).sum()
@@ -251,7 +252,7 @@ def test_afr_large_lambda_stays_near_the_stage1_head_and_holdout_is_disjoint():
 
 def test_afr_holdout_weights_follow_the_stage1_confidence():
     tr, va, te = planted_splits()
-    h = heads.create("afr", seed=0, gamma_grid=[6.0], lam_grid=[0.1], epochs=20, eval_every=10, steps=100).fit(tr, va, te)
+    h = heads.create("afr", seed=0, gamma_grid=[6.0], lam_grid=[0.1], epochs=20, eval_every=10, steps=100).fit(tr, va, Monitor({"test": te}))
     hold = np.isin(tr.rows, h.artifacts_["train_holdout_rows"])
     logits = tr.Z[hold] @ h.artifacts_["stage1_coef"].T + h.artifacts_["stage1_intercept"]
     p = torch.softmax(torch.as_tensor(logits, dtype=torch.float64), 1).numpy()[np.arange(hold.sum()), tr.y[hold]]
@@ -274,11 +275,11 @@ def test_afr_stored_stage1_needs_the_explicit_flag():
     tr, va, te = planted_splits()
     tr.erm_head = (np.zeros((2, tr.Z.shape[1]), np.float32), np.zeros(2, np.float32))
     with pytest.raises(EmbedkitError, match="allow_seen_rows"):
-        heads.create("afr", stage1="stored").fit(tr, va, te)
+        heads.create("afr", stage1="stored").fit(tr, va, Monitor({"test": te}))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         h = heads.create("afr", stage1="stored", allow_seen_rows=True, gamma_grid=[4.0], lam_grid=[0.0], epochs=10,
-                         eval_every=5).fit(tr, va, te)
+                         eval_every=5).fit(tr, va, Monitor({"test": te}))
     assert np.array_equal(h.artifacts_["stage1_coef"], tr.erm_head[0])
 
 
@@ -286,7 +287,7 @@ def test_jtt_and_afr_select_on_val_and_reproduce_their_record():
     tr, va, te = planted_splits()
     for h in (heads.create("jtt", seed=0, T_grid=[2], lambda_up_grid=[5, 20], **FAST),
               heads.create("afr", seed=0, gamma_grid=[4.0, 12.0], lam_grid=[0.0, 0.2], epochs=100, steps=100)):
-        h.fit(tr, va, te)
+        h.fit(tr, va, Monitor({"test": te}))
         s = h.selected_
         rec = next(r for r in h.history_ if (r["config_id"], r["step"]) == (s["config_id"], s["step"]))
         assert_reports_match(evaluate_split(h.decision_function(va.Z), va), rec["val"])

@@ -10,6 +10,7 @@ from embedkit.cache import Split
 from embedkit.errors import EmbedkitError
 from embedkit.heads import create
 from embedkit.heads.ipg import corrective_step, discrepancy, mean_shift_pairs, nn_pairs
+from embedkit.heads.monitor import Monitor
 
 
 def _split(name, Z, y, a, offset, counts=None):
@@ -153,8 +154,8 @@ def test_ipg_shrinks_the_head_along_the_planted_spurious_axis(pairs, shrink, gai
     worst-group accuracy rises."""
     train, val, test = _planted()
     kw = dict(seed=0, pairs=pairs, steps=600, eval_every=100, lr_grid=(0.1,), wd_grid=(0.0,))
-    ipg = create("ipg", **kw).fit(train, val, test)
-    plain = create("ipg", **{**kw, "eps": float("inf")}).fit(train, val, test)
+    ipg = create("ipg", **kw).fit(train, val, Monitor({"test": test}))
+    plain = create("ipg", **{**kw, "eps": float("inf")}).fit(train, val, Monitor({"test": test}))
     ratio = [abs(h.coef_[1, 1] - h.coef_[0, 1]) / np.linalg.norm(h.coef_[1] - h.coef_[0]) for h in (ipg, plain)]
     assert ratio[0] < shrink * ratio[1], ratio
     wga = [h.history_[-1]["test"]["worst_group_acc"] for h in (ipg, plain)]
@@ -166,7 +167,7 @@ def test_corrected_fraction_is_logged_and_decays():
     """(e) when invariance is compatible with the task (the attribute is independent of the label),
     the correction removes the random init's dependence on it and then the condition mostly holds."""
     train, val, test = _planted(seed=1, corr=0.5)
-    head = create("ipg", seed=0, eps=0.05, steps=200, eval_every=25, lr_grid=(0.05,), wd_grid=(0.0,)).fit(train, val, test)
+    head = create("ipg", seed=0, eps=0.05, steps=200, eval_every=25, lr_grid=(0.05,), wd_grid=(0.0,)).fit(train, val, Monitor({"test": test}))
     frac = head.info_["corrected_fraction"]
     assert len(frac) == 8 and all("corrected_fraction" in r["ipg"] for r in head.history_)
     assert frac[0] > 0.3 and max(frac[-4:]) < 0.3 * frac[0], frac
@@ -177,8 +178,8 @@ def test_eps_infinite_is_the_erm_head_bit_for_bit():
     """(a) eps = inf disables step 2: the loop is the shared trainer's `erm`, same init, same batches."""
     train, val, test = _planted()
     kw = dict(seed=4, steps=60, eval_every=60, lr_grid=(0.1, 0.01), wd_grid=(0.0, 1e-2))
-    erm = create("erm", **kw).fit(train, val, test)
-    ipg = create("ipg", eps=float("inf"), **kw).fit(train, val, test)
+    erm = create("erm", **kw).fit(train, val, Monitor({"test": test}))
+    ipg = create("ipg", eps=float("inf"), **kw).fit(train, val, Monitor({"test": test}))
     assert (ipg.selected_["config_id"], ipg.selected_["step"]) == (erm.selected_["config_id"], erm.selected_["step"])
     np.testing.assert_array_equal(ipg.coef_, erm.coef_)
     np.testing.assert_array_equal(ipg.intercept_, erm.intercept_)

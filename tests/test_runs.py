@@ -36,7 +36,7 @@ def test_record_schema_and_files(cache_path, tmp_path):
     # DESIGN section 3
     assert rec["method"] == "dfr" and rec["seed"] == 1 and rec["params"]["n_refits"] == 5
     assert set(rec["cache"]) >= {"path", "backbone_key", "fingerprint"} and rec["cache"]["fingerprint"]
-    assert rec["selection"]["rule"] == "val_wga" and rec["selection"]["split"] == "val_sel"
+    assert rec["selection"]["rule"] == "val_wga" and rec["selection"]["split"] == "val[select]"
     assert rec["selection"]["config"]["C"] in heads.create("dfr").params["C_grid"]
     assert rec["fit_seconds"] > 0
     test = rec["metrics"]["test"]
@@ -66,15 +66,15 @@ def test_test_metrics_computed_after_fit_without_test_history(cache_path, tmp_pa
         h = real(name, seed=seed, **params)
         fit = h.fit
 
-        def fit_spy(train, val, test=None):
-            seen["test"] = test
-            return fit(train, val, test)
+        def fit_spy(train, val, monitor=None):
+            seen["monitor"] = monitor
+            return fit(train, val, monitor)
         h.fit = fit_spy
         return h
 
     monkeypatch.setattr(heads, "create", spy)
     rec = runs.fit_record(cache_path, "dfr", {"n_refits": 2}, 0, tmp_path, test_history=False)
-    assert seen["test"] is None and rec["metrics"]["test"]["worst_group_acc"] is not None
+    assert not seen["monitor"] and rec["metrics"]["test"]["worst_group_acc"] is not None
     assert all(h["test"] is None for h in runs.load_history(runs.run_dir(tmp_path, "dfr", {"n_refits": 2}, 0)))
 
 
@@ -82,7 +82,7 @@ class LeakyHead(Head):
     """Fits on val and selects on val (the HSFM-default / SubpopBench-DFR pattern)."""
     name = "leaky"
 
-    def _fit(self, train, val, test):
+    def _fit(self, train, val, monitor):
         self.coef_, self.intercept_ = np.zeros((2, train.Z.shape[1])), np.zeros(2)
         rec = {"config_id": 0, "config": {}, "step": 0,
                "val": metrics.evaluate_split(self.decision_function(val.Z), val), "test": None}
@@ -130,7 +130,7 @@ def test_sweep_skips_finished_and_records_unmet_needs(cache_path, tmp_path):
     recs = [runs.load_record(runs.run_dir(tmp_path, "dfr", {"n_refits": 3}, s)) for s in (0, 1)]
     s = metrics.seed_summary([r["metrics"]["test"]["worst_group_acc"] for r in recs])
     assert rows["dfr"]["test_wga_mean"] == pytest.approx(s["mean"]) and rows["dfr"]["test_wga_std"] == pytest.approx(s["std"])
-    assert rows["dfr"]["rule"] == "val_wga" and rows["dfr"]["split"] == "val_sel" and rows["dfr"]["n_seeds"] == 2
+    assert rows["dfr"]["rule"] == "val_wga" and rows["dfr"]["split"] == "val[select]" and rows["dfr"]["n_seeds"] == 2
 
 
 def test_sweep_records_missing_head_module(cache_path, tmp_path, monkeypatch):
@@ -162,7 +162,7 @@ def test_cli_fit_sweep_report_heads(cache_path, tmp_path, capsys):
     assert main(["fit", "--cache", str(cache_path), "--method", "dfr", "--param", "n_refits=2", "--seeds", "0,1",
                  "--out", out]) == 0
     text = capsys.readouterr().out
-    assert text.count("dfr seed") == 2 and "by val_wga on val_sel" in text
+    assert text.count("dfr seed") == 2 and "by val_wga on val[select]" in text
     assert main(["fit", "--cache", str(cache_path), "--method", "dfr", "--param", "n_refits=2", "--out", out]) == 0
     assert "done before" in capsys.readouterr().out
     assert main(["sweep", "--cache", str(cache_path), "--methods", "dfr_train,zeroshot", "--seeds", "0",

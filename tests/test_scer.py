@@ -10,6 +10,7 @@ from embedkit.analysis.directions import Sigma, group_means, mean_difference_dir
 from embedkit.cache import Split
 from embedkit.errors import EmbedkitError
 from embedkit.heads.groupdro import GroupDROLoss
+from embedkit.heads.monitor import Monitor
 from embedkit.heads.scer import (
     ProjectionModel, SCERLoss, a0_code, a0_orientation_free, beta_star, code_terms, ll_terms,
 )
@@ -183,7 +184,7 @@ def test_lambda_zero_is_groupdro_bit_for_bit():
     common = dict(steps=120, eval_every=40, batch_size=64, wd_grid=(1e-4,), threads=1)
     gd = heads.create("groupdro", seed=3, eta_grid=(0.01,), lr_grid=(1e-2, 1e-1), sampler="group", **common)
     sc = heads.create("scer_ll", seed=3, eta=0.01, lambda_sp=0, lambda_core=0, lr_grid=(1e-2, 1e-1), **common)
-    gd, sc = gd.fit(train, val, test), sc.fit(train, val, test)
+    gd, sc = gd.fit(train, val, Monitor({"test": test})), sc.fit(train, val, Monitor({"test": test}))
     assert np.array_equal(gd.coef_, sc.coef_) and np.array_equal(gd.intercept_, sc.intercept_)
     assert [r["val"]["worst_group_acc"] for r in gd.history_] == [r["val"]["worst_group_acc"] for r in sc.history_]
     assert [r["q"] for r in gd.history_] == [r["q"] for r in sc.history_]
@@ -194,8 +195,8 @@ def test_lambda_zero_is_groupdro_bit_for_bit():
 @pytest.mark.parametrize("name", ["scer", "scer_ll"])
 def test_scer_beats_erm_on_planted_spurious_axis(name):
     train, val, test = splits(dim=16, core=0.6, spurious=2.0, noise=1.0)
-    erm = heads.create("erm", seed=0, steps=300, eval_every=50, threads=1).fit(train, val, test)
-    head = heads.create(name, seed=0, **FAST).fit(train, val, test)
+    erm = heads.create("erm", seed=0, steps=300, eval_every=50, threads=1).fit(train, val, Monitor({"test": test}))
+    head = heads.create(name, seed=0, **FAST).fit(train, val, Monitor({"test": test}))
     wga = lambda h: metrics.evaluate_split(h.decision_function(test.Z), test)["worst_group_acc"]
     assert wga(head) >= wga(erm) + 0.1, (wga(erm), wga(head))
     assert head.selected_["rule"] == "val_wga"
@@ -208,7 +209,7 @@ def test_scer_beats_erm_on_planted_spurious_axis(name):
 
 def test_stored_directions_are_the_closed_form_from_train_group_means():
     train, val, test = splits(dim=8)
-    h = heads.create("scer_ll", seed=0, steps=60, eval_every=30, threads=1).fit(train, val, test)
+    h = heads.create("scer_ll", seed=0, steps=60, eval_every=30, threads=1).fit(train, val, Monitor({"test": test}))
     Z, y, a = train.Z.astype(np.float64), train.y, train.a
     m = {(i, j): Z[(y == i) & (a == j)].mean(0) for i in (0, 1) for j in (0, 1)}
     close = dict(rtol=1e-4, atol=1e-5)
@@ -223,7 +224,7 @@ def test_stored_directions_are_the_closed_form_from_train_group_means():
 
 def test_projection_variant_starts_at_the_frozen_features_and_search_is_seed_independent():
     train, val, test = splits(dim=8)
-    h0 = heads.create("scer", seed=0, steps=1, eval_every=1, threads=1, lr_grid=(0.0,)).fit(train, val, test)
+    h0 = heads.create("scer", seed=0, steps=1, eval_every=1, threads=1, lr_grid=(0.0,)).fit(train, val, Monitor({"test": test}))
     np.testing.assert_allclose(h0.state_.project(val.Z), val.Z, atol=1e-6)
     a = heads.create("scer_ll", seed=0, search=4).grid()
     b = heads.create("scer_ll", seed=7, search=4).grid()

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from embedkit.cache import Split
 from embedkit.errors import EmbedkitError
+from embedkit.heads.monitor import Monitor
 from embedkit.heads.trainer import (
     LinearModel, MLPModel, Standardizer, Variant, draw_indices, fit_grid, lr_wd_grid, sampler_cdf)
 from embedkit.metrics import evaluate_split
@@ -167,7 +168,7 @@ def test_same_seed_and_threads_give_bitwise_identical_heads_and_seeds_matter():
 
 def test_records_selection_and_the_kept_head_agree():
     tr, va, te = planted_splits()
-    res = fit_grid(tr.Z, tr.y, lr_wd_grid(), val=va, test=te, rule="val_wga", steps=200, eval_every=50)
+    res = fit_grid(tr.Z, tr.y, lr_wd_grid(), val=va, monitor=Monitor({"test": te}), rule="val_wga", steps=200, eval_every=50)
     assert len(res.history) == 9 * 4
     assert {r["step"] for r in res.history} == {50, 100, 150, 200}
     rec = res.history[0]

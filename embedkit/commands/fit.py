@@ -35,7 +35,8 @@ def add_arguments(p):
     add_common(p)
     p.add_argument("--method", required=True, help="head name (`embedkit heads` lists them)")
     p.add_argument("--param", action="append", metavar="KEY=VALUE",
-                   help="head parameter (repeatable; values parse as JSON when they can), e.g. --param n_refits=10")
+                   help="head parameter (repeatable), checked against the head's declared parameters "
+                        "(`embedkit heads NAME` lists them), e.g. --param n_refits=10 --param C_grid=1,0.1")
     p.add_argument("--out", default=None, help="runs folder (default: runs/<cache name>)")
 
 
@@ -55,9 +56,10 @@ def summary_line(rec: dict) -> str:
 
 
 def run(args):
-    from embedkit import runs
+    from embedkit import heads, runs
     from embedkit.cli import parse_key_values
     params = parse_key_values(args.param, "--param")
+    heads.create(args.method, **params)          # a bad name or value: one line, exit 2, nothing written
     out = args.out or default_out(args.cache)
     splits = runs.load_splits(args.cache, args.backbone)
     fingerprint = splits[0].fingerprint(splits[1].backbone)

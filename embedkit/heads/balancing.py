@@ -18,6 +18,7 @@ import warnings
 import numpy as np
 
 from embedkit.errors import EmbedkitError
+from embedkit.heads.params import Param
 from embedkit.heads.trainer import SGDHead, Variant
 
 MODES = {
@@ -80,8 +81,6 @@ class BalancedHead(SGDHead):
 
     def __init__(self, seed: int = 0, selection_rule: str | None = None, **params):
         super().__init__(seed, selection_rule, **params)
-        if self.params["mode"] not in MODES:
-            raise EmbedkitError(f"balancing: unknown mode {self.params['mode']!r}; use one of {', '.join(MODES)}")
         self.name = self.params["mode"]
         kind, unit, _ = MODES[self.name]
         self.unit = unit or self.params["unit"]
@@ -90,12 +89,15 @@ class BalancedHead(SGDHead):
         self.needs_val_attrs = False
         self.regimes = ("R1",) if self.unit == "group" else ("R1", "R2", "R3")
 
-    @classmethod
-    def default_params(cls) -> dict:
+    PARAMS = {
+        **SGDHead.PARAMS,
+        "mode": Param("choice", "rw_group", "balancing mechanism and unit (the registered name sets it)",
+                      choices=tuple(MODES)),
         # `unit` only matters for rw_sqrt (the spec allows y or y,a): class keeps it usable in every regime.
-        return {**super().default_params(), "mode": "rw_group", "unit": "class"}
+        "unit": Param("choice", "class", "rw_sqrt's unit: class (y) or group (y, a)", choices=("class", "group")),
+    }
 
-    def _fit(self, train, val, test):
+    def _fit(self, train, val, monitor):
         kind, _, p = MODES[self.name]
         k, n_units = unit_ids(train, self.unit)
         n = np.bincount(k, minlength=n_units)
@@ -111,7 +113,7 @@ class BalancedHead(SGDHead):
             variant = Variant(sampler=sampler_probs(k, n_units))
         else:
             fit = subsample_units(k, n_units, np.random.default_rng(self.seeds["subsample"]))
-        res = self.run_grid(train.Z[fit], train.y[fit], val, test, variants=[variant])
+        res = self.run_grid(train.Z[fit], train.y[fit], val, monitor, variants=[variant])
         self.adopt([res], val)
         self.rows_ = {"fit": np.sort(train.rows[fit]), "tune": np.array([], np.int64), "select": np.sort(val.rows)}
         self.info_.update(unit=self.unit, unit_counts=n.tolist(), empty_units=empty, n_fit_rows=int(len(fit)))

@@ -42,7 +42,8 @@ from sklearn.preprocessing import StandardScaler
 from embedkit import metrics
 from embedkit.errors import EmbedkitError
 from embedkit.heads.base import Head
-from embedkit.selection import DFR_C_GRID, DFR_CLASS_WEIGHT_GRID, check_leak, select
+from embedkit.heads.params import Param
+from embedkit.selection import DFR_C_GRID, DFR_CLASS_WEIGHT_GRID, check_leak
 
 SKLEARN_VERSION = tuple(int(p) for p in sklearn.__version__.split(".")[:2])
 RS_HIGH = 2 ** 31 - 1
@@ -103,47 +104,50 @@ class DFRHead(Head):
     name = "dfr"
     regimes = ("R1", "R2")
 
+    PARAMS = {
+        "variant": Param("choice", "val", "val: DFR_Val^Tr (tune and refit on val); train: DFR_Tr^Tr (fit on train, "
+                         "tune on val)", choices=("val", "train")),
+        "C_grid": Param("floats", list(DFR_C_GRID), "inverse L1 strengths C searched, in this order (ties -> "
+                        "larger C)", low=0, open_low=True),
+        "n_refits": Param("int", None, "averaged refits of the chosen C (none = 20 for val, 10 for train)", low=1),
+        "scaler_source": Param("choice", "val", "rows of the final StandardScaler (dfr_val): val (follow-up code) or "
+                               "train (original code)", choices=("val", "train")),
+        "tune_class_weights": Param("bool", False, "dfr_train: also search the 14 class-weight dicts (2 classes)"),
+    }
+
     def __init__(self, seed: int = 0, selection_rule: str | None = None, **params):
         super().__init__(seed=seed, selection_rule=selection_rule, **params)
         v = self.params["variant"]
-        if v not in ("val", "train"):
-            raise EmbedkitError(f"dfr: variant must be 'val' or 'train', not {v!r}")
-        if self.params["scaler_source"] not in ("val", "train"):
-            raise EmbedkitError(f"dfr: scaler_source must be 'val' or 'train', not {self.params['scaler_source']!r}")
         self.name = f"dfr_{v}"
         self.needs_train_attrs = v == "train"
         self.regimes = ("R1",) if v == "train" else ("R1", "R2")
 
-    @classmethod
-    def default_params(cls) -> dict:
-        return {"variant": "val", "C_grid": list(DFR_C_GRID), "n_refits": None, "scaler_source": "val",
-                "tune_class_weights": False}
-
     # -- fitting ---------------------------------------------------------------------------------
-    def _fit(self, train, val, test):
+    def _fit(self, train, val, monitor):
         p = self.params
         rng = np.random.default_rng(self.seeds["subsample"])
         if p["variant"] == "val":
-            self._fit_val(train, val, test, rng)
+            self._fit_val(train, val, monitor, rng)
         else:
-            self._fit_train(train, val, test, rng)
+            self._fit_train(train, val, monitor, rng)
 
-    def _tune(self, Xfit, yfit, score_split, Xscore, configs, max_iter, test, rng):
-        """Fit each config once; one history record per config (val = the tuning split's metrics)."""
+    def _tune(self, Xfit, yfit, score_split, Xscore, configs, max_iter, monitor, rng, split_name):
+        """Fit each config once; one history record per config (val = the tuning split's metrics,
+        the monitor's splits through the tuning scaler); select on `score_split` (named `split_name`).
+        The final head is refit after selection (`refit`), so it is the selected C's refits."""
         fits = [fit_counted(Xfit, yfit, cfg["C"], rng.integers(RS_HIGH), max_iter, cfg.get("class_weight"))
                 for cfg in configs]
         self.info_["tuning_fits_not_converged"] = sum(f[3] for f in fits)
         # Widened once: each config's float64 scores would otherwise convert the matrix again.
         Xscore = Xscore.astype(np.float64)
-        Xtest = None if test is None else self._scaler_apply(test.Z).astype(np.float64)
         for cid, (cfg, (coef, intercept, classes, _)) in enumerate(zip(configs, fits)):
             W, b = self._expand(coef, intercept, score_split.n_classes, classes)
             rec = {"config_id": cid, "config": dict(cfg), "step": 0,
-                   "val": metrics.evaluate_split(Xscore @ W.T + b, score_split), "test": None}
-            if Xtest is not None:
-                rec["test"] = metrics.evaluate_split(Xtest @ W.T + b, test)
+                   "val": metrics.evaluate_split(Xscore @ W.T + b, score_split),
+                   **monitor.score(lambda Z: self._scaler_apply(Z).astype(np.float64) @ W.T + b)}
             self.history_.append(rec)
-        return select(self.history_, self.rule(score_split), tie="larger_C")
+        return self._select(self.history_, self.rule(score_split), split_name, refit=True, tie="larger_C",
+                            rows=score_split.rows)
 
     def _refits(self, Z, y, g, rows, C, class_weight, n_refits, rng):
         """Fits with C on fresh balanced subsets of `rows`, standardised by the final scaler."""
@@ -156,7 +160,7 @@ class DFRHead(Head):
         self.info_["refits_not_converged"] = sum(f[3] for f in fits)
         return (np.stack([f[0] for f in fits]), np.stack([f[1] for f in fits]), np.stack(subsets), fits[0][2])
 
-    def _fit_val(self, train, val, test, rng):
+    def _fit_val(self, train, val, monitor, rng):
         p = self.params
         gv, yv = val.g, val.y
         lab = np.flatnonzero(gv >= 0)                  # rows whose group the label budget shows
@@ -168,7 +172,7 @@ class DFRHead(Head):
         self._scaler = StandardScaler().fit(val.Z[fb])
         configs = [{"C": float(c)} for c in p["C_grid"]]
         chosen = self._tune(self._scaler_apply(val.Z[fb]), yv[fb], val.subset(sel),
-                            self._scaler_apply(val.Z[sel]), configs, 100, test, rng)
+                            self._scaler_apply(val.Z[sel]), configs, 100, monitor, rng, "val[select]")
         C = chosen["config"]["C"]
         if p["scaler_source"] == "train":
             if len(train) == 0:
@@ -177,7 +181,7 @@ class DFRHead(Head):
         else:
             self._scaler = StandardScaler().fit(val.Z)
         coefs, ints, subsets, classes = self._refits(val.Z, yv, gv, lab, C, None, p["n_refits"] or 20, rng)
-        self._finish(coefs, ints, classes, val.n_classes, chosen, "val_sel")
+        self._finish(coefs, ints, classes, val.n_classes, chosen)
         self.rows_ = {"fit": val.rows, "tune": np.sort(val.rows[sel]), "select": np.zeros(0, np.int64)}
         self.artifacts_.update(refit_rows=val.rows[subsets], tune_fit_rows=val.rows[fb],
                                val_sel_rows=np.sort(val.rows[sel]))
@@ -185,7 +189,7 @@ class DFRHead(Head):
                           empty_val_groups=[val.group_names[k] for k in range(val.n_groups)
                                             if not (gv[lab] == k).any()])
 
-    def _fit_train(self, train, val, test, rng):
+    def _fit_train(self, train, val, monitor, rng):
         p = self.params
         gt, yt = train.g, train.y
         rows = np.arange(len(train))
@@ -197,13 +201,15 @@ class DFRHead(Head):
         else:
             configs = [{"C": float(c)} for c in p["C_grid"]]
         tb = balanced_subset(rows, gt, rng)
-        labelled_val = val.subset(np.flatnonzero(val.g >= 0)) if (val.g < 0).any() else val
+        partial = bool((val.g < 0).any())
+        labelled_val = val.subset(np.flatnonzero(val.g >= 0)) if partial else val
         chosen = self._tune(self._scaler_apply(train.Z[tb]), yt[tb], labelled_val,
-                            self._scaler_apply(labelled_val.Z), configs, 20, test, rng)
+                            self._scaler_apply(labelled_val.Z), configs, 20, monitor, rng,
+                            "val[labelled]" if partial else "val")
         cw = chosen["config"].get("class_weight")
         coefs, ints, subsets, classes = self._refits(train.Z, yt, gt, rows,
                                                      chosen["config"]["C"], cw, p["n_refits"] or 10, rng)
-        self._finish(coefs, ints, classes, train.n_classes, chosen, "val")
+        self._finish(coefs, ints, classes, train.n_classes, chosen)
         self.rows_ = {"fit": train.rows, "tune": np.zeros(0, np.int64), "select": np.sort(labelled_val.rows)}
         self.artifacts_.update(refit_rows=train.rows[subsets], tune_fit_rows=train.rows[tb])
         self.info_.update(m_tune=int(len(tb) // len(np.unique(gt[tb]))))
@@ -221,7 +227,7 @@ class DFRHead(Head):
             return np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, intercept]
         return coef, intercept
 
-    def _finish(self, coefs, ints, classes, n_classes, chosen, split_name):
+    def _finish(self, coefs, ints, classes, n_classes, chosen):
         # The DFR head in standardised coordinates: the mean of the refits' arrays.
         self.coef_std_, self.intercept_std_ = coefs.mean(axis=0), ints.mean(axis=0)
         self._W, self._b = self._expand(self.coef_std_, self.intercept_std_, n_classes, classes)
@@ -229,8 +235,6 @@ class DFRHead(Head):
         # The same head on raw features: W (z - μ)/σ + b = (W/σ) z + (b - W μ/σ).
         self.coef_ = self._W / scale
         self.intercept_ = self._b - self._W @ (mean / scale)
-        self.selected_ = {k: chosen[k] for k in ("config_id", "config", "step", "rule", "score", "tie", "grid_size")}
-        self.selected_["split"] = split_name
         self.artifacts_.update(coefs=coefs, intercepts=ints, scaler_mean=mean, scaler_scale=scale)
         self.info_.update(C=chosen["config"]["C"], class_weight=chosen["config"].get("class_weight"),
                           n_refits=len(coefs),

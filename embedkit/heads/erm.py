@@ -6,7 +6,6 @@ import numpy as np
 from embedkit.errors import EmbedkitError
 from embedkit.heads.base import Head
 from embedkit.heads.trainer import SGDHead
-from embedkit.metrics import evaluate_split
 
 
 class ERMHead(SGDHead):
@@ -16,8 +15,8 @@ class ERMHead(SGDHead):
     name = "erm"
     needs_val_attrs = False
 
-    def _fit(self, train, val, test):
-        res = self.run_grid(train.Z, train.y, val, test)
+    def _fit(self, train, val, monitor):
+        res = self.run_grid(train.Z, train.y, val, monitor)
         self.adopt([res], val)
         self.rows_ = {"fit": np.sort(train.rows), "tune": np.array([], np.int64), "select": np.sort(val.rows)}
         self.info_["n_fit_rows"] = len(train)
@@ -29,9 +28,10 @@ class NativeHead(Head):
 
     name = "erm_native"
     needs_val_attrs = False
+    needs_two_val_classes = False
     needs_erm_head = True
 
-    def _fit(self, train, val, test):
+    def _fit(self, train, val, monitor):
         head = train.erm_head or val.erm_head
         if head is None:
             raise EmbedkitError(f"erm_native: the cache stores no ERM head (W0, b0) for backbone "
@@ -41,11 +41,4 @@ class NativeHead(Head):
             raise EmbedkitError(f"erm_native: stored head has shape {W0.shape}, but the cache has "
                                 f"{train.n_classes} classes and {train.Z.shape[1]} features")
         self.coef_, self.intercept_ = W0, b0
-        rec = {"config_id": 0, "config": {}, "step": 0,
-               "val": evaluate_split(self.decision_function(val.Z), val),
-               "test": evaluate_split(self.decision_function(test.Z), test) if test is not None else None}
-        self.history_ = [rec]
-        self.selected_ = {"config_id": 0, "config": {}, "step": 0, "rule": None, "split": None, "score": None,
-                          "grid_size": 1}
-        self.rows_ = {"fit": np.array([], np.int64), "tune": np.array([], np.int64),
-                      "select": np.array([], np.int64)}
+        self._no_selection(val, self.decision_function, monitor)

@@ -31,8 +31,10 @@ import torch.nn.functional as F
 from embedkit.determinism import reproducible
 from embedkit.errors import EmbedkitError
 from embedkit.heads.base import Head, softmax
+from embedkit.heads.monitor import as_monitor
+from embedkit.heads.params import Param
 from embedkit.heads.trainer import (
-    LinearModel, Standardizer, Variant, _Evaluator, as_grid, fit_grid, resolve_device, sgd_step,
+    TRAINER_PARAMS, LinearModel, Standardizer, Variant, _Evaluator, as_grid, fit_grid, resolve_device, sgd_step,
 )
 from embedkit.selection import check_leak, select
 
@@ -199,7 +201,7 @@ def pseudo_groups(conf: np.ndarray, y: np.ndarray, K: int, t: float) -> np.ndarr
 # Training (spec 9.6 pseudocode): K*B-row biased and less-biased batches, one backward of L_ext
 # ----------------------------------------------------------------------------------------------
 
-def train_gerne_grid(Z, y, a, K: int, A: int, configs: list[dict], *, val, test, rule: str, steps: int,
+def train_gerne_grid(Z, y, a, K: int, A: int, configs: list[dict], *, val, monitor=None, rule: str, steps: int,
                      eval_every: int, per_class: int, coupling: str, sampler_seed: int, init_seed: int,
                      standardize: bool = False, device: str = "cpu", threads: int | None = None,
                      config_offset: int = 0, group_names=None):
@@ -234,7 +236,7 @@ def train_gerne_grid(Z, y, a, K: int, A: int, configs: list[dict], *, val, test,
         # Config p reads the less-biased batch of its c: slot cidx[p] of the stacked batches.
         cidx = torch.tensor([cs.index(float(cfg["c"])) for cfg in configs], device=dev)
         bufs = {k: None for k in params}
-        evaluate = _Evaluator(net, std, val, test, dev, torch.float32)
+        evaluate = _Evaluator(net, std, val, as_monitor(monitor), dev, torch.float32)
         history, best_key, best_state = [], None, None
         eval_steps = set(range(eval_every, steps + 1, eval_every)) | {steps}
         for step in range(1, steps + 1):
@@ -271,36 +273,36 @@ class GERNEHead(Head):
     name = "gerne"
     needs_val_attrs = False
 
-    @classmethod
-    def default_params(cls) -> dict:
-        return {
-            "attrs": "auto",            # known | unknown | auto (known when every train row has a)
-            "c_grid": (0.5,),           # spec 9.7: c in {0.5, 1}; 0.5 is the Datasets-2 value
-            "beta": None,               # None = spec 9.7 grid per c; numbers = those betas (bounds enforced)
-            "t_grid": (0.005, 0.01, 0.02, 0.05, 0.1, 0.2),
-            # [W] a 2 x 2 corner of the shared lr x wd grid: with 8 betas per c that is 32 configs,
-            # which keeps a Waterbirds-size fit within the sweep's budget.
-            "lr_grid": (1e-2, 1e-1), "wd_grid": (1e-4, 1e-2),
-            "batch_per_class": 64, "batch_unit": "class",
-            "coupling": "independent",
-            # None: 1000 / 100 sampled; 300 / 30 for the expected variant, whose full-batch steps cost
-            # N / (2 K B) times more (Waterbirds size: about 19x) [W].
-            "steps": None, "eval_every": None,
-            "target": "wga",            # wga | gba: the val metric that selects
-            "pseudo_folds": 0,          # >= 2: out-of-fold confidences for pseudo-groups [W]
-            "expected": False,          # gerne_expected: deterministic full-batch p_ext reweighting
-            "standardize": False, "device": "cpu", "threads": 1,
-        }
-
-    def __init__(self, seed: int = 0, selection_rule: str | None = None, **params):
-        super().__init__(seed=seed, selection_rule=selection_rule, **params)
-        p = self.params
-        for key, allowed in (("attrs", ("auto", "known", "unknown")), ("batch_unit", ("class", "group")),
-                             ("coupling", ("independent", "coupled")), ("target", ("wga", "gba"))):
-            if p[key] not in allowed:
-                raise EmbedkitError(f"gerne: {key} must be one of {', '.join(allowed)}, not {p[key]!r}")
-        for c in as_grid(p["c_grid"]):
-            _check_c(c)
+    PARAMS = {
+        "attrs": Param("choice", "auto", "known attributes, pseudo-groups (unknown), or auto (known when every train "
+                       "row has a)", choices=("auto", "known", "unknown")),
+        # spec 9.7: c in {0.5, 1}; 0.5 is the Datasets-2 value. Not `c_grid`: DFR's `C_grid` is an L1 strength.
+        "mix_grid": Param("floats", (0.5,), "mixing factors c of the less-biased batch, p_lb = (1 - c) alpha + c/A",
+                          low=0, high=1, open_low=True),
+        "beta": Param("floats", None, "extrapolation factors beta (none = the spec 9.7 grid per c; bounds from the "
+                      "train group proportions enforced)", low=-1),
+        "t_grid": Param("floats", (0.005, 0.01, 0.02, 0.05, 0.1, 0.2), "pseudo-group fractions t (attrs unknown)",
+                        low=0, high=1, open_low=True, open_high=True),
+        # [W] a 2 x 2 corner of the shared lr x wd grid: with 8 betas per c that is 32 configs,
+        # which keeps a Waterbirds-size fit within the sweep's budget.
+        "lr_grid": Param("floats", (1e-2, 1e-1), "SGD learning rates searched", low=0),
+        "wd_grid": Param("floats", (1e-4, 1e-2), "weight decays searched (weights only)", low=0),
+        "batch_per_class": Param("int", 64, "rows per class in each of the two batches", low=1),
+        "batch_unit": Param("choice", "class", "batch_per_class counts rows per class, or per group (x A)",
+                            choices=("class", "group")),
+        "coupling": Param("choice", "independent", "less-biased batch drawn independently or coupled slot by slot "
+                          "to the biased one", choices=("independent", "coupled")),
+        # None: 1000 / 100 sampled; 300 / 30 for the expected variant, whose full-batch steps cost
+        # N / (2 K B) times more (Waterbirds size: about 19x) [W].
+        "steps": Param("int", None, "SGD steps (none = 1000, or 300 for the expected variant)", low=1),
+        "eval_every": Param("int", None, "steps between evaluations (none = steps / 10)", low=1),
+        "target": Param("choice", "wga", "the val metric that selects: wga or gba", choices=("wga", "gba")),
+        "pseudo_folds": Param("int", 0, ">= 2: out-of-fold confidences for the pseudo-groups [W]", low=0),
+        "expected": Param("bool", False, "gerne_expected: deterministic full-batch p_ext reweighting"),
+        "standardize": TRAINER_PARAMS["standardize"],
+        "device": TRAINER_PARAMS["device"],
+        "threads": TRAINER_PARAMS["threads"],
+    }
 
     def rule(self, val) -> str:
         if self.selection_rule:
@@ -310,7 +312,7 @@ class GERNEHead(Head):
         return "val_wga" if self.params["target"] == "wga" else "val_gba"
 
     # -- fit --------------------------------------------------------------------------------
-    def _fit(self, train, val, test):
+    def _fit(self, train, val, monitor):
         p = self.params
         known = p["attrs"] == "known" or (p["attrs"] == "auto" and bool((train.a >= 0).all()))
         K = train.n_classes
@@ -341,7 +343,7 @@ class GERNEHead(Head):
             names = train.group_names if t is None else None
             alpha, counts = within_class_frequencies(train.y, a_fit, K, A, names)
             configs = []
-            for c in as_grid(p["c_grid"]):
+            for c in as_grid(p["mix_grid"]):
                 bmax = beta_max(alpha, c)
                 betas = default_betas(alpha, c) if p["beta"] is None else [check_beta(b, alpha, c)
                                                                             for b in as_grid(p["beta"])]
@@ -352,17 +354,16 @@ class GERNEHead(Head):
                         for wd in as_grid(p["wd_grid"]):
                             configs.append({**({} if t is None else {"t": t}), "c": c, "beta": beta,
                                             "lr": lr, "wd": wd})
-            hist, state = self._train_block(train, val, test, a_fit, A, alpha, counts, configs, rule,
+            hist, state = self._train_block(train, val, monitor, a_fit, A, alpha, counts, configs, rule,
                                             len(history), per_class, names)
             history += hist
             states.append((hist, state))
 
         self.history_ = history
-        top = select(history, rule)
+        top = self._select(history, rule, "val", rows=val.rows)
         self.state_ = next(s for h, s in states if any(r["config_id"] == top["config_id"] for r in h))
         self.coef_, self.intercept_ = self.state_.arrays["coef"], self.state_.arrays["intercept"]
-        self.selected_ = {k: top[k] for k in ("config_id", "config", "step", "rule", "split", "score")}
-        flags = check_leak(train.rows, val.rows, None if test is None else test.rows)
+        flags = check_leak(train.rows, val.rows)
         self.rows_ = {"fit": np.sort(train.rows), "tune": rows_tune, "select": np.sort(val.rows)}
         self.info_.update({
             "variant": "expected" if p["expected"] else "sampled", "attrs": "known" if known else "unknown",
@@ -377,12 +378,12 @@ class GERNEHead(Head):
         steps = int(p["steps"]) if p["steps"] is not None else (300 if p["expected"] else 1000)
         return steps, int(p["eval_every"]) if p["eval_every"] is not None else max(1, steps // 10)
 
-    def _train_block(self, train, val, test, a_fit, A, alpha, counts, configs, rule, offset, per_class, names):
+    def _train_block(self, train, val, monitor, a_fit, A, alpha, counts, configs, rule, offset, per_class, names):
         p, K = self.params, train.n_classes
         steps, eval_every = self.schedule()
         if not p["expected"]:
             hist, state, _ = train_gerne_grid(
-                train.Z, train.y, a_fit, K, A, configs, val=val, test=test, rule=rule, steps=steps,
+                train.Z, train.y, a_fit, K, A, configs, val=val, monitor=monitor, rule=rule, steps=steps,
                 eval_every=eval_every, per_class=per_class, coupling=p["coupling"],
                 sampler_seed=self.seeds["sampler"], init_seed=self.seeds["init"],
                 standardize=bool(p["standardize"]), device=p["device"], threads=p["threads"],
@@ -399,7 +400,7 @@ class GERNEHead(Head):
         grid = [{"lr": cfg["lr"], "wd": cfg["wd"]} for cfg in configs if (cfg["c"], cfg["beta"]) == keys[0]]
         variants = [Variant(tag={k: v for k, v in configs[0].items() if k == "t"} | {"c": c, "beta": b},
                             weights=expected_weights(train.y, a_fit, alpha, counts, c, b)) for c, b in keys]
-        res = fit_grid(train.Z, train.y, grid, variants=variants, val=val, test=test, rule=rule,
+        res = fit_grid(train.Z, train.y, grid, variants=variants, val=val, monitor=monitor, rule=rule,
                        steps=steps, eval_every=eval_every, batch_size=None,
                        standardize=bool(p["standardize"]), init_seed=self.seeds["init"],
                        sampler_seed=self.seeds["sampler"], device=p["device"], threads=p["threads"],
@@ -426,7 +427,7 @@ class GERNEHead(Head):
             fit = np.arange(len(train)) if held is None else np.setdiff1d(np.arange(len(train)), held)
             score = np.arange(len(train)) if held is None else held
             hist, state, _ = train_gerne_grid(
-                train.Z[fit], train.y[fit], zeros[fit], K, 1, configs, val=val, test=None, rule="val_bal_acc",
+                train.Z[fit], train.y[fit], zeros[fit], K, 1, configs, val=val, rule="val_bal_acc",
                 steps=steps, eval_every=eval_every, per_class=int(p["batch_per_class"]),
                 coupling="independent", sampler_seed=self.seeds["infer"], init_seed=self.seeds["init"],
                 standardize=bool(p["standardize"]), device=p["device"], threads=p["threads"])

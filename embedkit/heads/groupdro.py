@@ -17,8 +17,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from embedkit.errors import EmbedkitError
 from embedkit.heads.balancing import sampler_probs
+from embedkit.heads.params import Param
 from embedkit.heads.trainer import SGDHead, StepContext, Variant, as_grid
 from embedkit.selection import GRIDS
 
@@ -75,23 +75,27 @@ class GroupDROHead(SGDHead):
     regimes = ("R1",)
     needs_train_attrs = True
 
-    @classmethod
-    def default_params(cls) -> dict:
-        # Spec defaults [W]: eta in {1e-3, 1e-2, 1e-1}, wd in {1e-4, 1e-3, 1e-2, 1e-1}, the shared
-        # LR grid and step budget; C_adj = 0; uniform sampler (`sampler=group` for balanced batches).
-        return {**super().default_params(), "eta_grid": tuple(GRIDS["gdro"]["eta"]),
-                "wd_grid": tuple(GRIDS["gdro"]["wd"]), "adj": 0.0, "sampler": "uniform"}
+    # Spec defaults [W]: eta in {1e-3, 1e-2, 1e-1}, wd in {1e-4, 1e-3, 1e-2, 1e-1}, the shared
+    # LR grid and step budget; C_adj = 0; uniform sampler (`sampler=group` for balanced batches).
+    PARAMS = {
+        **SGDHead.PARAMS,
+        "eta_grid": Param("floats", tuple(GRIDS["gdro"]["eta"]), "step sizes eta of the group weights q searched",
+                          low=0),
+        "wd_grid": Param("floats", tuple(GRIDS["gdro"]["wd"]), "weight decays searched (weights only)", low=0),
+        "adj": Param("floats", 0.0, "generalisation adjustment C_adj (one number, or one per group; used only "
+                     "when every C_adj,g > 0)", low=0),
+        "sampler": Param("choice", "uniform", "batch sampler: uniform rows, or group-balanced "
+                         "(P(i) = 1/(G n_g(i)), the official --reweight_groups)", choices=("uniform", "group")),
+    }
 
-    def _fit(self, train, val, test):
+    def _fit(self, train, val, monitor):
         p = self.params
         grid = [{"eta": eta, **c} for eta in as_grid(p["eta_grid"]) for c in self.default_grid()]
         g = train.g
         counts = np.bincount(g, minlength=train.n_groups)
-        if p["sampler"] not in ("uniform", "group"):
-            raise EmbedkitError(f"groupdro: sampler must be uniform or group, not {p['sampler']!r}")
         variant = Variant(sampler=sampler_probs(g, train.n_groups)) if p["sampler"] == "group" else Variant()
         loss = GroupDROLoss([c["eta"] for c in grid], train.n_groups, counts, p["adj"])
-        res = self.run_grid(train.Z, train.y, val, test, grid=grid, variants=[variant], objective=loss,
+        res = self.run_grid(train.Z, train.y, val, monitor, grid=grid, variants=[variant], objective=loss,
                             row_data={"g": g})
         self.adopt([res], val)
         self.rows_ = {"fit": np.sort(train.rows), "tune": np.array([], np.int64), "select": np.sort(val.rows)}

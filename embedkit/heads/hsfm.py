@@ -39,7 +39,8 @@ from embedkit.determinism import reproducible
 from embedkit import heads as _heads
 from embedkit.errors import EmbedkitError
 from embedkit.heads.base import Head
-from embedkit.metrics import evaluate_split
+from embedkit.heads.params import Param
+from embedkit.heads.trainer import THREADS
 from embedkit.selection import check_leak, reserve_val, select
 
 # Paper Table 11 as encoded in the released code (2048-d ResNet-50 features) [P], plus embedkit's
@@ -100,23 +101,25 @@ class HSFMHead(Head):
     name = "hsfm"
     regimes = ("R1", "R2")
 
-    @classmethod
-    def default_params(cls) -> dict:
-        # The hyperparameters come from `preset` (the paper's per-dataset values, or embedkit's);
-        # any of n_s, T, alpha, eta, K_H, K_hard, epochs given explicitly overrides the preset's value.
-        return {"preset": "embedkit", **{k: None for k in HYPER}, "clip": 10.0,
-                "val_split_for_hard": 0.5, "init": "auto", "threads": 1}
-
-    def __init__(self, seed: int = 0, selection_rule: str | None = None, **params):
-        super().__init__(seed=seed, selection_rule=selection_rule, **params)
-        if self.params["preset"] not in PRESETS:
-            raise EmbedkitError(f"hsfm: unknown preset {self.params['preset']!r}; "
-                                f"known: {', '.join(PRESETS)}")
-        if self.params["init"] not in ("auto", "stored", "erm"):
-            raise EmbedkitError(f"hsfm: init must be auto, stored or erm, not {self.params['init']!r}")
-        f = float(self.params["val_split_for_hard"])
-        if not 0.0 <= f < 1.0:
-            raise EmbedkitError(f"hsfm: val_split_for_hard must be in [0, 1), not {f}")
+    # The hyperparameters come from `preset` (the paper's per-dataset values, or embedkit's);
+    # any of n_s, T, alpha, eta, K_H, K_hard, epochs given explicitly overrides the preset's value.
+    PARAMS = {
+        "preset": Param("choice", "embedkit", "hyperparameter preset: the paper's Table 11 rows (2048-d ResNet-50 "
+                        "features) or embedkit's", choices=tuple(PRESETS)),
+        "n_s": Param("int", None, "support rows per class (none = the preset's)", low=1),
+        "T": Param("int", None, "inner GD steps (and head Adam steps per epoch; none = the preset's)", low=1),
+        "alpha": Param("float", None, "inner step size alpha (and the head's Adam lr; none = the preset's)", low=0),
+        "eta": Param("float", None, "outer Adam lr on the support edits (none = the preset's)", low=0),
+        "K_H": Param("int", None, "outer steps per epoch (none = the preset's)", low=1),
+        "K_hard": Param("int", None, "hard-set rows per class (none = the preset's)", low=1),
+        "epochs": Param("int", None, "epochs (none = the preset's)", low=1),
+        "clip": Param("float", 10.0, "gradient-norm clipping of the outer step", low=0, open_low=True),
+        "val_split_for_hard": Param("float", 0.5, "fraction of val (group-stratified) the hard set is drawn from; the "
+                                    "rest selects. 0 = the paper's protocol (flagged)", low=0, high=1, open_high=True),
+        "init": Param("choice", "auto", "theta_ERM: the stored ERM head when it fits (auto), stored, or an erm probe",
+                      choices=("auto", "stored", "erm")),
+        "threads": THREADS,
+    }
 
     def resolved(self) -> dict:
         """The hyperparameters in force: the preset's, overridden by explicit values."""
@@ -148,13 +151,13 @@ class HSFMHead(Head):
                 "erm", probe.rows_)
 
     # -- fit --------------------------------------------------------------------------------
-    def _fit(self, train, val, test):
+    def _fit(self, train, val, monitor):
         # Spec 0.4 on CPU: deterministic kernels and a fixed thread count (one thread is also the
         # fastest for these small matrices on shared cores), restored afterwards.
         with reproducible(self.params["threads"]):
-            self._bilevel(train, val, test)
+            self._bilevel(train, val, monitor)
 
-    def _bilevel(self, train, val, test):
+    def _bilevel(self, train, val, monitor):
         hp = self.resolved()
         C, D = train.n_classes, train.Z.shape[1]
         n_s, T, alpha, eta, K_H, K, E = (hp[k] for k in ("n_s", "T", "alpha", "eta", "K_H", "K_hard", "epochs"))
@@ -215,39 +218,34 @@ class HSFMHead(Head):
             theta0 = (head_W.detach().clone(), head_b.detach().clone())
 
             W_np, b_np = theta0[0].numpy(), theta0[1].numpy()
-            self.history_.append({
-                "config_id": 0, "config": config, "step": epoch,
-                "val": evaluate_split(sel.Z @ W_np.T + b_np, sel),
-                "test": None if test is None else evaluate_split(test.Z @ W_np.T + b_np, test),
-            })
+            self.history_.append(self._record(0, config, epoch, sel, lambda Z: Z @ W_np.T + b_np, monitor))
             # select() is a total order over records, so the final choice was also the choice at the
             # moment its record was added: keeping that epoch's state avoids storing every epoch.
             if select(self.history_, rule=rule, tie="later_epoch")["step"] == epoch:
                 best = (W_np.copy(), b_np.copy(), Hd.numpy().copy(), epoch)
 
-        chosen = select(self.history_, rule=rule, tie="later_epoch")
+        # The rows read: the selection part of val (all of val under the paper's protocol).
+        self._select(self.history_, rule, "val[select]" if frac > 0 else "val", tie="later_epoch", rows=sel.rows)
         self.coef_, self.intercept_, H_best, best_epoch = best
-        self.selected_ = {k: chosen[k] for k in ("config_id", "config", "step", "rule", "split", "score", "tie")}
 
         fit_rows, tune_rows = np.union1d(train.rows[idx], pool.rows), np.empty(0, np.int64)
         if probe_rows is not None:
             fit_rows = np.union1d(fit_rows, np.asarray(probe_rows["fit"], np.int64))
             tune_rows = np.sort(np.asarray(probe_rows["select"], np.int64))
         overlap = frac == 0
-        flags = check_leak(np.union1d(fit_rows, tune_rows), sel.rows, None if test is None else test.rows,
-                           allow_overlap=overlap)
+        flags = check_leak(np.union1d(fit_rows, tune_rows), sel.rows, allow_overlap=overlap)
         self.rows_ = {"fit": fit_rows, "tune": tune_rows, "select": np.sort(sel.rows)}
 
         H0_np = H0.numpy()
         edit = np.linalg.norm(H_best - H0_np, axis=1) / np.maximum(np.linalg.norm(H0_np, axis=1), 1e-12)
-        self.info_ = {
+        self.info_.update({
             "hyperparameters": config, "init": init_source, "best_epoch": int(best_epoch),
             "val_wga": self.history_[best_epoch - 1]["val"]["worst_group_acc"],
             "support_per_class": np.bincount(yS_np, minlength=C).tolist(),
             "hard_set_size": int(len(hard)), "outer_loss": outer_losses,
             "relative_edit_norm_mean": float(edit.mean()),
             "val_used_for_training": overlap, **flags,
-        }
-        self.artifacts_ = {"support_before": H0_np, "support_after": H_best,
-                           "support_y": yS_np.astype(np.int64), "support_rows": train.rows[idx].astype(np.int64)}
+        })
+        self.artifacts_.update({"support_before": H0_np, "support_after": H_best,
+                                "support_y": yS_np.astype(np.int64), "support_rows": train.rows[idx].astype(np.int64)})
 

@@ -53,16 +53,29 @@ from embedkit.determinism import reproducible
 from embedkit.analysis.index import knn
 from embedkit.errors import EmbedkitError
 from embedkit.heads.base import Head
-from embedkit.heads.trainer import (TRAINER_DEFAULTS, LinearModel, draw_indices, lr_wd_grid, sampler_cdf,
+from embedkit.heads.params import Param
+from embedkit.heads.trainer import (TRAINER_DEFAULTS, TRAINER_PARAMS, LinearModel, draw_indices, lr_wd_grid, sampler_cdf,
                                     sgd_step)
 from embedkit.metrics import evaluate_split
-from embedkit.selection import check_leak, select
+from embedkit.selection import check_leak
 
 DISCREPANCIES = ("sym_kl", "logit_mse", "tv")
 UPDATES = ("sequential", "joint", "project")
 
 
 # -- pairs ---------------------------------------------------------------------------------------
+
+def _check_pairs(value):
+    """`pairs`: "nn", "mean_shift" or a (Zp, Zq) pair of equal-shape matrices (checked against the
+    features at fit time)."""
+    if isinstance(value, str):
+        if value not in ("nn", "mean_shift"):
+            raise ValueError(value)
+        return value
+    if len(value) != 2:
+        raise ValueError("pairs")
+    return value
+
 
 def nn_pairs(Z: np.ndarray, y: np.ndarray, a: np.ndarray, mutual: bool = True) -> np.ndarray:
     """P1: cosine nearest neighbours of the same class and a different attribute.
@@ -187,31 +200,32 @@ class IPGHead(Head):
     regimes = ("R1", "R2", "R3")
     needs_val_attrs = False
 
-    @classmethod
-    def default_params(cls) -> dict:
-        # Defaults inside the spec's grid [R], chosen on real ResNet-20 caches (colored_mnist,
-        # waterbirds_like) where they beat `erm` on worst-group accuracy; `update` is the spec's default.
-        return {"pairs": "mean_shift", "mutual": True, "pair_source": "train", "M": None, "discrepancy": "sym_kl",
-                "eps": 0.01, "eps_agree": None, "lam": 10.0, "schedule": "soft", "norm_match": False,
-                "update": "sequential",
-                "Bt": TRAINER_DEFAULTS["batch_size"], "Bp": 128, "lr_grid": TRAINER_DEFAULTS["lr_grid"],
-                "wd_grid": TRAINER_DEFAULTS["wd_grid"], "steps": TRAINER_DEFAULTS["steps"],
-                "eval_every": TRAINER_DEFAULTS["eval_every"], "threads": TRAINER_DEFAULTS["threads"]}
-
-    def __init__(self, seed: int = 0, selection_rule: str | None = None, **params):
-        super().__init__(seed=seed, selection_rule=selection_rule, **params)
-        p = self.params
-        for key, allowed in (("discrepancy", DISCREPANCIES), ("update", UPDATES), ("schedule", ("soft", "hard")),
-                             ("pair_source", ("train", "val"))):
-            if p[key] not in allowed:
-                raise EmbedkitError(f"ipg: {key} must be one of {', '.join(allowed)}, not {p[key]!r}")
-        if isinstance(p["pairs"], str) and p["pairs"] not in ("nn", "mean_shift"):
-            raise EmbedkitError(f"ipg: pairs must be nn, mean_shift or a (Zp, Zq) tuple, not {p['pairs']!r}")
-        for key in ("norm_match", "mutual"):
-            if not isinstance(p[key], bool):
-                raise EmbedkitError(f"ipg: {key} must be true or false, not {p[key]!r}")
-        if not float(p["eps"]) >= 0:
-            raise EmbedkitError(f"ipg: eps must be >= 0 (inf disables the correction), not {p['eps']}")
+    # Defaults inside the spec's grid [R], chosen on real ResNet-20 caches (colored_mnist,
+    # waterbirds_like) where they beat `erm` on worst-group accuracy; `update` is the spec's default.
+    PARAMS = {
+        "pairs": Param("any", "mean_shift", "pair type: nn (P1 mutual cosine neighbours), mean_shift (P2), or a "
+                       "(Zp, Zq) pair of matrices", check_fn=_check_pairs,
+                       accepts_text="nn, mean_shift or a (Zp, Zq) pair of [M, D] matrices"),
+        "mutual": Param("bool", True, "pairs=nn: keep mutual nearest neighbours only"),
+        "pair_source": Param("choice", "train", "split the pairs are built from", choices=("train", "val")),
+        "M": Param("int", None, "cap on the number of pairs (none = all)", low=1),
+        "discrepancy": Param("choice", "sym_kl", "pair discrepancy D", choices=DISCREPANCIES),
+        "eps": Param("float", 0.01, "invariance condition D <= eps (inf disables the correction)", low=0),
+        "eps_agree": Param("float", None, "also require argmax agreement >= 1 - eps_agree", low=0, high=1),
+        "lam": Param("float", 10.0, "corrective step strength lambda", low=0),
+        "schedule": Param("choice", "soft", "lambda_t: soft = lambda min(1, (D - eps)/eps), hard = lambda",
+                          choices=("soft", "hard")),
+        "norm_match": Param("bool", False, "rescale the corrective gradient to the task gradient's norm"),
+        "update": Param("choice", "sequential", "dual update: sequential (task step, then correction), joint, or "
+                        "project (PCGrad-style)", choices=UPDATES),
+        "Bt": Param("int", TRAINER_DEFAULTS["batch_size"], "task batch rows", low=1),
+        "Bp": Param("int", 128, "pair batch size", low=1),
+        "lr_grid": TRAINER_PARAMS["lr_grid"],
+        "wd_grid": TRAINER_PARAMS["wd_grid"],
+        "steps": TRAINER_PARAMS["steps"],
+        "eval_every": TRAINER_PARAMS["eval_every"],
+        "threads": TRAINER_PARAMS["threads"],
+    }
 
     def unmet(self, train, val) -> str | None:
         """Why the pairs cannot be built from these splits (the runner skips the head then)."""
@@ -258,30 +272,29 @@ class IPGHead(Head):
         return np.ascontiguousarray(Zp, np.float32), np.ascontiguousarray(Zq, np.float32), info, rows
 
     # -- fit --------------------------------------------------------------------------------
-    def _fit(self, train, val, test):
+    def _fit(self, train, val, monitor):
         p = self.params
         Zp_np, Zq_np, pair_info, pair_rows = self._pairs(train, val)
         grid = lr_wd_grid(p["lr_grid"], p["wd_grid"])
         K, C, (N, D) = len(grid), train.n_classes, train.Z.shape
         with reproducible(p["threads"]):
-            snapshots = self._loop(train, val, test, grid, torch.from_numpy(Zp_np), torch.from_numpy(Zq_np))
+            snapshots = self._loop(train, val, monitor, grid, torch.from_numpy(Zp_np), torch.from_numpy(Zq_np))
 
         rule = self.rule(val)
-        chosen = select(self.history_, rule=rule)
+        chosen = self._select(self.history_, rule, "val", rows=val.rows)
         k, step = chosen["config_id"], chosen["step"]
         self.coef_, self.intercept_ = snapshots[step]["W"][k], snapshots[step]["b"][k]
-        self.selected_ = {key: chosen[key] for key in ("config_id", "config", "step", "rule", "split", "score", "tie")}
         fit_rows = np.union1d(train.rows, pair_rows)
         # Pairs drawn from val (pair_source=val) put val labels into the fit: allowed, but tagged.
         val_in_pairs = bool(len(np.intersect1d(pair_rows, val.rows)))
-        flags = check_leak(fit_rows, val.rows, None if test is None else test.rows, allow_overlap=val_in_pairs)
+        flags = check_leak(fit_rows, val.rows, allow_overlap=val_in_pairs)
         self.rows_ = {"fit": fit_rows, "tune": np.empty(0, np.int64), "select": np.sort(val.rows)}
-        self.info_ = {"reconstructed": True, "pairs": pair_info, "grid_size": K,
+        self.info_.update({"reconstructed": True, "pairs": pair_info, "grid_size": K,
                       "corrected_fraction": [r["ipg"]["corrected_fraction"] for r in self.history_
                                              if r["config_id"] == k],
-                      "val_used_for_training": val_in_pairs, **flags}
+                      "val_used_for_training": val_in_pairs, **flags})
 
-    def _loop(self, train, val, test, grid, Zp, Zq) -> dict:
+    def _loop(self, train, val, monitor, grid, Zp, Zq) -> dict:
         """The two-step loop over all configs at once. Step 1 is the shared trainer's arithmetic
         (same init, same sampler draws, same SGD update), so with eps = inf the heads are the
         `erm` head's bit for bit; step 2 (or the joint step) adds the correction."""
@@ -327,7 +340,7 @@ class IPGHead(Head):
             n_steps += 1
             if t in eval_steps:
                 snapshots[t] = {k: v.detach().numpy().copy() for k, v in params.items()}
-                self._record(t, grid, net, params, val, test, n_fail / n_steps, D_sum / n_steps)
+                self._record_step(t, grid, net, params, val, monitor, n_fail / n_steps, D_sum / n_steps)
                 n_fail, n_steps, D_sum = torch.zeros(K), 0, torch.zeros(K)
         return snapshots
 
@@ -352,15 +365,16 @@ class IPGHead(Head):
             gb += scale[:, None] * cb
         return Dv.detach(), fail
 
-    def _record(self, step, grid, net, params, val, test, frac, Dmean):
+    def _record_step(self, step, grid, net, params, val, monitor, frac, Dmean):
+        forward = lambda Z: net.forward(params, torch.from_numpy(np.ascontiguousarray(Z, np.float32)))[0].numpy()
         with torch.no_grad():
-            out = {s.name: net.forward(params, torch.from_numpy(np.ascontiguousarray(s.Z, np.float32)))[0].numpy()
-                   for s in (val, test) if s is not None}
+            out = forward(val.Z)
+            finite = [bool(np.isfinite(out[k]).all()) for k in range(len(grid))]   # a diverged config is never selected
+            watched = monitor.score_many(forward, len(grid), keep=lambda k: finite[k])
         for k, cfg in enumerate(grid):
-            finite = bool(np.isfinite(out[val.name][k]).all())     # a diverged config is never selected
             self.history_.append({
                 "config_id": k, "config": cfg, "step": step,
-                "val": evaluate_split(out[val.name][k], val) if finite else None,
-                "test": evaluate_split(out[test.name][k], test) if test is not None and finite else None,
-                "ipg": {"corrected_fraction": float(frac[k]), "discrepancy": float(Dmean[k]), "diverged": not finite},
+                "val": evaluate_split(out[k], val) if finite[k] else None, **watched[k],
+                "ipg": {"corrected_fraction": float(frac[k]), "discrepancy": float(Dmean[k]),
+                        "diverged": not finite[k]},
             })

@@ -30,6 +30,7 @@ import warnings
 import numpy as np
 
 from embedkit.errors import EmbedkitError
+from embedkit.heads.params import Param
 from embedkit.heads.trainer import SGDHead, Variant, as_grid, fit_grid
 from embedkit.selection import GRIDS
 
@@ -54,11 +55,20 @@ class JTTHead(SGDHead):
     regimes = ("R2", "R3")
     needs_val_attrs = False
 
-    @classmethod
-    def default_params(cls) -> dict:
-        return {**super().default_params(), "grid": "fast", "T_grid": None, "lambda_up_grid": None,
-                "stage1_wd_grid": None, "stage1_lr": 1e-2, "id": "head", "upweight": "sampler",
-                "allow_seen_rows": False}
+    PARAMS = {
+        **SGDHead.PARAMS,
+        "grid": Param("choice", "fast", "preset (T, lambda_up, stage-1 wd) grid: fast (2 x 3) or spec (the full "
+                      "search)", choices=("fast", "spec")),
+        "T_grid": Param("ints", None, "stage-1 epochs T searched (none = the preset's)", low=1),
+        "lambda_up_grid": Param("floats", None, "upweights lambda_up searched (none = the preset's)", low=1),
+        "stage1_wd_grid": Param("floats", None, "stage-1 weight decays searched (none = the preset's)", low=0),
+        "stage1_lr": Param("float", 1e-2, "stage-1 learning rate", low=0, open_low=True),
+        "id": Param("choice", "head", "error set from a stage-1 head fitted here, or the cache's stored ERM logits",
+                    choices=("head", "stored")),
+        "upweight": Param("choice", "sampler", "how E is upweighted: sampler weights or loss weights",
+                          choices=("sampler", "loss")),
+        "allow_seen_rows": Param("bool", False, "accept id=stored on rows the backbone may have been trained on"),
+    }
 
     def unmet(self, train, val) -> str | None:
         if self.params["id"] == "stored" and train.logits is None:
@@ -68,8 +78,6 @@ class JTTHead(SGDHead):
     def jtt_grid(self) -> dict:
         """{T, lambda_up, wd1} lists: the preset (`fast` or `spec`) overridden by explicit grids."""
         p = self.params
-        if p["grid"] not in ("fast", "spec"):
-            raise EmbedkitError(f"jtt: grid must be fast or spec, not {p['grid']!r}")
         base = {"T": [2, 20], "lambda_up": [5, 20, 100], "wd1": [0.1]} if p["grid"] == "fast" else GRIDS["jtt"]
         out = {"T": [int(t) for t in (p["T_grid"] if p["T_grid"] is not None else base["T"])],
                "lambda_up": list(as_grid(p["lambda_up_grid"] if p["lambda_up_grid"] is not None else base["lambda_up"])),
@@ -104,10 +112,8 @@ class JTTHead(SGDHead):
                               for T in grid["T"] for j, wd in enumerate(grid["wd1"])}
         return {key: error_set(h.logits(train.Z), train.y) for key, h in self._stage1_heads.items()}
 
-    def _fit(self, train, val, test):
+    def _fit(self, train, val, monitor):
         p = self.params
-        if p["upweight"] not in ("sampler", "loss"):
-            raise EmbedkitError(f"jtt: upweight must be sampler or loss, not {p['upweight']!r}")
         grid = self.jtt_grid()
         self._stage1_heads = {}
         sets = self._stage1(train, grid)
@@ -141,7 +147,7 @@ class JTTHead(SGDHead):
                 w = upweights(n, E, lam)
                 tag = {"T": T, "wd1": wd1, "lambda_up": lam}
                 variants.append(Variant(tag=tag, sampler=w) if p["upweight"] == "sampler" else Variant(tag=tag, weights=w))
-        res = self.run_grid(train.Z, train.y, val, test, variants=variants)
+        res = self.run_grid(train.Z, train.y, val, monitor, variants=variants)
         self.adopt([res], val)
 
         cfg = self.selected_["config"]

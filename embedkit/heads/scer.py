@@ -46,7 +46,8 @@ from embedkit.analysis.directions import (
 from embedkit.errors import EmbedkitError
 from embedkit.heads.balancing import sampler_probs
 from embedkit.heads.groupdro import GroupDROLoss
-from embedkit.heads.trainer import HeadState, SGDHead, Standardizer, Variant, _default_uniform, as_grid, fit_grid
+from embedkit.heads.params import Param
+from embedkit.heads.trainer import TRAINER_PARAMS, HeadState, SGDHead, Standardizer, Variant, _default_uniform, as_grid, fit_grid
 
 
 # ----------------------------------------------------------------------------------------------
@@ -255,27 +256,36 @@ class SCERHead(SGDHead):
     regimes = ("R1",)
     needs_train_attrs = True
 
-    @classmethod
-    def default_params(cls) -> dict:
-        return {
-            "variant": "proj", "proj": "mlp", "hidden": 128, "proj_dim": None,
-            # Numbers or tuples (a grid); None = the variant's default (VARIANT_DEFAULTS).
-            "eta": 1e-2, "lambda_sp": None, "lambda_core": None, "lr_grid": None, "wd_grid": (1e-4,),
-            "batch_size": 108, "sampler": "group", "steps": None, "eval_every": None,
-            "search": 0, "search_seed": 0,           # > 0: the spec 7.5 random search with that many configs
-            "direction_mode": None,                  # None: abs for proj (code), signed for ll
-            "sigma_mode": "code_shrunk", "sigma_ridge": 1e-2, "a0_mode": "orientation_free",
-            "standardize": False, "device": "cpu", "threads": 1,
-        }
-
-    def __init__(self, seed: int = 0, selection_rule: str | None = None, **params):
-        super().__init__(seed=seed, selection_rule=selection_rule, **params)
-        p = self.params
-        for key, allowed in (("variant", ("proj", "ll")), ("proj", ("mlp", "linear")),
-                             ("sampler", ("group", "uniform")), ("sigma_mode", ("code_shrunk", "within_ridge")),
-                             ("a0_mode", ("orientation_free", "code")), ("direction_mode", (None, "abs", "signed"))):
-            if p[key] not in allowed:
-                raise EmbedkitError(f"scer: {key} must be one of {', '.join(map(str, allowed))}, not {p[key]!r}")
+    PARAMS = {
+        "variant": Param("choice", "proj", "proj: regularise a learned residual projection of the features; "
+                         "ll: regularise the head's weights", choices=("proj", "ll")),
+        "proj": Param("choice", "mlp", "projection of variant proj: residual MLP or linear", choices=("mlp", "linear")),
+        "hidden": Param("int", 128, "hidden width of the residual MLP projection", low=1),
+        "proj_dim": Param("int", None, "output dim k of proj=linear (none = the feature dim)", low=1),
+        # Numbers or tuples (a grid); None = the variant's default (VARIANT_DEFAULTS).
+        "eta": Param("floats", 1e-2, "GroupDRO step size(s) eta of the group weights q", low=0),
+        "lambda_sp": Param("floats", None, "weight(s) of the spurious-alignment penalty (none = the variant's)", low=0),
+        "lambda_core": Param("floats", None, "weight(s) of the core-alignment reward (none = the variant's)", low=0),
+        "lr_grid": Param("floats", None, "SGD learning rates searched (none = the variant's)", low=0),
+        "wd_grid": Param("floats", (1e-4,), "weight decays searched (weight matrices only)", low=0),
+        "batch_size": Param("int", 108, "rows per minibatch", low=2),
+        "sampler": Param("choice", "group", "batch sampler: group-balanced or uniform", choices=("group", "uniform")),
+        "steps": Param("int", None, "SGD steps (none = the variant's)", low=1),
+        "eval_every": Param("int", None, "steps between evaluations (none = the variant's)", low=1),
+        "search": Param("int", 0, "> 0: the spec 7.5 random search with that many configs instead of the grid",
+                        low=0),
+        "search_seed": Param("int", 0, "seed of the random search's draws (the same for every run seed)"),
+        "direction_mode": Param("choice", None, "mean-difference directions: abs (the code's) or signed "
+                                "(none = abs for proj, signed for ll)", choices=(None, "abs", "signed")),
+        "sigma_mode": Param("choice", "code_shrunk", "Sigma: the code's shrunk batch covariance or a within-group "
+                            "ridge", choices=("code_shrunk", "within_ridge")),
+        "sigma_ridge": Param("float", 1e-2, "ridge of sigma_mode=within_ridge", low=0, open_low=True),
+        "a0_mode": Param("choice", "orientation_free", "a0: from train counts without orientation, or the code's "
+                         "batch formula", choices=("orientation_free", "code")),
+        "standardize": TRAINER_PARAMS["standardize"],
+        "device": TRAINER_PARAMS["device"],
+        "threads": TRAINER_PARAMS["threads"],
+    }
 
     def resolved(self) -> dict:
         """The parameters in force: explicit values, else the variant's defaults."""
@@ -308,7 +318,7 @@ class SCERHead(SGDHead):
         return out
 
     # -- fit ----------------------------------------------------------------------------------
-    def _fit(self, train, val, test):
+    def _fit(self, train, val, monitor):
         p = self.resolved()
         C, A = train.n_classes, train.n_attrs
         g = train.g
@@ -334,7 +344,7 @@ class SCERHead(SGDHead):
             loss = SCERLoss(block, C, A, counts, variant=p["variant"], direction_mode=self.direction_mode,
                             sigma_mode=p["sigma_mode"], sigma_ridge=float(p["sigma_ridge"]), a0=a0, ll_dirs=ll_dirs)
             results.append(fit_grid(
-                train.Z, train.y, block, variants=[variant], val=val, test=test, rule=self.rule(val),
+                train.Z, train.y, block, variants=[variant], val=val, monitor=monitor, rule=self.rule(val),
                 steps=int(p["steps"]), eval_every=int(p["eval_every"]), batch_size=int(p["batch_size"]),
                 model=model, standardize=bool(p["standardize"]), objective=loss, row_data={"g": g},
                 init_seed=self.seeds["init"], sampler_seed=self.seeds["sampler"], device=p["device"],

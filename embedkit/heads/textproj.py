@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from embedkit.errors import EmbedkitError
+from embedkit.heads.params import Param
 from embedkit.heads.zeroshot import ZeroShotHead, _check_dims, class_embeddings, prompt_entries, prompt_log, unit
 
 QR_TOL = 1e-6
@@ -139,15 +140,16 @@ class TextProjHead(ZeroShotHead):
 
     def __init__(self, seed: int = 0, selection_rule: str | None = None, **params):
         super().__init__(seed=seed, selection_rule=selection_rule, **params)
-        if self.params["variant"] not in VARIANTS:
-            raise EmbedkitError(f"textproj: variant must be one of {', '.join(VARIANTS)}, not {self.params['variant']!r}")
-        if self.params["mode"] not in ("reject", "accept", "both"):
-            raise EmbedkitError(f"textproj: mode must be reject, accept or both, not {self.params['mode']!r}")
         self.name = self.params["variant"]
 
-    @classmethod
-    def default_params(cls) -> dict:
-        return {"variant": "orth_cali", "tau": 100.0, "lam": 1000.0, "mode": "both", "prompts": "class"}
+    PARAMS = {
+        "variant": Param("choice", "orth_cali", "orth_proj, orth_cali (debias_vl) or roboshot", choices=VARIANTS),
+        "tau": Param("float", 100.0, "logit scale tau", low=0, open_low=True),
+        "lam": Param("float", 1000.0, "orth_cali's calibration strength lambda in P0 (lambda M + I)^-1", low=0),
+        "mode": Param("choice", "both", "roboshot: reject, accept or both (reject, then accept)",
+                      choices=("reject", "accept", "both")),
+        "prompts": ZeroShotHead.PARAMS["prompts"],
+    }
 
     def _kinds(self) -> tuple[str, ...]:
         v = self.params["variant"]
@@ -165,7 +167,7 @@ class TextProjHead(ZeroShotHead):
                         f"(see embedkit.heads.textproj.store_prompts)")
         return super().unmet(train, val)
 
-    def _fit(self, train, val, test):
+    def _fit(self, train, val, monitor):
         text = train.text or val.text
         why = self.unmet(train, val) if text else f"{self.name}: the cache stores no text prompts for this backbone"
         if why:
@@ -205,7 +207,7 @@ class TextProjHead(ZeroShotHead):
                     self.artifacts_[f"Q_{kind}"] = Q
         self.info_["prompts"] = prompt_log(text, tuple(kinds), train.class_names, p["tau"], variant=v,
                                            **({"mode": p["mode"]} if v == "roboshot" else {}))
-        self._record(val, test)
+        self._no_selection(val, self.decision_function, monitor)
 
     @staticmethod
     def _pairs(text, kind) -> np.ndarray:

@@ -38,6 +38,8 @@ from embedkit.determinism import reproducible
 from embedkit.errors import EmbedkitError
 from embedkit import selection
 from embedkit.heads.base import Head
+from embedkit.heads.monitor import Monitor, as_monitor
+from embedkit.heads.params import Param
 from embedkit.metrics import evaluate_split
 from embedkit.selection import SGD_GRID
 
@@ -53,19 +55,27 @@ _EVAL_CHUNK = 4096
 # Waterbirds; linear heads on frozen features converge (or are early-stopped by selection) well
 # within that at the grid's larger learning rates. `steps=5000 eval_every=250` restores the spec's
 # budget. One thread by default: deterministic everywhere, and small matmuls gain little from a
-# second thread while losing much when the cores are shared.
-TRAINER_DEFAULTS = {
-    "lr_grid": DEFAULT_LR_GRID,
-    "wd_grid": DEFAULT_WD_GRID,
-    "steps": 1000,
-    "eval_every": 100,
-    "batch_size": 128,
-    "model": "linear",
-    "hidden": 512,
-    "standardize": False,
-    "device": "auto",
-    "threads": 1,
+# second thread while losing much when the cores are shared. Device: "cpu" in every head (one
+# choice for all, issue 11): deterministic and bitwise reproducible; `device=auto` or `cuda` opts in.
+DEVICE = Param("choice", "cpu", "where the head trains: cpu (deterministic, the default of every head), "
+               "auto (cuda when available) or cuda", choices=("cpu", "auto", "cuda"))
+THREADS = Param("int", 1, "CPU threads while fitting (fixed for reproducibility; none = torch's default)",
+                low=1, nullable=True)
+TRAINER_PARAMS = {
+    "lr_grid": Param("floats", DEFAULT_LR_GRID, "SGD learning rates searched (constant LR)", low=0),
+    "wd_grid": Param("floats", DEFAULT_WD_GRID, "weight decays searched (weights only, not biases)", low=0),
+    "steps": Param("int", 1000, "SGD steps per config", low=1),
+    "eval_every": Param("int", 100, "steps between evaluations (and the last step)", low=1),
+    "batch_size": Param("int", 128, "rows per minibatch (full = every row every step)", low=1, extra=("full",),
+                        nullable=True),
+    "model": Param("choice", "linear", "head model: linear, or an MLP with one hidden layer",
+                   choices=("linear", "mlp")),
+    "hidden": Param("int", 512, "hidden width of model=mlp", low=1),
+    "standardize": Param("bool", False, "standardise features on the fitting rows (head mapped back to raw)"),
+    "device": DEVICE,
+    "threads": THREADS,
 }
+TRAINER_DEFAULTS = {k: p.default for k, p in TRAINER_PARAMS.items()}
 
 
 def as_grid(values) -> tuple[float, ...]:
@@ -311,12 +321,12 @@ def sgd_step(params: dict, grads: dict, bufs: dict, lr: torch.Tensor, wd: torch.
             p.addcmul_(lr.view(shape), g, value=-1.0)
 
 
-def fit_grid(Z, y, grid: list[dict], *, variants: list[Variant] | None = None, val=None, test=None,
+def fit_grid(Z, y, grid: list[dict], *, variants: list[Variant] | None = None, val=None, monitor: Monitor | None = None,
              rule: str | None = None, tie: str = "default", steps: int = 1000, eval_every: int = 100,
              batch_size: int | None = 128, model="linear", hidden: int = 512, standardize: bool = False,
              init: tuple | None = None, momentum: float = 0.9, clip_norm: float | None = None,
              objective=None, row_data: dict | None = None, init_seed: int = 0, sampler_seed: int = 0,
-             device: str = "auto", threads: int | None = None, dtype: str = "float32",
+             device: str = "cpu", threads: int | None = None, dtype: str = "float32",
              snapshot_steps=(), config_offset: int = 0) -> GridResult:
     """Train every config of `variants x grid` on the fitting rows (Z [N, D], y [N]).
 
@@ -325,8 +335,9 @@ def fit_grid(Z, y, grid: list[dict], *, variants: list[Variant] | None = None, v
     AFR). `init=(W0, b0)` starts every linear head from a stored raw-coordinate head (mapped when
     standardising); otherwise PyTorch's default init from `init_seed`, the same for all configs.
     With `val`, each evaluation (every `eval_every` steps and the last) writes one record per
-    config `{config_id, config, step, val, test}`, and the head chosen by `rule` (ties: `tie`) is
-    kept. `snapshot_steps`: also return every config's head at these steps.
+    config `{config_id, config, step, val, test}` (test and any other split from the runner's
+    `monitor`, which is handed the K heads' logits, never the other way round), and the head chosen
+    by `rule` (ties: `tie`) is kept. `snapshot_steps`: also return every config's head at these steps.
     """
     t0 = time.perf_counter()
     if dtype not in ("float32", "float64"):
@@ -413,7 +424,7 @@ def fit_grid(Z, y, grid: list[dict], *, variants: list[Variant] | None = None, v
 
         eval_steps = set(range(eval_every, steps + 1, eval_every)) | {steps}
         snap_steps = {int(s) for s in snapshot_steps if 1 <= int(s) <= steps}
-        evals = _Evaluator(net, std, val, test, dev, tdtype) if val is not None else None
+        evals = _Evaluator(net, std, val, as_monitor(monitor), dev, tdtype) if val is not None else None
         if evals is not None and rule is None:
             raise EmbedkitError("trainer: validation given without a selection rule")
 
@@ -503,14 +514,22 @@ def _export_all(net, params, std) -> list:
 
 
 class _Evaluator:
-    """Batched evaluation of all K heads on val (and test): one forward pass per split per
-    evaluation, then the metrics of each config's logits."""
+    """Batched evaluation of all K heads on val: one forward pass per evaluation, then the metrics
+    of each config's logits; the monitor is handed the same batched forward for its splits (their
+    transformed features are cached here by array identity, so each is converted once)."""
 
-    def __init__(self, net, std, val, test, dev, tdtype):
-        self.net = net
-        self.splits = [("val", val)] + ([("test", test)] if test is not None else [])
-        self.Z = {name: torch.as_tensor(std.transform(s.Z) if std else np.asarray(s.Z),
-                                        device=dev).to(tdtype) for name, s in self.splits}
+    def __init__(self, net, std, val, monitor: Monitor, dev, tdtype):
+        self.net, self.std, self.dev, self.tdtype = net, std, dev, tdtype
+        self.val, self.monitor = val, monitor
+        self._tensors = {}
+        self.Zval = self.tensor(val.Z)
+
+    def tensor(self, Z) -> torch.Tensor:
+        key = id(Z)
+        if key not in self._tensors:         # the array is kept alongside, so its id stays unique
+            X = torch.as_tensor(self.std.transform(Z) if self.std else np.asarray(Z), device=self.dev)
+            self._tensors[key] = (Z, X.to(self.tdtype))
+        return self._tensors[key][1]
 
     def logits(self, params, Z) -> np.ndarray:
         with torch.no_grad():
@@ -518,12 +537,12 @@ class _Evaluator:
         return torch.cat(parts, dim=1).float().cpu().numpy()                     # [K, N, C]
 
     def __call__(self, params, step, configs, offset, objective) -> list:
-        out = {name: self.logits(params, self.Z[name]) for name, _ in self.splits}
+        val_logits = self.logits(params, self.Zval)
+        watched = self.monitor.score_many(lambda Z: self.logits(params, self.tensor(Z)), len(configs))
         recs = []
         for k, cfg in enumerate(configs):
             rec = {"config_id": offset + k, "config": cfg, "step": step,
-                   "val": evaluate_split(out["val"][k], self.splits[0][1]),
-                   "test": evaluate_split(out["test"][k], self.splits[1][1]) if "test" in out else None}
+                   "val": evaluate_split(val_logits[k], self.val), **watched[k]}
             if objective is not None and hasattr(objective, "record"):
                 rec.update(objective.record(k))
             recs.append(rec)
@@ -536,12 +555,10 @@ class _Evaluator:
 
 class SGDHead(Head):
     """A head trained with the shared SGD trainer; the trainer's settings are its parameters
-    (see TRAINER_DEFAULTS). After fit: `state_` (HeadState of the selected head), `coef_` and
+    (see TRAINER_PARAMS). After fit: `state_` (HeadState of the selected head), `coef_` and
     `intercept_` for linear heads on raw features."""
 
-    @classmethod
-    def default_params(cls) -> dict:
-        return dict(TRAINER_DEFAULTS)
+    PARAMS = dict(TRAINER_PARAMS)
 
     def trainer_kwargs(self, **overrides) -> dict:
         p = self.params
@@ -556,22 +573,21 @@ class SGDHead(Head):
     def default_grid(self) -> list[dict]:
         return lr_wd_grid(self.params["lr_grid"], self.params["wd_grid"])
 
-    def run_grid(self, Z, y, val, test, grid=None, **overrides) -> GridResult:
+    def run_grid(self, Z, y, val, monitor, grid=None, **overrides) -> GridResult:
         """fit_grid with this head's settings and selection rule; returns the result unadopted."""
-        return fit_grid(Z, y, grid if grid is not None else self.default_grid(), val=val, test=test,
+        return fit_grid(Z, y, grid if grid is not None else self.default_grid(), val=val, monitor=monitor,
                         rule=self.rule(val), **self.trainer_kwargs(**overrides))
 
-    def adopt(self, results: list[GridResult], val) -> None:
+    def adopt(self, results: list[GridResult], val, split_name: str = "val") -> None:
         """Make the best head over one or more grid results this head's state (selection over the
-        union of their records; config ids must not collide)."""
+        union of their records; config ids must not collide). `val` is the split every record's
+        val metrics were computed on (`split_name` names it)."""
         rule = self.rule(val)
         self.history_ = [r for res in results for r in res.history]
-        top = selection.select(self.history_, rule)
+        top = self._select(self.history_, rule, split_name, rows=val.rows)
         key = (top["config_id"], top["step"])
         owner = next(res for res in results if any((r["config_id"], r["step"]) == key for r in res.history))
         self.state_ = owner.state
-        self.selected_ = {k: top[k] for k in ("config_id", "config", "step", "rule", "split", "metric", "score",
-                                              "tie", "grid_size", "n_candidates", "flags")}
         if self.state_.kind == "linear":
             self.coef_, self.intercept_ = self.state_.arrays["coef"], self.state_.arrays["intercept"]
         self.info_["trainer"] = results[0].info if len(results) == 1 else [r.info for r in results]

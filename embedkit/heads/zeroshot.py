@@ -22,7 +22,7 @@ import numpy as np
 
 from embedkit.errors import EmbedkitError
 from embedkit.heads.base import Head
-from embedkit.metrics import evaluate_split
+from embedkit.heads.params import Param
 
 TAU = 100.0
 ENSEMBLING = "t_c = unit(mean_j unit(e_j)) over the prompts of class c"
@@ -75,23 +75,24 @@ class ZeroShotHead(Head):
 
     name = "zeroshot"
     needs_val_attrs = False
+    needs_two_val_classes = False          # fits and selects nothing
     needs_text = True
 
-    @classmethod
-    def default_params(cls) -> dict:
-        return {"tau": TAU, "prompts": "class"}
+    PARAMS = {
+        "tau": Param("float", TAU, "logit scale tau of tau * cos(image, prompt)", low=0, open_low=True),
+        "prompts": Param("choice", "class", "class prompts, or group prompts (a class's score = its best group "
+                         "prompt)", choices=("class", "group")),
+    }
 
     def unmet(self, train, val) -> str | None:
         kind = self.params["prompts"]
-        if kind not in ("class", "group"):
-            return f"zeroshot: prompts must be 'class' or 'group', not {kind!r}"
         _, index, _ = prompt_entries(train.text, kind)
         need = train.n_classes if kind == "class" else train.n_groups
         if not set(range(need)) <= set(index.tolist()):
             return f"zeroshot: the cache stores no {kind!r} prompt for some of the {need} {kind} indices"
         return None
 
-    def _fit(self, train, val, test):
+    def _fit(self, train, val, monitor):
         text = train.text or val.text
         why = self.unmet(train, val) if text else "zeroshot: the cache stores no text prompts for this backbone"
         if why:
@@ -107,15 +108,7 @@ class ZeroShotHead(Head):
         self.n_classes_ = train.n_classes
         self.info_["prompts"] = prompt_log(text, (self.params["prompts"],), train.class_names, self.params["tau"],
                                            mode=self.params["prompts"])
-        self._record(val, test)
-
-    def _record(self, val, test):
-        """One history record (no selection): zero-shot fits nothing."""
-        ev = lambda s: None if s is None or len(s) == 0 else evaluate_split(self.decision_function(s.Z), s)
-        self.history_ = [{"config_id": 0, "config": {}, "step": 0, "val": ev(val), "test": ev(test)}]
-        self.selected_ = {"config_id": 0, "config": {}, "step": 0, "rule": None, "split": None, "score": None}
-        empty = np.zeros(0, np.int64)
-        self.rows_ = {"fit": empty, "tune": empty, "select": empty}
+        self._no_selection(val, self.decision_function, monitor)      # zero-shot fits nothing
 
     def transform(self, Z: np.ndarray) -> np.ndarray:
         """Image side of the head: x̂ = x/‖x‖ (text projections edit it further)."""
