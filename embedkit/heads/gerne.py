@@ -32,7 +32,7 @@ from embedkit.determinism import reproducible
 from embedkit.errors import EmbedkitError
 from embedkit.heads.base import Head, softmax
 from embedkit.heads.trainer import (
-    LinearModel, Standardizer, Variant, _Evaluator, as_grid, fit_grid, resolve_device, sgd_step,
+    LinearModel, Standardizer, Variant, _Evaluator, _export_one, as_grid, fit_grid, resolve_device, sgd_step,
 )
 from embedkit.selection import check_leak, select
 
@@ -254,7 +254,8 @@ def train_gerne_grid(Z, y, a, K: int, A: int, configs: list[dict], *, val, test,
                 if top["step"] == step and (top["config_id"], step) != best_key:
                     best_key = (top["config_id"], step)
                     k = top["config_id"] - config_offset
-                    best_state = net.export({n_: v.detach()[k].cpu().numpy() for n_, v in params.items()}, std)
+                    # A copy: the parameters keep training in place after this step.
+                    best_state = _export_one(net, params, std, k)
     return history, best_state, {"alpha": alpha.tolist(), "n_configs": P, "batch_rows": n}
 
 
