@@ -106,6 +106,8 @@ def test_gdro_trainer_run_matches_a_plain_reference_loop():
 
 
 def test_groupdro_head_records_q_and_refuses_hidden_train_attributes():
+    # Source of the default: every official group_DRO run passes --reweight_groups.
+    assert heads.create("groupdro").params["sampler"] == "group"
     tr, va, te = planted_splits()
     h = heads.create("groupdro", seed=0, eta_grid=[0.1], **FAST).fit(tr, va, te)
     assert h.info_["grid_size"] == 3 * 4
@@ -135,7 +137,7 @@ def test_jtt_error_set_is_exactly_the_stage1_misclassifications():
 
 def test_jtt_with_lambda_up_one_is_erm_with_the_same_seeds():
     tr, va, te = planted_splits()
-    jtt = heads.create("jtt", seed=5, T_grid=[2], lambda_up_grid=[1], **FAST).fit(tr, va, te)
+    jtt = heads.create("jtt", seed=5, T_grid=[2], lambda_up_grid=[1], count="paper", **FAST).fit(tr, va, te)
     erm = heads.create("erm", seed=5, **FAST).fit(tr, va, te)
     assert jtt.coef_.tobytes() == erm.coef_.tobytes()
     assert [r["val"] for r in jtt.history_] == [r["val"] for r in erm.history_]
@@ -151,6 +153,17 @@ def test_jtt_weighted_full_batch_gradient_equals_the_duplicated_dataset():
     dup = np.concatenate([np.arange(40), E, E])                       # each error row counted 3 times
     explicit = fit_grid(Z[dup], y[dup], [{"lr": 1.0, "wd": 0.0}], **one)
     np.testing.assert_allclose(weighted.final[0].arrays["coef"], explicit.final[0].arrays["coef"], atol=1e-13)
+
+
+def test_jtt_default_count_is_the_official_codes_lambda_up_plus_one():
+    # anniesch/jtt builds stage 2 as train + lambda_up extra copies of E: lambda_up + 1 in all.
+    assert heads.create("jtt").params["count"] == "official"
+    tr, va, te = planted_splits()
+    off = heads.create("jtt", seed=5, T_grid=[2], lambda_up_grid=[4], **FAST).fit(tr, va, te)
+    lit = heads.create("jtt", seed=5, T_grid=[2], lambda_up_grid=[5], count="paper", **FAST).fit(tr, va, te)
+    assert off.coef_.tobytes() == lit.coef_.tobytes() and off.info_["count"] == "official"
+    with pytest.raises(EmbedkitError, match="count"):
+        heads.create("jtt", count="twice", **FAST).fit(tr, va, te)
 
 
 def test_jtt_sampler_upweights_the_error_set_in_expectation():

@@ -78,9 +78,11 @@ class GroupDROHead(SGDHead):
     @classmethod
     def default_params(cls) -> dict:
         # Spec defaults [W]: eta in {1e-3, 1e-2, 1e-1}, wd in {1e-4, 1e-3, 1e-2, 1e-1}, the shared
-        # LR grid and step budget; C_adj = 0; uniform sampler (`sampler=group` for balanced batches).
+        # LR grid and step budget; C_adj = 0. Group-balanced batches by default: every run of the
+        # official kohpangwei/group_DRO scripts passes `--reweight_groups` (P(i) = 1/(G n_g(i)));
+        # `sampler=uniform` is the reading of the loss alone.
         return {**super().default_params(), "eta_grid": tuple(GRIDS["gdro"]["eta"]),
-                "wd_grid": tuple(GRIDS["gdro"]["wd"]), "adj": 0.0, "sampler": "uniform"}
+                "wd_grid": tuple(GRIDS["gdro"]["wd"]), "adj": 0.0, "sampler": "group"}
 
     def _fit(self, train, val, test):
         p = self.params
