@@ -279,7 +279,7 @@ def test_afr_paper_grid_sizes():
     assert AFRHead(grid="waterbirds").afr_grid()["epochs"] == 500
     fast = AFRHead().configs()
     paper = AFRHead(grid="waterbirds").configs()
-    assert len(fast) == 20 and all(any(c["gamma"] == pytest.approx(p["gamma"]) and c["lam"] == p["lam"]
+    assert len(fast) == 12 and all(any(c["gamma"] == pytest.approx(p["gamma"]) and c["lam"] == p["lam"]
                                        for p in paper) for c in fast)
 
 
@@ -304,3 +304,16 @@ def test_jtt_and_afr_select_on_val_and_reproduce_their_record():
         rec = next(r for r in h.history_ if (r["config_id"], r["step"]) == (s["config_id"], s["step"]))
         assert_reports_match(evaluate_split(h.decision_function(va.Z), va), rec["val"])
         assert s["score"] == max(r["val"]["worst_group_acc"] for r in h.history_)
+
+
+def test_afr_defaults_follow_the_official_protocol_and_select_the_step_size_on_val():
+    h = AFRHead()
+    assert h.params["eval_every"] == 1                       # train_embeddings.py selects over every epoch
+    assert 1.0 in h.params["lr_scale_grid"]                  # the paper's lr is one candidate
+    assert h.afr_grid()["lr"] == 1e-2 and h.afr_grid()["epochs"] == 500
+    tr, va, te = planted_splits()
+    h = heads.create("afr", seed=0, gamma_grid=[4.0], lam_grid=[0.0], epochs=20, lr_scale_grid=[1.0, 100.0]).fit(tr, va)
+    lrs = sorted({r["config"]["lr"] for r in h.history_})
+    assert lrs == pytest.approx([1e-2, 1.0]) and sorted({r["step"] for r in h.history_}) == list(range(1, 21))
+    with pytest.raises(EmbedkitError, match="lr_scale_grid"):
+        heads.create("afr", lr_scale_grid=[0.0], epochs=2).fit(tr, va)

@@ -235,7 +235,7 @@ def train_gerne_grid(Z, y, a, K: int, A: int, configs: list[dict], *, val, test,
         cidx = torch.tensor([cs.index(float(cfg["c"])) for cfg in configs], device=dev)
         bufs = {k: None for k in params}
         evaluate = _Evaluator(net, std, val, test, dev, torch.float32)
-        history, best_key, best_state = [], None, None
+        history, best_key, best_rec, best_state = [], None, None, None
         eval_steps = set(range(eval_every, steps + 1, eval_every)) | {steps}
         for step in range(1, steps + 1):
             ib = sampler.draw(alpha)
@@ -249,10 +249,13 @@ def train_gerne_grid(Z, y, a, K: int, A: int, configs: list[dict], *, val, test,
             grads = torch.autograd.grad(L_ext.sum(), list(params.values()))
             sgd_step(params, dict(zip(params, grads)), bufs, lr, wd, decay=net.decay)
             if step in eval_steps:
-                history.extend(evaluate(params, step, configs, config_offset, None))
-                top = select(history, rule)
-                if top["step"] == step and (top["config_id"], step) != best_key:
+                new = evaluate(params, step, configs, config_offset, None)
+                history.extend(new)
+                # Incremental running best (select is an argmax under a total order).
+                top = select(([best_rec] if best_rec is not None else []) + new, rule)
+                if (top["config_id"], top["step"]) != best_key:
                     best_key = (top["config_id"], step)
+                    best_rec = next(r for r in new if r["config_id"] == top["config_id"])
                     k = top["config_id"] - config_offset
                     # A copy: the parameters keep training in place after this step.
                     best_state = _export_one(net, params, std, k)
