@@ -27,7 +27,10 @@ Frozen-embedding adaptations (spec 7.4):
 Batches come from the shared trainer's group-balanced sampler (P(i) = 1/(G n_g(i)), i.i.d.), so every group
 is present in practically every batch of 108 when G = 4; an incomplete batch takes step 8's detached
 fallback, and `reg_active_frac` records how often the regulariser acted (with many groups, e.g. 10 x 10,
-raise `batch_size`). Sigma solves use the Woodbury identity on the batch's rank-(B-1) covariance (exact;
+raise `batch_size`). Configuration of the released code matched by default: group-balanced batches
+with the per-batch a0 = (n_00 + n_11)/(2B) of step 5 (`a0_mode=auto` on 2 x 2 groups), as in every
+draw of the released random search (group_balanced True); h = 512 (spec 7.4). `a0_mode=orientation_free`
+is the train-count constant, and the fallback for other group shapes. Sigma solves use the Woodbury identity on the batch's rank-(B-1) covariance (exact;
 the spec asks for a solve, never an explicit inverse).
 
 Selection: val worst-group accuracy over (config, step), never the released collector's test oracle.
@@ -258,13 +261,18 @@ class SCERHead(SGDHead):
     @classmethod
     def default_params(cls) -> dict:
         return {
-            "variant": "proj", "proj": "mlp", "hidden": 128, "proj_dim": None,
+            "variant": "proj", "proj": "mlp", "hidden": 512, "proj_dim": None,     # h = 512: spec 7.4
             # Numbers or tuples (a grid); None = the variant's default (VARIANT_DEFAULTS).
             "eta": 1e-2, "lambda_sp": None, "lambda_core": None, "lr_grid": None, "wd_grid": (1e-4,),
             "batch_size": 108, "sampler": "group", "steps": None, "eval_every": None,
             "search": 0, "search_seed": 0,           # > 0: the spec 7.5 random search with that many configs
             "direction_mode": None,                  # None: abs for proj (code), signed for ll
-            "sigma_mode": "code_shrunk", "sigma_ridge": 1e-2, "a0_mode": "orientation_free",
+            "sigma_mode": "code_shrunk", "sigma_ridge": 1e-2,
+            # auto: the released code's batch-count a0 (spec 7.2 step 5) on 2 x 2 groups, which with the
+            # group-balanced sampler is the configuration of the released random search (group_balanced
+            # True in every draw, spec 7.5); orientation_free (train counts) where the code's binary
+            # formula does not apply.
+            "a0_mode": "auto",
             "standardize": False, "device": "cpu", "threads": 1,
         }
 
@@ -273,7 +281,7 @@ class SCERHead(SGDHead):
         p = self.params
         for key, allowed in (("variant", ("proj", "ll")), ("proj", ("mlp", "linear")),
                              ("sampler", ("group", "uniform")), ("sigma_mode", ("code_shrunk", "within_ridge")),
-                             ("a0_mode", ("orientation_free", "code")), ("direction_mode", (None, "abs", "signed"))):
+                             ("a0_mode", ("auto", "orientation_free", "code")), ("direction_mode", (None, "abs", "signed"))):
             if p[key] not in allowed:
                 raise EmbedkitError(f"scer: {key} must be one of {', '.join(map(str, allowed))}, not {p[key]!r}")
 
@@ -320,7 +328,8 @@ class SCERHead(SGDHead):
         std = Standardizer.fit(train.Z) if p["standardize"] else None
         X = std.transform(train.Z) if std else np.asarray(train.Z, np.float32)
         ll_dirs = self._ll_directions(X, train, counts) if p["variant"] == "ll" else None
-        a0 = "code" if p["a0_mode"] == "code" else a0_orientation_free(counts)
+        a0_mode = p["a0_mode"] if p["a0_mode"] != "auto" else ("code" if (C, A) == (2, 2) else "orientation_free")
+        a0 = "code" if a0_mode == "code" else a0_orientation_free(counts)
         variant = Variant(sampler=sampler_probs(g, train.n_groups)) if p["sampler"] == "group" else Variant()
 
         configs = self.grid()
@@ -344,7 +353,7 @@ class SCERHead(SGDHead):
         self.adopt(results, val)
         self.rows_ = {"fit": np.sort(train.rows), "tune": np.array([], np.int64), "select": np.sort(val.rows)}
         self.info_.update(hyperparameters={k: v for k, v in p.items() if k in VARIANT_DEFAULTS["proj"]},
-                          variant=p["variant"], direction_mode=self.direction_mode, a0=a0,
+                          variant=p["variant"], direction_mode=self.direction_mode, a0=a0, a0_mode=a0_mode,
                           train_group_counts=counts.reshape(-1).tolist(),
                           reg_active_frac=[o.active / max(o.steps, 1) for o in objectives])
         self._report_directions(train)
