@@ -308,3 +308,19 @@ def test_same_seed_is_bitwise_identical_and_out_of_fold_pseudo_groups():
     assert oof.info_["biased_head"]["folds"] == 3 and not oof.info_["biased_head"]["in_sample"]
     hard = oof.artifacts_["pseudo_attr"]
     assert all(hard[train.y == k].sum() == int(0.1 * (train.y == k).sum()) for k in (0, 1))
+
+
+def test_reported_head_is_the_selected_step_not_the_last():
+    """Regression (issue 11): the head GERNE keeps is the one at the selected (config, step); its
+    val and test metrics equal that history record's even when training went on after it."""
+    train, val, test = splits(dim=16, core=0.6, spurious=2.0, noise=1.0)
+    head = heads.create("gerne", seed=1, steps=400, eval_every=20, threads=1,
+                        lr_grid=(1.0,), wd_grid=(1e-4,)).fit(train, val, Monitor({"test": test}))
+    sel = head.selected_
+    rec = next(r for r in head.history_ if (r["config_id"], r["step"]) == (sel["config_id"], sel["step"]))
+    last = max(r["step"] for r in head.history_)
+    assert sel["step"] < last, "the test needs a selection before the last step"
+    for split, name in ((val, "val"), (test, "test")):
+        got = metrics.evaluate_split(head.decision_function(split.Z), split)
+        assert got["worst_group_acc"] == pytest.approx(rec[name]["worst_group_acc"], abs=1e-9)
+        assert got["mean_acc"] == pytest.approx(rec[name]["mean_acc"], abs=1e-9)

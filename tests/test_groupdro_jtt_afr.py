@@ -107,6 +107,8 @@ def test_gdro_trainer_run_matches_a_plain_reference_loop():
 
 
 def test_groupdro_head_records_q_and_refuses_hidden_train_attributes():
+    # Source of the default: every official group_DRO run passes --reweight_groups.
+    assert heads.create("groupdro").params["sampler"] == "group"
     tr, va, te = planted_splits()
     h = heads.create("groupdro", seed=0, eta_grid=[0.1], **FAST).fit(tr, va, Monitor({"test": te}))
     assert h.info_["grid_size"] == 3 * 4
@@ -136,7 +138,7 @@ def test_jtt_error_set_is_exactly_the_stage1_misclassifications():
 
 def test_jtt_with_lambda_up_one_is_erm_with_the_same_seeds():
     tr, va, te = planted_splits()
-    jtt = heads.create("jtt", seed=5, T_grid=[2], lambda_up_grid=[1], **FAST).fit(tr, va, Monitor({"test": te}))
+    jtt = heads.create("jtt", seed=5, T_grid=[2], lambda_up_grid=[1], count="paper", **FAST).fit(tr, va, Monitor({"test": te}))
     erm = heads.create("erm", seed=5, **FAST).fit(tr, va, Monitor({"test": te}))
     assert jtt.coef_.tobytes() == erm.coef_.tobytes()
     assert [r["val"] for r in jtt.history_] == [r["val"] for r in erm.history_]
@@ -152,6 +154,17 @@ def test_jtt_weighted_full_batch_gradient_equals_the_duplicated_dataset():
     dup = np.concatenate([np.arange(40), E, E])                       # each error row counted 3 times
     explicit = fit_grid(Z[dup], y[dup], [{"lr": 1.0, "wd": 0.0}], **one)
     np.testing.assert_allclose(weighted.final[0].arrays["coef"], explicit.final[0].arrays["coef"], atol=1e-13)
+
+
+def test_jtt_default_count_is_the_official_codes_lambda_up_plus_one():
+    # anniesch/jtt builds stage 2 as train + lambda_up extra copies of E: lambda_up + 1 in all.
+    assert heads.create("jtt").params["count"] == "official"
+    tr, va, te = planted_splits()
+    off = heads.create("jtt", seed=5, T_grid=[2], lambda_up_grid=[4], **FAST).fit(tr, va, Monitor({"test": te}))
+    lit = heads.create("jtt", seed=5, T_grid=[2], lambda_up_grid=[5], count="paper", **FAST).fit(tr, va, Monitor({"test": te}))
+    assert off.coef_.tobytes() == lit.coef_.tobytes() and off.info_["count"] == "official"
+    with pytest.raises(EmbedkitError, match="count"):
+        heads.create("jtt", count="twice", **FAST)
 
 
 def test_jtt_sampler_upweights_the_error_set_in_expectation():
@@ -267,7 +280,7 @@ def test_afr_paper_grid_sizes():
     assert AFRHead(grid="waterbirds").afr_grid()["epochs"] == 500
     fast = AFRHead().configs()
     paper = AFRHead(grid="waterbirds").configs()
-    assert len(fast) == 20 and all(any(c["gamma"] == pytest.approx(p["gamma"]) and c["lam"] == p["lam"]
+    assert len(fast) == 12 and all(any(c["gamma"] == pytest.approx(p["gamma"]) and c["lam"] == p["lam"]
                                        for p in paper) for c in fast)
 
 
@@ -292,3 +305,16 @@ def test_jtt_and_afr_select_on_val_and_reproduce_their_record():
         rec = next(r for r in h.history_ if (r["config_id"], r["step"]) == (s["config_id"], s["step"]))
         assert_reports_match(evaluate_split(h.decision_function(va.Z), va), rec["val"])
         assert s["score"] == max(r["val"]["worst_group_acc"] for r in h.history_)
+
+
+def test_afr_defaults_follow_the_official_protocol_and_select_the_step_size_on_val():
+    h = AFRHead()
+    assert h.params["eval_every"] == 1                       # train_embeddings.py selects over every epoch
+    assert 1.0 in h.params["lr_scale_grid"]                  # the paper's lr is one candidate
+    assert h.afr_grid()["lr"] == 1e-2 and h.afr_grid()["epochs"] == 500
+    tr, va, te = planted_splits()
+    h = heads.create("afr", seed=0, gamma_grid=[4.0], lam_grid=[0.0], epochs=20, lr_scale_grid=[1.0, 100.0]).fit(tr, va)
+    lrs = sorted({r["config"]["lr"] for r in h.history_})
+    assert lrs == pytest.approx([1e-2, 1.0]) and sorted({r["step"] for r in h.history_}) == list(range(1, 21))
+    with pytest.raises(EmbedkitError, match="lr_scale_grid"):
+        heads.create("afr", lr_scale_grid=[0.0], epochs=2).fit(tr, va)

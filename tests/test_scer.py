@@ -277,3 +277,9 @@ def test_options_run_and_same_seed_is_bitwise_identical(kw):
     a, b = fit(), fit()
     assert np.array_equal(a.decision_function(test.Z), b.decision_function(test.Z))
     assert a.info_["reg_active_frac"][0] > 0.9
+
+
+def test_defaults_match_the_released_random_search_configuration():
+    # Spec 7.4: h = 512; spec 7.2/7.5: batch-count a0 with group-balanced batches on 2 x 2 groups.
+    h = heads.create("scer")
+    assert h.params["hidden"] == 512 and h.params["sampler"] == "group" and h.params["a0_mode"] == "auto"

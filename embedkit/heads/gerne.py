@@ -34,7 +34,8 @@ from embedkit.heads.base import Head, softmax
 from embedkit.heads.monitor import as_monitor
 from embedkit.heads.params import Param
 from embedkit.heads.trainer import (
-    TRAINER_PARAMS, LinearModel, Standardizer, Variant, _Evaluator, as_grid, fit_grid, resolve_device, sgd_step,
+    TRAINER_PARAMS, LinearModel, Standardizer, Variant, _Evaluator, _export_one, as_grid, fit_grid, resolve_device,
+    sgd_step,
 )
 from embedkit.selection import check_leak, select
 
@@ -237,7 +238,7 @@ def train_gerne_grid(Z, y, a, K: int, A: int, configs: list[dict], *, val, monit
         cidx = torch.tensor([cs.index(float(cfg["c"])) for cfg in configs], device=dev)
         bufs = {k: None for k in params}
         evaluate = _Evaluator(net, std, val, as_monitor(monitor), dev, torch.float32)
-        history, best_key, best_state = [], None, None
+        history, best_key, best_rec, best_state = [], None, None, None
         eval_steps = set(range(eval_every, steps + 1, eval_every)) | {steps}
         for step in range(1, steps + 1):
             ib = sampler.draw(alpha)
@@ -251,12 +252,16 @@ def train_gerne_grid(Z, y, a, K: int, A: int, configs: list[dict], *, val, monit
             grads = torch.autograd.grad(L_ext.sum(), list(params.values()))
             sgd_step(params, dict(zip(params, grads)), bufs, lr, wd, decay=net.decay)
             if step in eval_steps:
-                history.extend(evaluate(params, step, configs, config_offset, None))
-                top = select(history, rule)
-                if top["step"] == step and (top["config_id"], step) != best_key:
+                new = evaluate(params, step, configs, config_offset, None)
+                history.extend(new)
+                # Incremental running best (select is an argmax under a total order).
+                top = select(([best_rec] if best_rec is not None else []) + new, rule)
+                if (top["config_id"], top["step"]) != best_key:
                     best_key = (top["config_id"], step)
+                    best_rec = next(r for r in new if r["config_id"] == top["config_id"])
                     k = top["config_id"] - config_offset
-                    best_state = net.export({n_: v.detach()[k].cpu().numpy() for n_, v in params.items()}, std)
+                    # A copy: the parameters keep training in place after this step.
+                    best_state = _export_one(net, params, std, k)
     return history, best_state, {"alpha": alpha.tolist(), "n_configs": P, "batch_rows": n}
 
 

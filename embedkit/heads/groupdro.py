@@ -76,7 +76,9 @@ class GroupDROHead(SGDHead):
     needs_train_attrs = True
 
     # Spec defaults [W]: eta in {1e-3, 1e-2, 1e-1}, wd in {1e-4, 1e-3, 1e-2, 1e-1}, the shared
-    # LR grid and step budget; C_adj = 0; uniform sampler (`sampler=group` for balanced batches).
+    # LR grid and step budget; C_adj = 0. Group-balanced batches by default: every run of the
+    # official kohpangwei/group_DRO scripts passes `--reweight_groups` (P(i) = 1/(G n_g(i)));
+    # `sampler=uniform` is the reading of the loss alone.
     PARAMS = {
         **SGDHead.PARAMS,
         "eta_grid": Param("floats", tuple(GRIDS["gdro"]["eta"]), "step sizes eta of the group weights q searched",
@@ -84,7 +86,7 @@ class GroupDROHead(SGDHead):
         "wd_grid": Param("floats", tuple(GRIDS["gdro"]["wd"]), "weight decays searched (weights only)", low=0),
         "adj": Param("floats", 0.0, "generalisation adjustment C_adj (one number, or one per group; used only "
                      "when every C_adj,g > 0)", low=0),
-        "sampler": Param("choice", "uniform", "batch sampler: uniform rows, or group-balanced "
+        "sampler": Param("choice", "group", "batch sampler: uniform rows, or group-balanced "
                          "(P(i) = 1/(G n_g(i)), the official --reweight_groups)", choices=("uniform", "group")),
     }
 

@@ -5,14 +5,16 @@
    `id=stored` takes E from the cache's stored ERM logits instead; the cache does not record which
    rows its backbone saw, so that needs `allow_seen_rows=True` (on rows the backbone was trained on
    E is close to empty).
-2. Retraining: a fresh head on train where each i in E counts lambda_up times: a sampler with weight
-   lambda_up on E and 1 elsewhere (default), or `upweight=loss` for loss weights (the same full-batch
-   gradient).
+2. Retraining: a fresh head on train where each i in E counts m times: a sampler with weight m on E
+   and 1 elsewhere (default), or `upweight=loss` for loss weights (the same full-batch gradient).
+   `count=official` (default): m = lambda_up + 1, as the official anniesch/jtt code builds its
+   stage-2 set (the train set concatenated with lambda_up extra copies of every error row);
+   `count=paper`: m = lambda_up, the paper's "upsample E by lambda_up" read literally.
 (T, stage-1 wd, lambda_up, stage-2 lr/wd, step) are chosen together by the regime rule on val.
 
 Seeds: stage 1 draws its init and sampler seeds from the run's `infer` stream (JTT's first stage is
 group inference, spec section 14.1); stage 2 uses the `init` and `sampler` streams exactly as `erm`
-does, so lambda_up = 1 retrains the very ERM head of the same seed. All stage-2 variants share the
+does, so m = 1 (`count=paper`, lambda_up = 1) retrains the very ERM head of the same seed. All stage-2 variants share the
 sampler's uniforms. Error sets that coincide for different (T, wd) are trained once (listed in
 `info_["duplicate_error_sets"]`).
 
@@ -67,6 +69,8 @@ class JTTHead(SGDHead):
                     choices=("head", "stored")),
         "upweight": Param("choice", "sampler", "how E is upweighted: sampler weights or loss weights",
                           choices=("sampler", "loss")),
+        "count": Param("choice", "official", "copies of each error row: official = lambda_up + 1 (anniesch/jtt), "
+                       "paper = lambda_up", choices=("official", "paper")),
         "allow_seen_rows": Param("bool", False, "accept id=stored on rows the backbone may have been trained on"),
     }
 
@@ -144,7 +148,7 @@ class JTTHead(SGDHead):
         variants = []
         for (T, wd1), E in unique.items():
             for lam in grid["lambda_up"]:
-                w = upweights(n, E, lam)
+                w = upweights(n, E, lam + 1 if p["count"] == "official" else lam)
                 tag = {"T": T, "wd1": wd1, "lambda_up": lam}
                 variants.append(Variant(tag=tag, sampler=w) if p["upweight"] == "sampler" else Variant(tag=tag, weights=w))
         res = self.run_grid(train.Z, train.y, val, monitor, variants=variants)
@@ -158,4 +162,4 @@ class JTTHead(SGDHead):
             self.artifacts_["stage1_coef"], self.artifacts_["stage1_intercept"] = h.arrays["coef"], h.arrays["intercept"]
         self.rows_ = {"fit": np.sort(train.rows), "tune": np.array([], np.int64), "select": np.sort(val.rows)}
         self.info_.update(error_sets=stats, duplicate_error_sets=duplicates, n_variants=len(variants),
-                          jtt_grid=grid, upweight=p["upweight"], id=p["id"])
+                          jtt_grid=grid, upweight=p["upweight"], count=p["count"], id=p["id"])

@@ -27,7 +27,10 @@ Frozen-embedding adaptations (spec 7.4):
 Batches come from the shared trainer's group-balanced sampler (P(i) = 1/(G n_g(i)), i.i.d.), so every group
 is present in practically every batch of 108 when G = 4; an incomplete batch takes step 8's detached
 fallback, and `reg_active_frac` records how often the regulariser acted (with many groups, e.g. 10 x 10,
-raise `batch_size`). Sigma solves use the Woodbury identity on the batch's rank-(B-1) covariance (exact;
+raise `batch_size`). Configuration of the released code matched by default: group-balanced batches
+with the per-batch a0 = (n_00 + n_11)/(2B) of step 5 (`a0_mode=auto` on 2 x 2 groups), as in every
+draw of the released random search (group_balanced True); h = 512 (spec 7.4). `a0_mode=orientation_free`
+is the train-count constant, and the fallback for other group shapes. Sigma solves use the Woodbury identity on the batch's rank-(B-1) covariance (exact;
 the spec asks for a solve, never an explicit inverse).
 
 Selection: val worst-group accuracy over (config, step), never the released collector's test oracle.
@@ -260,7 +263,7 @@ class SCERHead(SGDHead):
         "variant": Param("choice", "proj", "proj: regularise a learned residual projection of the features; "
                          "ll: regularise the head's weights", choices=("proj", "ll")),
         "proj": Param("choice", "mlp", "projection of variant proj: residual MLP or linear", choices=("mlp", "linear")),
-        "hidden": Param("int", 128, "hidden width of the residual MLP projection", low=1),
+        "hidden": Param("int", 512, "hidden width h of the residual MLP projection (spec 7.4)", low=1),
         "proj_dim": Param("int", None, "output dim k of proj=linear (none = the feature dim)", low=1),
         # Numbers or tuples (a grid); None = the variant's default (VARIANT_DEFAULTS).
         "eta": Param("floats", 1e-2, "GroupDRO step size(s) eta of the group weights q", low=0),
@@ -280,8 +283,13 @@ class SCERHead(SGDHead):
         "sigma_mode": Param("choice", "code_shrunk", "Sigma: the code's shrunk batch covariance or a within-group "
                             "ridge", choices=("code_shrunk", "within_ridge")),
         "sigma_ridge": Param("float", 1e-2, "ridge of sigma_mode=within_ridge", low=0, open_low=True),
-        "a0_mode": Param("choice", "orientation_free", "a0: from train counts without orientation, or the code's "
-                         "batch formula", choices=("orientation_free", "code")),
+        # auto: the released code's batch-count a0 (spec 7.2 step 5) on 2 x 2 groups, which with the
+        # group-balanced sampler is the configuration of the released random search (group_balanced
+        # True in every draw, spec 7.5); orientation_free (train counts) where the code's binary
+        # formula does not apply.
+        "a0_mode": Param("choice", "auto", "a0: auto (the code's batch formula on 2 x 2 groups, else "
+                         "orientation_free), orientation_free (train counts) or code (batch counts)",
+                         choices=("auto", "orientation_free", "code")),
         "standardize": TRAINER_PARAMS["standardize"],
         "device": TRAINER_PARAMS["device"],
         "threads": TRAINER_PARAMS["threads"],
@@ -330,7 +338,8 @@ class SCERHead(SGDHead):
         std = Standardizer.fit(train.Z) if p["standardize"] else None
         X = std.transform(train.Z) if std else np.asarray(train.Z, np.float32)
         ll_dirs = self._ll_directions(X, train, counts) if p["variant"] == "ll" else None
-        a0 = "code" if p["a0_mode"] == "code" else a0_orientation_free(counts)
+        a0_mode = p["a0_mode"] if p["a0_mode"] != "auto" else ("code" if (C, A) == (2, 2) else "orientation_free")
+        a0 = "code" if a0_mode == "code" else a0_orientation_free(counts)
         variant = Variant(sampler=sampler_probs(g, train.n_groups)) if p["sampler"] == "group" else Variant()
 
         configs = self.grid()
@@ -354,7 +363,7 @@ class SCERHead(SGDHead):
         self.adopt(results, val)
         self.rows_ = {"fit": np.sort(train.rows), "tune": np.array([], np.int64), "select": np.sort(val.rows)}
         self.info_.update(hyperparameters={k: v for k, v in p.items() if k in VARIANT_DEFAULTS["proj"]},
-                          variant=p["variant"], direction_mode=self.direction_mode, a0=a0,
+                          variant=p["variant"], direction_mode=self.direction_mode, a0=a0, a0_mode=a0_mode,
                           train_group_counts=counts.reshape(-1).tolist(),
                           reg_active_frac=[o.active / max(o.steps, 1) for o in objectives])
         self._report_directions(train)
