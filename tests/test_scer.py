@@ -183,7 +183,7 @@ def test_lambda_zero_is_groupdro_bit_for_bit():
     train, val, test = splits()
     common = dict(steps=120, eval_every=40, batch_size=64, wd_grid=(1e-4,), threads=1)
     gd = heads.create("groupdro", seed=3, eta_grid=(0.01,), lr_grid=(1e-2, 1e-1), sampler="group", **common)
-    sc = heads.create("scer_ll", seed=3, eta=0.01, lambda_sp=0, lambda_core=0, lr_grid=(1e-2, 1e-1), **common)
+    sc = heads.create("scer_ll", seed=3, eta_grid=0.01, lambda_sp=0, lambda_core=0, lr_grid=(1e-2, 1e-1), **common)
     gd, sc = gd.fit(train, val, Monitor({"test": test})), sc.fit(train, val, Monitor({"test": test}))
     assert np.array_equal(gd.coef_, sc.coef_) and np.array_equal(gd.intercept_, sc.intercept_)
     assert [r["val"]["worst_group_acc"] for r in gd.history_] == [r["val"]["worst_group_acc"] for r in sc.history_]

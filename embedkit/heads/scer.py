@@ -266,7 +266,8 @@ class SCERHead(SGDHead):
         "hidden": Param("int", 512, "hidden width h of the residual MLP projection (spec 7.4)", low=1),
         "proj_dim": Param("int", None, "output dim k of proj=linear (none = the feature dim)", low=1),
         # Numbers or tuples (a grid); None = the variant's default (VARIANT_DEFAULTS).
-        "eta": Param("floats", 1e-2, "GroupDRO step size(s) eta of the group weights q", low=0),
+        # `eta_grid` as in `groupdro`: the same GroupDRO step size (HSFM's `eta` is its outer Adam lr).
+        "eta_grid": Param("floats", 1e-2, "GroupDRO step sizes eta of the group weights q searched", low=0),
         "lambda_sp": Param("floats", None, "weight(s) of the spurious-alignment penalty (none = the variant's)", low=0),
         "lambda_core": Param("floats", None, "weight(s) of the core-alignment reward (none = the variant's)", low=0),
         "lr_grid": Param("floats", None, "SGD learning rates searched (none = the variant's)", low=0),
@@ -315,7 +316,7 @@ class SCERHead(SGDHead):
         n = int(p["search"])
         if n <= 0:
             return [{"eta": e, "lambda_sp": ls, "lambda_core": lc, "lr": lr, "wd": wd, "hidden": int(p["hidden"])}
-                    for e in as_grid(p["eta"]) for ls in as_grid(p["lambda_sp"]) for lc in as_grid(p["lambda_core"])
+                    for e in as_grid(p["eta_grid"]) for ls in as_grid(p["lambda_sp"]) for lc in as_grid(p["lambda_core"])
                     for lr in as_grid(p["lr_grid"]) for wd in as_grid(p["wd_grid"])]
         rng = np.random.default_rng(int(p["search_seed"]))
         out = []
