@@ -26,17 +26,11 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from embedkit.determinism import reproducible
 from embedkit.errors import EmbedkitError
 from embedkit.heads.base import Head, softmax
-from embedkit.heads.monitor import as_monitor
 from embedkit.heads.params import Param
-from embedkit.heads.trainer import (
-    TRAINER_PARAMS, LinearModel, Standardizer, Variant, _Evaluator, _export_one, as_grid, fit_grid, resolve_device,
-    sgd_step,
-)
+from embedkit.heads.trainer import TRAINER_PARAMS, Variant, as_grid, fit_grid
 from embedkit.selection import check_leak, select
 
 # Embedkit clips beta to at most this fraction of beta_max (spec 9.3 [W]: training diverges near the bound).
@@ -202,6 +196,40 @@ def pseudo_groups(conf: np.ndarray, y: np.ndarray, K: int, t: float) -> np.ndarr
 # Training (spec 9.6 pseudocode): K*B-row biased and less-biased batches, one backward of L_ext
 # ----------------------------------------------------------------------------------------------
 
+class GERNEBatches:
+    """The batch-draw hook of `trainer.fit_grid`: per step the biased batch B_b ~ p_b (shared by
+    every config) followed by one less-biased batch B_lb ~ p_lb per mixing factor c (K*B rows each),
+    side by side: rows [(1 + |cs|) K B]."""
+
+    def __init__(self, sampler: GroupBatchSampler, alpha: np.ndarray, cs: list[float], coupling: str):
+        self.sampler, self.alpha, self.cs, self.coupling = sampler, alpha, cs, coupling
+        self.probs = {c: batch_probs(alpha, c)[1] for c in cs}
+
+    def draw(self, step: int) -> np.ndarray:
+        ib = self.sampler.draw(self.alpha)
+        ilb = [self.sampler.draw(self.probs[c]) if self.coupling == "independent" else self.sampler.draw_coupled(ib, c)
+               for c in self.cs]
+        return np.concatenate([ib] + ilb)
+
+
+class ExtrapolatedLoss:
+    """The objective on GERNEBatches' rows: L_b = mean CE over B_b, L_lb = mean CE over the config's
+    B_lb (slot cidx[k] of the stacked less-biased batches), L_ext = (1 + beta) L_lb - beta L_b [K]."""
+
+    def __init__(self, configs: list[dict], cs: list[float], n: int):
+        self.beta = torch.tensor([float(cfg["beta"]) for cfg in configs])
+        self.cidx = torch.tensor([cs.index(float(cfg["c"])) for cfg in configs])
+        self.n = int(n)
+
+    def __call__(self, ctx) -> torch.Tensor:
+        K = ctx.losses.shape[0]
+        ce = ctx.losses.view(K, -1, self.n)                                      # [K, 1 + |cs|, n]
+        beta, cidx = self.beta.to(ce), self.cidx.to(ce.device)
+        L_b = ce[:, 0].mean(1)
+        L_lb = ce[:, 1:].mean(2).gather(1, cidx[:, None])[:, 0]
+        return (1 + beta) * L_lb - beta * L_b
+
+
 def train_gerne_grid(Z, y, a, K: int, A: int, configs: list[dict], *, val, monitor=None, rule: str, steps: int,
                      eval_every: int, per_class: int, coupling: str, sampler_seed: int, init_seed: int,
                      standardize: bool = False, device: str = "cpu", threads: int | None = None,
@@ -211,58 +239,22 @@ def train_gerne_grid(Z, y, a, K: int, A: int, configs: list[dict], *, val, monit
     SGD (momentum 0.9, weight decay on weights only) on each config's linear head.
 
     Configs with the same c share their batches (common random numbers from the sampler stream);
-    the biased batch is shared by all. Returns (history, best HeadState, info). The shared trainer
-    draws one batch per step, so GERNE's two-batch loss runs this minimal loop; it reuses the
-    trainer's stacked linear model, standardisation and batched evaluation.
+    the biased batch is shared by all. This is the shared trainer (`fit_grid`) with GERNE's two
+    batches as its batch-draw hook and L_ext as its objective, so the kept head is the selected
+    (config, step)'s by construction. Returns (history, best HeadState, info).
     """
     alpha, _ = within_class_frequencies(y, a, K, A, group_names)
     cs = sorted({float(cfg["c"]) for cfg in configs})
-    probs = {c: batch_probs(alpha, c)[1] for c in cs}
     if coupling not in ("independent", "coupled"):
         raise EmbedkitError(f"gerne: coupling must be independent or coupled, not {coupling!r}")
     sampler = GroupBatchSampler(y, a, K, A, per_class, np.random.default_rng(sampler_seed))
-    P, n = len(configs), K * int(per_class)
-    C = val.n_classes
-
-    dev = resolve_device(device)
-    std = Standardizer.fit(Z) if standardize else None
-    net = LinearModel(Z.shape[1], C)
-    with reproducible(threads, active=dev.type == "cpu"):
-        Zt = torch.as_tensor(std.transform(Z) if std else np.asarray(Z, np.float32), device=dev)
-        yt = torch.as_tensor(np.asarray(y, np.int64), device=dev)
-        one = net.init_params(torch.Generator().manual_seed(int(init_seed)))
-        params = {k: v.to(dev).unsqueeze(0).repeat(P, *([1] * v.dim())).requires_grad_() for k, v in one.items()}
-        col = lambda key: torch.tensor([float(cfg[key]) for cfg in configs], device=dev)
-        beta, lr, wd = col("beta"), col("lr"), col("wd")
-        # Config p reads the less-biased batch of its c: slot cidx[p] of the stacked batches.
-        cidx = torch.tensor([cs.index(float(cfg["c"])) for cfg in configs], device=dev)
-        bufs = {k: None for k in params}
-        evaluate = _Evaluator(net, std, val, as_monitor(monitor), dev, torch.float32)
-        history, best_key, best_rec, best_state = [], None, None, None
-        eval_steps = set(range(eval_every, steps + 1, eval_every)) | {steps}
-        for step in range(1, steps + 1):
-            ib = sampler.draw(alpha)
-            ilb = [sampler.draw(probs[c]) if coupling == "independent" else sampler.draw_coupled(ib, c) for c in cs]
-            idx = torch.as_tensor(np.concatenate([ib] + ilb), device=dev)
-            logits, _ = net.forward(params, Zt.index_select(0, idx))            # [P, (1 + |cs|) n, C]
-            ce = F.cross_entropy(logits.reshape(-1, C), yt[idx].repeat(P), reduction="none").view(P, -1, n)
-            L_b = ce[:, 0].mean(1)                                              # [P]
-            L_lb = ce[:, 1:].mean(2).gather(1, cidx[:, None])[:, 0]
-            L_ext = (1 + beta) * L_lb - beta * L_b
-            grads = torch.autograd.grad(L_ext.sum(), list(params.values()))
-            sgd_step(params, dict(zip(params, grads)), bufs, lr, wd, decay=net.decay)
-            if step in eval_steps:
-                new = evaluate(params, step, configs, config_offset, None)
-                history.extend(new)
-                # Incremental running best (select is an argmax under a total order).
-                top = select(([best_rec] if best_rec is not None else []) + new, rule)
-                if (top["config_id"], top["step"]) != best_key:
-                    best_key = (top["config_id"], step)
-                    best_rec = next(r for r in new if r["config_id"] == top["config_id"])
-                    k = top["config_id"] - config_offset
-                    # A copy: the parameters keep training in place after this step.
-                    best_state = _export_one(net, params, std, k)
-    return history, best_state, {"alpha": alpha.tolist(), "n_configs": P, "batch_rows": n}
+    n = K * int(per_class)
+    res = fit_grid(Z, y, configs, val=val, monitor=monitor, rule=rule, steps=steps, eval_every=eval_every,
+                   batch_size=(1 + len(cs)) * n, standardize=standardize, objective=ExtrapolatedLoss(configs, cs, n),
+                   hooks=[GERNEBatches(sampler, alpha, cs, coupling)], init_seed=init_seed, sampler_seed=sampler_seed,
+                   device=device, threads=threads, config_offset=config_offset)
+    return res.history, res.state, {"alpha": alpha.tolist(), "n_configs": len(configs), "batch_rows": n,
+                                    "trainer": res.info}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -270,7 +270,7 @@ class StepContext:
     """What an objective sees each step. `losses` [K, B] per-example cross-entropy (with grad);
     `weights` [K, B] normalised loss weights or None; `batch[name]` [K, B] the caller's `row_data`
     on this batch; `params` / `init` the stacked parameters (init detached); `aux` model
-    intermediates (e.g. MLP hidden units); `step` counts from 1."""
+    intermediates (e.g. MLP hidden units); `step` counts from 1; `lr` [K] the configs' learning rates."""
     losses: torch.Tensor
     weights: torch.Tensor | None
     batch: dict
@@ -279,6 +279,7 @@ class StepContext:
     aux: dict
     logits: torch.Tensor
     step: int
+    lr: torch.Tensor | None = None
 
 
 def weighted_mean(ctx: StepContext) -> torch.Tensor:
@@ -327,7 +328,7 @@ def fit_grid(Z, y, grid: list[dict], *, variants: list[Variant] | None = None, v
              init: tuple | None = None, momentum: float = 0.9, clip_norm: float | None = None,
              objective=None, row_data: dict | None = None, init_seed: int = 0, sampler_seed: int = 0,
              device: str = "cpu", threads: int | None = None, dtype: str = "float32",
-             snapshot_steps=(), config_offset: int = 0) -> GridResult:
+             snapshot_steps=(), config_offset: int = 0, hooks=()) -> GridResult:
     """Train every config of `variants x grid` on the fitting rows (Z [N, D], y [N]).
 
     grid: dicts with at least `lr` and `wd` (weight decay, weights only); other keys are recorded
@@ -338,6 +339,17 @@ def fit_grid(Z, y, grid: list[dict], *, variants: list[Variant] | None = None, v
     config `{config_id, config, step, val, test}` (test and any other split from the runner's
     `monitor`, which is handed the K heads' logits, never the other way round), and the head chosen
     by `rule` (ties: `tie`) is kept. `snapshot_steps`: also return every config's head at these steps.
+
+    `hooks`: objects that change the step without a loop of their own (any of these methods):
+    - `draw(step) -> rows` (at most one hook): the batch-draw hook; its row indices [B'] replace the
+      sampler's batch for every config (GERNE's biased and less-biased batches, side by side);
+    - `on_grads(ctx, grads)`: the post-grad hook, after clipping and before the SGD update; it may
+      edit `grads` in place (IPG's joint and projected corrections);
+    - `after_update(ctx, grads)`: after the update, e.g. a corrective step on `ctx.params` in place
+      (IPG's sequential dual update);
+    - `record(k) -> dict` (fields added to config k's evaluation records, like an objective's) and
+      `evaluated(step)` (called after each evaluation).
+    A config whose val logits are not finite (diverged) gets `val: None` and is never selected.
     """
     t0 = time.perf_counter()
     if dtype not in ("float32", "float64"):
@@ -422,6 +434,15 @@ def fit_grid(Z, y, grid: list[dict], *, variants: list[Variant] | None = None, v
         B = N if full else int(batch_size)
         all_rows = torch.arange(N, device=dev)
 
+        hooks = list(hooks or ())
+        drawers = [h for h in hooks if hasattr(h, "draw")]
+        if len(drawers) > 1:
+            raise EmbedkitError("trainer: at most one batch-draw hook")
+        drawer = drawers[0] if drawers else None
+        if drawer is not None and (full or per_variant):
+            raise EmbedkitError("trainer: a batch-draw hook draws one batch for every config (needs a batch size "
+                                "and one sampler)")
+        recorders = [o for o in (objective, *hooks) if o is not None and hasattr(o, "record")]
         eval_steps = set(range(eval_every, steps + 1, eval_every)) | {steps}
         snap_steps = {int(s) for s in snapshot_steps if 1 <= int(s) <= steps}
         evals = _Evaluator(net, std, val, as_monitor(monitor), dev, tdtype) if val is not None else None
@@ -434,14 +455,17 @@ def fit_grid(Z, y, grid: list[dict], *, variants: list[Variant] | None = None, v
         step = 0
         while step < steps:
             n = min(chunk, steps - step)
-            if not full:
+            if not full and drawer is None:
                 u = rng.random((n, B))
                 idx_np = (np.stack([draw_indices(c, u) for c in cdfs], axis=1) if per_variant
                           else draw_indices(cdfs[0], u)[:, None])                  # [n, U|1, B]
                 idx_chunk = torch.as_tensor(idx_np, device=dev)
             for j in range(n):
                 step += 1
-                if full:
+                if drawer is not None:
+                    ib = torch.as_tensor(np.asarray(drawer.draw(step), np.int64), device=dev).unsqueeze(0)
+                    x, yb = Zt.index_select(0, ib[0]), yt[ib]
+                elif full:
                     x, yb, ib = Zt, yt, all_rows.unsqueeze(0)
                 else:
                     ib = idx_chunk[j]                                              # [U|1, B]
@@ -451,12 +475,13 @@ def fit_grid(Z, y, grid: list[dict], *, variants: list[Variant] | None = None, v
                 logits, aux = net.forward(params, x)
                 ibK = ib.repeat_interleave(Kg, dim=0) if per_variant else ib.expand(K, -1)
                 yK = yb.repeat_interleave(Kg, dim=0) if per_variant else yb.expand(K, -1)
-                losses = F.cross_entropy(logits.reshape(K * B, C), yK.reshape(-1), reduction="none").view(K, B)
+                Bs = ib.shape[-1]
+                losses = F.cross_entropy(logits.reshape(K * Bs, C), yK.reshape(-1), reduction="none").view(K, Bs)
                 ctx = StepContext(
                     losses=losses,
                     weights=None if wt is None else (wt if full else wt.gather(1, ibK)),
                     batch={k: v[ibK] for k, v in rows.items()}, params=params, init=init_p, aux=aux,
-                    logits=logits, step=step)
+                    logits=logits, step=step, lr=lr)
                 loss = (objective or weighted_mean)(ctx)
                 grads = torch.autograd.grad(loss.sum(), list(params.values()))
                 with torch.no_grad():
@@ -466,12 +491,22 @@ def fit_grid(Z, y, grid: list[dict], *, variants: list[Variant] | None = None, v
                         total = torch.sqrt(sum(g.pow(2).reshape(K, -1).sum(1) for g in grads.values()))
                         coef = torch.clamp(float(clip_norm) / (total + 1e-6), max=1.0)
                         grads = {k: g * coef.view(shape[k]) for k, g in grads.items()}
+                for h in hooks:                      # outside no_grad: a hook may need autograd
+                    if hasattr(h, "on_grads"):
+                        h.on_grads(ctx, grads)
+                with torch.no_grad():
                     sgd_step(params, grads, bufs, lr, wd, momentum=momentum, decay=net.decay)
+                for h in hooks:
+                    if hasattr(h, "after_update"):
+                        h.after_update(ctx, grads)
                 if step in snap_steps:
                     snapshots[step] = _export_all(net, params, std)
                 if evals is not None and step in eval_steps:
-                    new = evals(params, step, configs, config_offset, objective)
+                    new = evals(params, step, configs, config_offset, recorders)
                     history.extend(new)
+                    for h in hooks:
+                        if hasattr(h, "evaluated"):
+                            h.evaluated(step)
                     # Incremental running best: select is an argmax under a total order, so the
                     # best of (previous best + new records) is the best of all records so far,
                     # at O(K) per evaluation instead of O(len(history)).
@@ -540,15 +575,18 @@ class _Evaluator:
             parts = [self.net.forward(params, Z[i:i + _EVAL_CHUNK])[0] for i in range(0, len(Z), _EVAL_CHUNK)]
         return torch.cat(parts, dim=1).float().cpu().numpy()                     # [K, N, C]
 
-    def __call__(self, params, step, configs, offset, objective) -> list:
+    def __call__(self, params, step, configs, offset, recorders=()) -> list:
         val_logits = self.logits(params, self.Zval)
-        watched = self.monitor.score_many(lambda Z: self.logits(params, self.tensor(Z)), len(configs))
+        # A diverged config (non-finite logits) gets no metrics, so selection never picks it.
+        finite = [bool(np.isfinite(val_logits[k]).all()) for k in range(len(configs))]
+        watched = self.monitor.score_many(lambda Z: self.logits(params, self.tensor(Z)), len(configs),
+                                          keep=lambda k: finite[k])
         recs = []
         for k, cfg in enumerate(configs):
             rec = {"config_id": offset + k, "config": cfg, "step": step,
-                   "val": evaluate_split(val_logits[k], self.val), **watched[k]}
-            if objective is not None and hasattr(objective, "record"):
-                rec.update(objective.record(k))
+                   "val": evaluate_split(val_logits[k], self.val) if finite[k] else None, **watched[k]}
+            for r in recorders:
+                rec.update(r.record(k))
             recs.append(rec)
         return recs
 
