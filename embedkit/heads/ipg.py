@@ -47,16 +47,12 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from embedkit.determinism import reproducible
 from embedkit.analysis.index import knn
 from embedkit.errors import EmbedkitError
 from embedkit.heads.base import Head
 from embedkit.heads.params import Param
-from embedkit.heads.trainer import (TRAINER_DEFAULTS, TRAINER_PARAMS, LinearModel, draw_indices, lr_wd_grid, sampler_cdf,
-                                    sgd_step)
-from embedkit.metrics import evaluate_split
+from embedkit.heads.trainer import TRAINER_DEFAULTS, TRAINER_PARAMS, fit_grid, lr_wd_grid
 from embedkit.selection import check_leak
 
 DISCREPANCIES = ("sym_kl", "logit_mse", "tv")
@@ -273,108 +269,106 @@ class IPGHead(Head):
 
     # -- fit --------------------------------------------------------------------------------
     def _fit(self, train, val, monitor):
+        """The shared trainer (`fit_grid`: the `erm` head's init, sampler draws and SGD update, all
+        lr x wd configs at once) with the correction as its hooks (`Correction`): with eps = inf the
+        heads are the `erm` head's bit for bit, and the kept head is the selected (config, step)'s."""
         p = self.params
         Zp_np, Zq_np, pair_info, pair_rows = self._pairs(train, val)
         grid = lr_wd_grid(p["lr_grid"], p["wd_grid"])
-        K, C, (N, D) = len(grid), train.n_classes, train.Z.shape
-        with reproducible(p["threads"]):
-            snapshots = self._loop(train, val, monitor, grid, torch.from_numpy(Zp_np), torch.from_numpy(Zq_np))
-
+        K = len(grid)
         rule = self.rule(val)
+        hook = Correction(p, torch.from_numpy(Zp_np), torch.from_numpy(Zq_np), K, self.seeds["pairs"])
+        res = fit_grid(train.Z, train.y, grid, val=val, monitor=monitor, rule=rule, steps=int(p["steps"]),
+                       eval_every=int(p["eval_every"]), batch_size=int(p["Bt"]), hooks=[hook],
+                       init_seed=self.seeds["init"], sampler_seed=self.seeds["sampler"], device="cpu",
+                       threads=p["threads"])
+        self.history_ = res.history
         chosen = self._select(self.history_, rule, "val", rows=val.rows)
-        k, step = chosen["config_id"], chosen["step"]
-        self.coef_, self.intercept_ = snapshots[step]["W"][k], snapshots[step]["b"][k]
+        k = chosen["config_id"]
+        self.coef_, self.intercept_ = res.state.arrays["coef"], res.state.arrays["intercept"]
         fit_rows = np.union1d(train.rows, pair_rows)
         # Pairs drawn from val (pair_source=val) put val labels into the fit: allowed, but tagged.
         val_in_pairs = bool(len(np.intersect1d(pair_rows, val.rows)))
         flags = check_leak(fit_rows, val.rows, allow_overlap=val_in_pairs)
         self.rows_ = {"fit": fit_rows, "tune": np.empty(0, np.int64), "select": np.sort(val.rows)}
-        self.info_.update({"reconstructed": True, "pairs": pair_info, "grid_size": K,
-                      "corrected_fraction": [r["ipg"]["corrected_fraction"] for r in self.history_
-                                             if r["config_id"] == k],
-                      "val_used_for_training": val_in_pairs, **flags})
+        self.info_.update({"reconstructed": True, "pairs": pair_info, "grid_size": K, "trainer": res.info,
+                           "corrected_fraction": [r["ipg"]["corrected_fraction"] for r in self.history_
+                                                  if r["config_id"] == k],
+                           "val_used_for_training": val_in_pairs, **flags})
 
-    def _loop(self, train, val, monitor, grid, Zp, Zq) -> dict:
-        """The two-step loop over all configs at once. Step 1 is the shared trainer's arithmetic
-        (same init, same sampler draws, same SGD update), so with eps = inf the heads are the
-        `erm` head's bit for bit; step 2 (or the joint step) adds the correction."""
-        p = self.params
-        K, C, (N, D) = len(grid), train.n_classes, train.Z.shape
-        net = LinearModel(D, C)
-        one = net.init_params(torch.Generator().manual_seed(int(self.seeds["init"])))
-        params = {k: v.unsqueeze(0).repeat(K, *([1] * v.dim())).requires_grad_() for k, v in one.items()}
-        W, b = params["W"], params["b"]
-        lr = torch.tensor([c["lr"] for c in grid], dtype=torch.float32)
-        wd = torch.tensor([c["wd"] for c in grid], dtype=torch.float32)
-        bufs = {"W": None, "b": None}
-        Zt, yt = torch.from_numpy(np.ascontiguousarray(train.Z, np.float32)), torch.from_numpy(train.y.astype(np.int64))
-        cdf = sampler_cdf(np.ones(N))
-        rng_s = np.random.default_rng(int(self.seeds["sampler"]))
-        rng_p = np.random.default_rng(np.random.SeedSequence(int(self.seeds["pairs"])).spawn(1)[0])
-        Bt, Bp = int(p["Bt"]), min(int(p["Bp"]), len(Zp))
-        eps, lam, mode = float(p["eps"]), float(p["lam"]), p["update"]
-        steps, every = int(p["steps"]), int(p["eval_every"])
-        eval_steps = set(range(every, steps + 1, every)) | {steps}
 
-        snapshots, n_fail, n_steps, D_sum = {}, torch.zeros(K), 0, torch.zeros(K)
-        for t in range(1, steps + 1):
-            ib = torch.from_numpy(draw_indices(cdf, rng_s.random(Bt)))
-            logits, _ = net.forward(params, Zt.index_select(0, ib))
-            losses = F.cross_entropy(logits.reshape(K * Bt, C), yt[ib].expand(K, -1).reshape(-1),
-                                     reduction="none").view(K, Bt)
-            gW, gb = torch.autograd.grad(losses.mean(dim=1).sum(), (W, b))
-            gnorm = _norm(gW, gb) if p["norm_match"] else None
-            ip = torch.from_numpy(rng_p.integers(0, len(Zp), Bp))
-            if mode == "sequential":
-                sgd_step(params, {"W": gW, "b": gb}, bufs, lr, wd)                 # step 1
-                if math.isfinite(eps):
-                    Dv, fail = corrective_step(W, b, Zp[ip], Zq[ip], lr, eps=eps, lam=lam, schedule=p["schedule"],
-                                               kind=p["discrepancy"], eps_agree=p["eps_agree"], task_norm=gnorm)
-                else:
-                    Dv, fail = torch.zeros(K), torch.zeros(K, dtype=torch.bool)
-            else:
-                Dv, fail = self._joint_step(W, b, gW, gb, gnorm, Zp[ip], Zq[ip])
-                sgd_step(params, {"W": gW, "b": gb}, bufs, lr, wd)
-            n_fail += fail.to(n_fail.dtype)
-            D_sum += Dv
-            n_steps += 1
-            if t in eval_steps:
-                snapshots[t] = {k: v.detach().numpy().copy() for k, v in params.items()}
-                self._record_step(t, grid, net, params, val, monitor, n_fail / n_steps, D_sum / n_steps)
-                n_fail, n_steps, D_sum = torch.zeros(K), 0, torch.zeros(K)
-        return snapshots
+class Correction:
+    """IPG's corrective step as hooks of `trainer.fit_grid` (spec 10.3's dual update):
 
-    def _joint_step(self, W, b, gW, gb, gnorm, Zp, Zq):
+    - `on_grads` (post-grad hook, before the task step): draws the pair batch P_b (pairs stream) and,
+      for `joint` / `project`, adds lambda_t grad D (after PCGrad's projection) to the task gradient
+      in place where C(theta) fails;
+    - `after_update` (`sequential`): the corrective step at theta' = OptStep(theta), plain SGD with
+      each config's eta, in place;
+    - `record(k)`: the fraction of corrected steps and the mean D since the last evaluation (reset by
+      `evaluated`), and whether config k diverged.
+    """
+
+    def __init__(self, p: dict, Zp, Zq, K: int, pairs_seed: int):
+        self.p, self.Zp, self.Zq = p, Zp, Zq
+        self.rng = np.random.default_rng(np.random.SeedSequence(int(pairs_seed)).spawn(1)[0])
+        self.Bp = min(int(p["Bp"]), len(Zp))
+        self.eps, self.lam, self.mode = float(p["eps"]), float(p["lam"]), p["update"]
+        self.K, self.params = K, None
+        self.evaluated(0)
+
+    def on_grads(self, ctx, grads):
+        self.params = ctx.params
+        gW, gb = grads["W"], grads["b"]
+        self.gnorm = _norm(gW, gb) if self.p["norm_match"] else None
+        ip = torch.from_numpy(self.rng.integers(0, len(self.Zp), self.Bp))
+        self.pair = (self.Zp[ip], self.Zq[ip])
+        if self.mode != "sequential":
+            self._count(*self._joint(ctx.params["W"], ctx.params["b"], gW, gb))
+
+    def after_update(self, ctx, grads):
+        if self.mode != "sequential":
+            return
+        if math.isfinite(self.eps):
+            p = self.p
+            self._count(*corrective_step(ctx.params["W"], ctx.params["b"], *self.pair, ctx.lr, eps=self.eps,
+                                         lam=self.lam, schedule=p["schedule"], kind=p["discrepancy"],
+                                         eps_agree=p["eps_agree"], task_norm=self.gnorm))
+        else:
+            self._count(torch.zeros(self.K), torch.zeros(self.K, dtype=torch.bool))
+
+    def _joint(self, W, b, gW, gb):
         """`joint` / `project`: add lambda_t grad D (rescaled when norm-matched) to the task gradient
         in place where C(theta) fails; `project` first removes the conflicting task component."""
-        p = self.params
+        p = self.p
         Wg, bg = W.detach().requires_grad_(True), b.detach().requires_grad_(True)
-        Dv, agree = discrepancy(Wg, bg, Zp, Zq, p["discrepancy"])
-        fail = condition_fails(Dv.detach(), agree, float(p["eps"]), p["eps_agree"])
+        Dv, agree = discrepancy(Wg, bg, *self.pair, p["discrepancy"])
+        fail = condition_fails(Dv.detach(), agree, self.eps, p["eps_agree"])
         if fail.any():
             cW, cb = torch.autograd.grad(Dv.sum(), (Wg, bg))
-            if p["update"] == "project":
-                dot = (gW * cW).sum((1, 2)) + (gb * cb).sum(1)
-                coef = torch.where(fail & (dot < 0), dot / (_norm(cW, cb) ** 2 + 1e-12), torch.zeros_like(dot))
-                gW -= coef[:, None, None] * cW
-                gb -= coef[:, None] * cb
-            scale = lambda_t(Dv.detach(), float(p["lam"]), float(p["eps"]), p["schedule"]) * fail
-            if gnorm is not None:
-                scale = scale * gnorm / (_norm(cW, cb) + 1e-12)
-            gW += scale[:, None, None] * cW
-            gb += scale[:, None] * cb
+            with torch.no_grad():
+                if self.mode == "project":
+                    dot = (gW * cW).sum((1, 2)) + (gb * cb).sum(1)
+                    coef = torch.where(fail & (dot < 0), dot / (_norm(cW, cb) ** 2 + 1e-12), torch.zeros_like(dot))
+                    gW -= coef[:, None, None] * cW
+                    gb -= coef[:, None] * cb
+                scale = lambda_t(Dv.detach(), self.lam, self.eps, p["schedule"]) * fail
+                if self.gnorm is not None:
+                    scale = scale * self.gnorm / (_norm(cW, cb) + 1e-12)
+                gW += scale[:, None, None] * cW
+                gb += scale[:, None] * cb
         return Dv.detach(), fail
 
-    def _record_step(self, step, grid, net, params, val, monitor, frac, Dmean):
-        forward = lambda Z: net.forward(params, torch.from_numpy(np.ascontiguousarray(Z, np.float32)))[0].numpy()
-        with torch.no_grad():
-            out = forward(val.Z)
-            finite = [bool(np.isfinite(out[k]).all()) for k in range(len(grid))]   # a diverged config is never selected
-            watched = monitor.score_many(forward, len(grid), keep=lambda k: finite[k])
-        for k, cfg in enumerate(grid):
-            self.history_.append({
-                "config_id": k, "config": cfg, "step": step,
-                "val": evaluate_split(out[k], val) if finite[k] else None, **watched[k],
-                "ipg": {"corrected_fraction": float(frac[k]), "discrepancy": float(Dmean[k]),
-                        "diverged": not finite[k]},
-            })
+    def _count(self, Dv, fail):
+        self.n_fail += fail.to(self.n_fail.dtype)
+        self.D_sum += Dv
+        self.n_steps += 1
+
+    def record(self, k: int) -> dict:
+        W, b = self.params["W"][k], self.params["b"][k]
+        n = max(self.n_steps, 1)
+        return {"ipg": {"corrected_fraction": float(self.n_fail[k] / n), "discrepancy": float(self.D_sum[k] / n),
+                        "diverged": not bool(torch.isfinite(W).all() and torch.isfinite(b).all())}}
+
+    def evaluated(self, step: int) -> None:
+        self.n_fail, self.D_sum, self.n_steps = torch.zeros(self.K), torch.zeros(self.K), 0
