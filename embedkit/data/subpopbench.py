@@ -130,9 +130,8 @@ def dataset_name(path) -> str:
 
 class SubpopBench(FileDataset):
     name = "subpopbench"
-    description = ("SubpopBench metadata_<dataset>.csv (filename, split 0/1/2, y, a) plus an image root: "
-                   "MetaShift, ImageNetBG, NICO++, CheXpert, Living17, Waterbirds, CelebA, ...")
-    layout = "--root IMAGES --dataset-opt metadata=metadata_<dataset>.csv (filename, split, y, a)"
+    description = ("SubpopBench layout: --root = the image root, metadata=metadata_<dataset>.csv (filename, "
+                   "split 0/1/2, y, a); MetaShift, ImageNetBG, NICO++, CheXpert, Living17, ...")
     OPTIONS = {
         "metadata": Option("", str, "the metadata CSV, relative to --root or absolute "
                                     "('' = the one metadata*.csv in --root)"),
