@@ -6,9 +6,9 @@
                     (dpe's `split_indices`). Import and export.
     clip-retrieval  DIR/img_emb/img_emb_<k>.npy + DIR/metadata/metadata_<k>.parquet, row-aligned
                     part by part (clip-retrieval's `clip_inference` writer). Import.
-    dfr             one npz per split with `embeddings` [N, D] and `labels` [N], as the DFR repository's
-                    `imagenet_extract_embeddings.py` saves them (`<dataset>_<model>_<split>_embeddings.npz`).
-                    Import.
+    dfr             the DFR follow-up's `--save_embeddings` npz (embeddings_<split>, y_<split>,
+                    g_<split>, p_<split>), or the DFR repository's ImageNet files, one npz per split
+                    with `embeddings` and `labels` (`<dataset>_<model>_<split>_embeddings.npz`). Import.
 
 Nothing pickled is read: `.npy`/`.npz` load with allow_pickle=False, a `.pt` feature file (accepted
 where a `.npy` is) loads with `torch.load(weights_only=True)` and must hold a tensor or a dict of
@@ -266,29 +266,68 @@ def import_clip_retrieval(folder, out, *, label_col: str, attr_col: str | None =
 
 
 # ----------------------------------------------------------------------------------------------
-# DFR: <dataset>_<model>_<split>_embeddings.npz with `embeddings` and `labels`
+# DFR: the follow-up's embeddings_<split>/y_/g_/p_ npz, and the ImageNet scripts' per-split npz
 # ----------------------------------------------------------------------------------------------
 
 _DFR_NAME = re.compile(r".*_(train|val|valid|validation|test)_embeddings\.npz$")
 
 
-def import_dfr(files, out, *, splits=None, class_names=None, attr_names=None, dtype=None, **kw) -> Path:
-    """DFR's saved-embeddings files into one cache. Each file is one split, read from its name
-    (`..._<split>_embeddings.npz`) or given in `splits` (one name per file). The files hold no
-    attribute, so a = -1 (unknown): class-level metrics and attribute-free heads work as they are.
-    Row ids are `<file stem>:<row>`."""
+def _dfr_follow_up(f: Path, z: dict, log) -> list[tuple]:
+    """(split, Z, y, a, ids) per split of a `--save_embeddings` file (spurious_feature_learning's
+    dfr_evaluate_spurious.py): embeddings_<split>, y_<split>, g_<split> (group), p_<split> (the
+    spurious attribute). a = p; the file's g is checked against y * n_attrs + a."""
+    out = []
+    for split in SPLITS:
+        if f"embeddings_{split}" not in z:
+            continue
+        Z = z[f"embeddings_{split}"]
+        if f"y_{split}" not in z:
+            raise EmbedkitError(f"{f}: has 'embeddings_{split}' but no 'y_{split}'")
+        y = z[f"y_{split}"]
+        a = z.get(f"p_{split}")
+        for name, arr in ((f"y_{split}", y), (f"p_{split}", a), (f"g_{split}", z.get(f"g_{split}"))):
+            if arr is not None and len(arr) != len(Z):
+                raise EmbedkitError(f"{f}: '{name}' has {len(arr)} rows, 'embeddings_{split}' {len(Z)}")
+        out.append((split, Z, y, a, [f"{split}:{i}" for i in range(len(Z))]))
+    if not out:
+        raise EmbedkitError(f"{f}: no 'embeddings_train/val/test' arrays (present: {', '.join(sorted(z))})")
+    if all(part[3] is not None for part in out):
+        n_attrs = int(max((part[3].max() for part in out if len(part[3])), default=0)) + 1
+        bad = sum(int((np.asarray(z[f"g_{sp}"]) != np.asarray(yy) * n_attrs + np.asarray(aa)).sum())
+                  for sp, _, yy, aa, _ in out if f"g_{sp}" in z)
+        if bad:
+            log(f"{f}: {bad} rows whose g differs from y * {n_attrs} + p; embedkit's groups are y * n_attrs + a")
+    return out
+
+
+def import_dfr(files, out, *, splits=None, class_names=None, attr_names=None, dtype=None, log=print,
+               **kw) -> Path:
+    """DFR's saved embeddings into one cache, from either published form:
+
+    * the follow-up's `--save_embeddings` file (Izmailov, Kirichenko et al. 2022,
+      spurious_feature_learning): one npz with embeddings_<split>, y_<split>, g_<split>, p_<split>
+      for val and test; a = p. Row ids are `<split>:<row>`.
+    * the DFR repository's ImageNet files (`imagenet_extract_embeddings.py`): one npz per split with
+      `embeddings` and `labels`; the split is read from the name (`..._<split>_embeddings.npz`) or
+      given in `splits` (one per file). They hold no attribute: a = -1. Row ids are `<stem>:<row>`.
+    """
     files = [Path(f) for f in files]
     if not files:
-        raise EmbedkitError("dfr import: give one or more <dataset>_<model>_<split>_embeddings.npz files")
+        raise EmbedkitError("dfr import: give one or more DFR embeddings .npz files")
     if splits is not None and len(splits) != len(files):
         raise EmbedkitError(f"--split: {len(splits)} names for {len(files)} files")
-    Zs, ys, ss, ids = [], [], [], []
+    parts = []
     for j, f in enumerate(files):
         z = _load_npz(f)
+        if any(k.startswith("embeddings_") for k in z):
+            if splits is not None:
+                raise EmbedkitError(f"{f}: holds its splits (embeddings_<split>); --split is for per-split files")
+            parts += _dfr_follow_up(f, z, log)
+            continue
         missing = [k for k in ("embeddings", "labels") if k not in z]
         if missing:
             raise EmbedkitError(f"{f}: missing array {missing[0]!r} (arrays present: {', '.join(sorted(z))}); "
-                                f"DFR saves 'embeddings' and 'labels'")
+                                f"DFR saves 'embeddings' and 'labels' (or embeddings_<split>, y_<split>, ...)")
         if splits is not None:
             split = splits[j]
         else:
@@ -300,13 +339,17 @@ def import_dfr(files, out, *, splits=None, class_names=None, attr_names=None, dt
         Z, y = z["embeddings"], z["labels"]
         if Z.ndim != 2 or len(Z) != len(y):
             raise EmbedkitError(f"{f}: 'embeddings' {Z.shape} and 'labels' {y.shape} do not pair up row by row")
-        if Zs and Z.shape[1] != Zs[0].shape[1]:
-            raise EmbedkitError(f"{f}: {Z.shape[1]} columns, {files[0]} has {Zs[0].shape[1]}")
-        Zs.append(Z)
-        ys.append(y)
-        ss += [split] * len(y)
-        ids += [f"{f.stem}:{i}" for i in range(len(y))]
-    Z = np.concatenate(Zs) if len(Zs) > 1 else Zs[0]
-    return import_arrays(out, Z, np.concatenate(ys), ss, ids=ids, class_names=class_names,
-                         attr_names=attr_names or ["unknown"], dtype=_store_dtype(dtype, Z),
-                         source=files[0] if len(files) == 1 else files[0].parent, **kw)
+        parts.append((split, Z, y, None, [f"{f.stem}:{i}" for i in range(len(y))]))
+    dims = {p[1].shape[1] if p[1].ndim == 2 else None for p in parts}
+    if len(dims) != 1 or None in dims:
+        raise EmbedkitError(f"{files[0] if len(files) == 1 else files[0].parent}: embeddings of different widths "
+                            f"({', '.join(str(p[1].shape) for p in parts)})")
+    Z = np.concatenate([p[1] for p in parts])
+    a = np.concatenate([np.full(len(p[2]), -1, np.int64) if p[3] is None else p[3] for p in parts])
+    if attr_names is None and (a < 0).all():
+        attr_names = ["unknown"]
+    return import_arrays(out, Z, np.concatenate([p[2] for p in parts]),
+                         [p[0] for p in parts for _ in range(len(p[2]))], a=a,
+                         ids=[i for p in parts for i in p[4]], class_names=class_names, attr_names=attr_names,
+                         dtype=_store_dtype(dtype, Z), source=files[0] if len(files) == 1 else files[0].parent,
+                         **kw)

@@ -7,7 +7,8 @@ Fixtures are written in each tool's published layout (file names, column names, 
   * clip-retrieval's writer saves `img_emb/img_emb_<k>.npy` (float16) and
     `metadata/metadata_<k>.parquet` (image_path, caption, then the json metadata fields).
   * DFR's imagenet_extract_embeddings.py saves `<dataset>_<model>_<split>_embeddings.npz` with
-    `embeddings` (float32) and `labels` (int64).
+    `embeddings` (float32) and `labels` (int64); the follow-up's dfr_evaluate_spurious.py
+    --save_embeddings (spurious_feature_learning) saves embeddings_{test,val}, y_, g_, p_ in one npz.
 """
 import csv
 import subprocess
@@ -295,6 +296,35 @@ def test_dfr_npz_per_split(tmp_path):
     res = run_cli("import", "--from", "dfr", files[1], "--split", "test", "--out", tmp_path / "d.h5")
     assert res.returncode == 0, res.stderr
     assert Cache.open(tmp_path / "d.h5").info()["splits"]["test"]["rows"] == 48
+
+
+def test_dfr_follow_up_save_embeddings_file(tmp_path):
+    from embedkit.peers import import_dfr
+    w = real_waterbirds()
+    arrays = {}
+    for code, name in ((2, "test"), (1, "val")):            # the order dfr_evaluate_spurious.py writes
+        m = w["split"] == code
+        arrays.update({f"embeddings_{name}": w["Z"][m], f"y_{name}": w["y"][m],
+                       f"g_{name}": w["y"][m] * 2 + w["a"][m], f"p_{name}": w["a"][m]})
+    np.savez(tmp_path / "dfr_test.npz", **{k: arrays[k] for k in (
+        "embeddings_test", "embeddings_val", "y_test", "y_val", "g_test", "g_val", "p_test", "p_val")})
+    said = []
+    import_dfr([tmp_path / "dfr_test.npz"], tmp_path / "c.h5", log=said.append)
+    c = Cache.open(tmp_path / "c.h5")
+    assert not said and c.info()["splits"]["train"]["rows"] == 0
+    for code, name in ((1, "val"), (2, "test")):
+        m = w["split"] == code
+        sp = c.split(name)
+        assert sp.Z.tobytes() == w["Z"][m].tobytes() and np.array_equal(sp.a, w["a"][m])
+        assert np.array_equal(sp.g, w["y"][m] * 2 + w["a"][m]) and sp.ids[1] == f"{name}:1"
+    arrays["g_val"] = np.zeros_like(arrays["g_val"])
+    np.savez(tmp_path / "odd.npz", **arrays)
+    import_dfr([tmp_path / "odd.npz"], tmp_path / "d.h5", log=said.append)
+    assert len(said) == 1 and "rows whose g differs from y * 2 + p" in said[0]
+    del arrays["y_val"]
+    np.savez(tmp_path / "bad.npz", **arrays)
+    one_line_error(run_cli("import", "--from", "dfr", tmp_path / "bad.npz", "--out", tmp_path / "e.h5"),
+                   "bad.npz: has 'embeddings_val' but no 'y_val'")
 
 
 def test_dfr_bad_inputs(tmp_path):

@@ -5,6 +5,7 @@
     embedkit import --out C.h5 --from clip-retrieval DIR --label-col COL [--attr-col COL]
                     (--split-col COL | --split NAME) [--id-col COL]
     embedkit import --out C.h5 --from dfr FILE.npz [FILE.npz ...] [--split NAME ...]
+                    (FILE: DFR follow-up's dfr_test.npz, or <dataset>_<model>_<split>_embeddings.npz)
 """
 from embedkit.errors import EmbedkitError
 
@@ -17,7 +18,8 @@ def add_arguments(p):
     p.add_argument("--from", dest="fmt", choices=FORMATS,
                    help="a peer tool's format: subpopbench (DPE's feats_{train,val,test}.npy + SubpopBench "
                         "metadata CSV), clip-retrieval (img_emb/*.npy + metadata/*.parquet), dfr (DFR's "
-                        "<dataset>_<model>_<split>_embeddings.npz)")
+                        "saved embeddings: the follow-up's embeddings_<split>/y_/g_/p_ npz, or per-split "
+                        "<dataset>_<model>_<split>_embeddings.npz with embeddings + labels)")
     p.add_argument("--npz", help="an .npz with Z or embeddings, y, split (names or 0/1/2), optional a, ids")
     p.add_argument("--embeddings", help=".npy (or plain-tensor .pt) float matrix [N, D] (with --labels, "
                                         "--splits, optional --attrs)")
