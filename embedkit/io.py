@@ -6,6 +6,8 @@ dict of tensors; anything else is refused with one line.
 """
 from __future__ import annotations
 
+import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -69,10 +71,14 @@ def load_pt(path) -> dict[str, np.ndarray] | np.ndarray:
         raise EmbedkitError(f"{path}: no such file")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:          # UnpicklingError for objects, RuntimeError for a broken zip
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise EmbedkitError(f"{path}: not a plain-tensor .pt file (loaded with weights_only=True: "
-                            f"{first[:160]})") from None
+    except pickle.UnpicklingError as e:     # the weights-only unpickler met a class it does not allow
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f"holds a {found.group(1)} object" if found else "is unreadable or holds objects other than tensors"
+        raise EmbedkitError(f"{path}: not a plain-tensor .pt file: it {what}; embedkit loads .pt files only "
+                            f"with torch.load(weights_only=True)") from None
+    except Exception as e:                  # not a torch file at all, or a broken archive
+        raise EmbedkitError(f"{path}: not a plain-tensor .pt file (torch.load with weights_only=True: "
+                            f"{type(e).__name__})") from None
     if isinstance(obj, dict):
         bad = [k for k in obj if not isinstance(k, str)]
         if bad or not obj:

@@ -171,19 +171,25 @@ class NotATensor:
         self.data = [1.0, 2.0]
 
 
-def test_pt_holding_an_object_is_refused_by_the_cli(tmp_path):
+def test_pt_holding_an_object_is_refused_by_the_cli(tmp_path, capsys):
+    """In-process CLI (torch is already imported): exit 2 and one stderr line naming the file."""
     import torch
+    from embedkit.cli import main
     w = real_waterbirds()
     folder = write_dpe_folder(tmp_path / "dpe", w, splits=("train", "val"))
     torch.save({"feats": NotATensor()}, folder / "feats_test.pt")
-    one_line_error(run_cli("import", "--from", "subpopbench", folder, "--out", tmp_path / "c.h5"),
-                   "feats_test.pt", "not a plain-tensor .pt file", "weights_only=True")
+    capsys.readouterr()
+    assert main(["import", "--from", "subpopbench", str(folder), "--out", str(tmp_path / "c.h5")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "feats_test.pt: not a plain-tensor .pt file" in err[0] and "weights_only=True" in err[0] and "NotATensor object" in err[0]
     assert not (tmp_path / "c.h5").exists()
     np.save(tmp_path / "y.npy", np.zeros(4, np.int64))
     np.save(tmp_path / "s.npy", np.zeros(4, np.int64))
     torch.save(NotATensor(), tmp_path / "x.pt")
-    one_line_error(run_cli("import", "--embeddings", tmp_path / "x.pt", "--labels", tmp_path / "y.npy",
-                           "--splits", tmp_path / "s.npy", "--out", tmp_path / "d.h5"), "x.pt", "weights_only")
+    assert main(["import", "--embeddings", str(tmp_path / "x.pt"), "--labels", str(tmp_path / "y.npy"),
+                 "--splits", str(tmp_path / "s.npy"), "--out", str(tmp_path / "d.h5")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "x.pt: not a plain-tensor .pt file" in err[0]
 
 
 def test_subpopbench_bad_inputs_name_the_file(tmp_path):
