@@ -340,6 +340,8 @@ def extract(dataset, backbone, out, *, splits=SPLITS, batch_size: int = DEFAULT_
         bb = backbone if isinstance(backbone, Backbone) else _bb.create(
             backbone, device=dev, allow_random_init=allow_random_init, layer=layer, precision=precision)
         ds = _resolve_dataset(dataset, root, dataset_options)
+        if ds.meta.get("note") and dist.rank == 0:     # e.g. the columns the csv adapter picked
+            log(f"dataset {ds.name}: {ds.meta['note']}")
         rows, samples = _select_rows(ds.samples(), splits)
         if getattr(ds, "root", None) not in (None, ""):
             # Figures rebuild the adapter from the cache to show thumbnails: record its folder.

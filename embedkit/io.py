@@ -1,10 +1,13 @@
 """Bring-your-own embeddings: `.npz` / `.npy` import into a cache, and `.npz` export.
 
 Inputs are read with `allow_pickle=False`: an object array in an input is refused, never
-unpickled.
+unpickled. A `.pt` array file loads with `torch.load(weights_only=True)` and must hold a tensor or a
+dict of tensors; anything else is refused with one line.
 """
 from __future__ import annotations
 
+import pickle
+import re
 import zipfile
 from pathlib import Path
 
@@ -43,6 +46,63 @@ def _load_npz(path) -> dict:
             return out
     except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise EmbedkitError(f"{path}: unreadable as .npz ({e})") from None
+
+
+FEATURE_KEYS = ("feats", "features", "embeddings", "Z")
+
+
+def _tensor_to_numpy(t, path, what: str) -> np.ndarray:
+    import torch
+    if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
+        raise EmbedkitError(f"{path}: {what} is a {type(t).__name__}, not a dense tensor; "
+                            f"a .pt feature file must hold a tensor or a dict of tensors")
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:          # numpy has no bfloat16; float32 holds it exactly
+        t = t.float()
+    return t.numpy()
+
+
+def load_pt(path) -> dict[str, np.ndarray] | np.ndarray:
+    """A `.pt` file as an array (a saved tensor) or {name: array} (a saved dict of tensors).
+    Loaded with weights_only=True; any other content is refused with one line."""
+    import torch
+    path = Path(path)
+    if not path.is_file():
+        raise EmbedkitError(f"{path}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:     # the weights-only unpickler met a class it does not allow
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f"holds a {found.group(1)} object" if found else "is unreadable or holds objects other than tensors"
+        raise EmbedkitError(f"{path}: not a plain-tensor .pt file: it {what}; embedkit loads .pt files only "
+                            f"with torch.load(weights_only=True)") from None
+    except Exception as e:                  # not a torch file at all, or a broken archive
+        raise EmbedkitError(f"{path}: not a plain-tensor .pt file (torch.load with weights_only=True: "
+                            f"{type(e).__name__})") from None
+    if isinstance(obj, dict):
+        bad = [k for k in obj if not isinstance(k, str)]
+        if bad or not obj:
+            raise EmbedkitError(f"{path}: a .pt feature dict must map names to tensors")
+        return {k: _tensor_to_numpy(v, path, f"entry {k!r}") for k, v in obj.items()}
+    return _tensor_to_numpy(obj, path, "the saved object")
+
+
+def load_array(path) -> np.ndarray:
+    """An array from `.npy`, or from `.pt`/`.pth`: a tensor, or a dict with one entry or an entry
+    named feats / features / embeddings / Z."""
+    path = Path(path)
+    if path.suffix not in (".pt", ".pth"):
+        return _load_npy(path)
+    obj = load_pt(path)
+    if isinstance(obj, np.ndarray):
+        return obj
+    for k in FEATURE_KEYS:
+        if k in obj:
+            return obj[k]
+    if len(obj) == 1:
+        return next(iter(obj.values()))
+    raise EmbedkitError(f"{path}: a dict of {len(obj)} tensors ({', '.join(sorted(obj))}) with none named "
+                        f"{', '.join(FEATURE_KEYS)}")
 
 
 def _int_labels(arr, what: str, source) -> np.ndarray:
@@ -109,8 +169,8 @@ def import_npz(path, out, **kw) -> Path:
 
 
 def import_npy(out, embeddings, labels, splits, attrs=None, ids=None, **kw) -> Path:
-    return import_arrays(out, _load_npy(embeddings), _load_npy(labels), _load_npy(splits),
-                         a=None if attrs is None else _load_npy(attrs),
+    return import_arrays(out, load_array(embeddings), load_array(labels), load_array(splits),
+                         a=None if attrs is None else load_array(attrs),
                          ids=None if ids is None else _load_npy(ids), source=embeddings,
                          split_source=splits, **kw)
 
