@@ -10,6 +10,9 @@ def add_arguments(p):
     p.add_argument("--attrs", help=".npy int spurious attributes [N]; -1 = unknown")
     p.add_argument("--splits", help=".npy split names or codes 0/1/2 [N]")
     p.add_argument("--ids", help=".npy sample ids [N] (strings)")
+    p.add_argument("--seen", metavar="SEEN.npy",
+                   help=".npy bool [N], row-aligned: True where the backbone was trained on the row (AFR and JTT "
+                        "refuse such held-out rows); without it the cache records 'unknown'. An .npz may hold 'seen'")
     p.add_argument("--name", default="imported", help="backbone key for these embeddings (default: imported)")
     p.add_argument("--dataset", default="imported", help="dataset name recorded in the cache")
     p.add_argument("--class-names", help="comma-separated class names; labels must lie in 0..len-1")
@@ -31,14 +34,14 @@ def run(args):
     if args.npz:
         if args.embeddings:
             raise EmbedkitError("give either --npz or --embeddings/--labels/--splits, not both")
-        path = io.import_npz(args.npz, args.out, **kw)
+        path = io.import_npz(args.npz, args.out, seen=args.seen, **kw)
     else:
         missing = [f for f, v in (("--embeddings", args.embeddings), ("--labels", args.labels),
                                   ("--splits", args.splits)) if not v]
         if missing:
             raise EmbedkitError(f"missing {', '.join(missing)} (or pass --npz)")
         path = io.import_npy(args.out, args.embeddings, args.labels, args.splits, attrs=args.attrs,
-                             ids=args.ids, **kw)
+                             ids=args.ids, seen=args.seen, **kw)
     from embedkit.cache import Cache
     print(f"wrote {path} ({Cache.open(path).n} rows, backbone {args.name!r})")
     return 0
