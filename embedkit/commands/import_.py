@@ -38,6 +38,9 @@ def add_arguments(p):
     p.add_argument("--split", action="append", default=None,
                    help="--from clip-retrieval: one split for every row; --from dfr: the split of each "
                         "file, repeated in file order (default: read from the file name)")
+    p.add_argument("--seen", metavar="SEEN.npy",
+                   help=".npy bool [N], row-aligned: True where the backbone was trained on the row (AFR and JTT "
+                        "refuse such held-out rows); without it the cache records 'unknown'. An .npz may hold 'seen'")
     p.add_argument("--name", default="imported", help="backbone key for these embeddings (default: imported)")
     p.add_argument("--dataset", default=None, help="dataset name recorded in the cache (default: imported, "
                                                    "or the SubpopBench metadata name)")
@@ -95,14 +98,14 @@ def run(args):
         if args.npz:
             if args.embeddings:
                 raise EmbedkitError("give either --npz or --embeddings/--labels/--splits, not both")
-            path = io.import_npz(args.npz, args.out, **kw)
+            path = io.import_npz(args.npz, args.out, seen=args.seen, **kw)
         else:
             missing = [f for f, v in (("--embeddings", args.embeddings), ("--labels", args.labels),
                                       ("--splits", args.splits)) if not v]
             if missing:
                 raise EmbedkitError(f"missing {', '.join(missing)} (or pass --npz, or --from FORMAT)")
             path = io.import_npy(args.out, args.embeddings, args.labels, args.splits, attrs=args.attrs,
-                                 ids=args.ids, **kw)
+                                 ids=args.ids, seen=args.seen, **kw)
     from embedkit.cache import Cache
     print(f"wrote {path} ({Cache.open(path).n} rows, backbone {args.name!r})")
     return 0
