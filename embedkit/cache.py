@@ -9,6 +9,13 @@ Writes are atomic: a new file is written under a temporary name and renamed; a b
 an existing file is marked `complete` only after its last byte is written, and readers ignore a
 group without that mark. Nothing is pickled; strings are UTF-8 variable-length datasets and
 provenance is small attributes (JSON for nested values).
+
+`/embeddings/<key>/seen` (optional, bool per row) says which rows the backbone was trained on. It
+belongs to the backbone, not to `/samples`: a CLIP tower and an ERM ResNet in one file saw
+different rows. It is additive, so the format version stays 1: a file without it (older writers,
+or a backbone whose training rows nobody knows, such as a published checkpoint) reads as
+"unknown" (`Split.seen_known` False, `Split.seen` all False). The version changes only when a
+reader of the previous version would misread a file.
 """
 from __future__ import annotations
 
@@ -183,6 +190,19 @@ class Split:
     erm_head: tuple | None = None
     text: dict | None = None
     train_group_counts: np.ndarray | None = None   # n_g on train: the weighted-mean metric needs it
+    # Rows the backbone was trained on (`/embeddings/<key>/seen`). Without that record `seen_known`
+    # is False and `seen` all False: "unknown", which a head that needs unseen rows must not read
+    # as "unseen" without saying so (heads/heldout.py).
+    seen: np.ndarray | None = None
+    seen_known: bool = False
+
+    def __post_init__(self):
+        n = len(self.y)
+        if self.seen is None:
+            self.seen, self.seen_known = np.zeros(n, bool), False
+        self.seen = np.asarray(self.seen, bool)
+        if len(self.seen) != n:
+            raise EmbedkitError(f"split {self.name}: seen has {len(self.seen)} rows, y has {n}")
 
     @property
     def g(self) -> np.ndarray:
@@ -210,7 +230,8 @@ class Split:
     def subset(self, idx) -> "Split":
         idx = np.asarray(idx)
         return replace(self, Z=self.Z[idx], y=self.y[idx], a=self.a[idx], ids=self.ids[idx],
-                       rows=self.rows[idx], logits=None if self.logits is None else self.logits[idx])
+                       rows=self.rows[idx], logits=None if self.logits is None else self.logits[idx],
+                       seen=self.seen[idx])
 
     def hide_attrs(self, visible: np.ndarray) -> "Split":
         """The same rows with a = -1 where `visible` is False (the label budget)."""
@@ -370,6 +391,7 @@ class Cache:
             logits = grp["logits"][lo:hi].astype(np.float32) if "logits" in grp else None
             head = (grp["head_W0"][()].astype(np.float32), grp["head_b0"][()].astype(np.float32)) \
                 if "head_W0" in grp else None
+            seen = grp["seen"][lo:hi].astype(bool) if "seen" in grp else None
         s = self._samples
         keep = s.split[lo:hi] == code              # a file not sorted by split still reads right
         n_bad = int((keep & ~s.valid[lo:hi]).sum())
@@ -384,13 +406,25 @@ class Cache:
             y=pick(s.y), a=pick(s.a), ids=pick(s.uid), rows=(lo + sel).astype(np.int64),
             class_names=list(self.class_names), attr_names=list(self.attr_names), backbone=key,
             logits=None if logits is None else (logits if full else logits[sel]), erm_head=head,
-            text=self.text(key), train_group_counts=self.group_counts("train"))
+            text=self.text(key), train_group_counts=self.group_counts("train"),
+            seen=None if seen is None else (seen if full else seen[sel]), seen_known=seen is not None)
 
     def group_counts(self, name: str) -> np.ndarray:
         """Rows per group (valid rows with a known attribute) in one split."""
         s = self._samples
         g = s.g[(s.split == split_code(name)) & s.valid]
         return np.bincount(g[g >= 0], minlength=len(self.group_names))
+
+    def seen(self, backbone: str | None = None) -> np.ndarray | None:
+        """Per row of the file: was the backbone trained on it? None when nobody recorded it."""
+        key = self._backbone(backbone)
+        with _open_h5(self.path) as f:
+            grp = f["embeddings"][key]
+            return grp["seen"][()].astype(bool) if "seen" in grp else None
+
+    def seen_counts(self, backbone: str | None = None) -> dict | None:
+        """Rows the backbone was trained on, per split ({'train': n, 'val': n, 'test': n}), or None."""
+        return _seen_counts(self.seen(backbone), self._samples.split)
 
     def head(self, backbone: str | None = None):
         """The frozen ERM head (W0 [C, D], b0 [C]) stored with the backbone, or None."""
@@ -439,12 +473,21 @@ class Cache:
                 backbones[key] = {"dim": int(grp["feats"].shape[1]), "dtype": str(grp["feats"].dtype),
                                   "has_logits": "logits" in grp, "has_head": "head_W0" in grp,
                                   "has_text": "text" in f and key in f["text"],
+                                  "seen": _seen_counts(grp["seen"][()] if "seen" in grp else None,
+                                                       samples.split),
                                   "provenance": _attrs_dict(grp.attrs)}
         return {"path": str(self.path), "format_version": self.attrs.get("format_version"),
                 "dataset": self.dataset, "n_samples": self.n, "class_names": self.class_names,
                 "attr_names": self.attr_names, "group_names": self.group_names,
                 "group_definition": self.attrs.get("group_definition"), "splits": counts,
                 "backbones": backbones, "dataset_meta": self.attrs.get("dataset_meta_json")}
+
+
+def _seen_counts(seen, split) -> dict | None:
+    if seen is None:
+        return None
+    seen = np.asarray(seen, bool)
+    return {name: int((seen & (split == code)).sum()) for code, name in enumerate(SPLITS)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -532,14 +575,29 @@ def _tmp_name(path: Path, tag: str = "tmp") -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.{tag}")
 
 
+def as_seen(seen, n: int, source="seen") -> np.ndarray | None:
+    """A row-aligned bool array (bools or 0/1) of the rows a backbone was trained on, or None."""
+    if seen is None:
+        return None
+    arr = np.asarray(seen)
+    if arr.ndim != 1 or len(arr) != n:
+        raise EmbedkitError(f"{source}: seen must be a 1-D bool array row-aligned with the embeddings "
+                            f"({n} rows), got shape {arr.shape}")
+    if arr.dtype.kind != "b":
+        if arr.dtype.kind not in "iu" or not np.isin(arr, (0, 1)).all():
+            raise EmbedkitError(f"{source}: seen must hold booleans (or 0/1), got dtype {arr.dtype}")
+    return arr.astype(bool)
+
+
 def write_cache(path, samples: Samples, backbone_key: str, feats: np.ndarray, *, provenance: Mapping | None = None,
                 dtype="float32", logits: np.ndarray | None = None, head: tuple | None = None,
-                overwrite: bool = False, allow_nonfinite: bool = False) -> Path:
+                seen: np.ndarray | None = None, overwrite: bool = False, allow_nonfinite: bool = False) -> Path:
     """Write one backbone's features for `samples`, creating the file or adding to it.
 
     A new file is written sorted by split under a temporary name and renamed into place. An
     existing file must hold the same samples; the backbone group is written, then marked
-    complete. `head` is the frozen ERM head (W0 [C, D], b0 [C]).
+    complete. `head` is the frozen ERM head (W0 [C, D], b0 [C]); `seen` marks the rows (aligned
+    with `samples`) the backbone was trained on, None when that is unknown.
     """
     path = Path(path)
     _check_key(backbone_key)
@@ -551,6 +609,7 @@ def write_cache(path, samples: Samples, backbone_key: str, feats: np.ndarray, *,
         raise EmbedkitError(f"arrays of different lengths: embeddings have {feats.shape[0]} rows, labels {len(samples)}")
     if logits is not None and len(logits) != len(samples):
         raise EmbedkitError(f"arrays of different lengths: logits have {len(logits)} rows, labels {len(samples)}")
+    seen = as_seen(seen, len(samples))
     stored = feats.astype(dt, copy=False)
     bad = _nonfinite_rows(stored)
     if bad.size:
@@ -570,7 +629,8 @@ def write_cache(path, samples: Samples, backbone_key: str, feats: np.ndarray, *,
                                 f"write to a new file")
         with _open_h5(path, "a") as f:
             _add_backbone(f, path, backbone_key, stored[order], provenance or {}, sorted_new,
-                          None if logits is None else np.asarray(logits)[order], head, overwrite)
+                          None if logits is None else np.asarray(logits)[order], head, overwrite,
+                          seen=None if seen is None else seen[order])
             f["samples"]["valid"][...] &= sorted_new.valid
         return path
     tmp = _tmp_name(path)
@@ -579,7 +639,8 @@ def write_cache(path, samples: Samples, backbone_key: str, feats: np.ndarray, *,
             sorted_new = samples.take(order)
             _write_samples(f, sorted_new)
             _add_backbone(f, path, backbone_key, stored[order], provenance or {}, sorted_new,
-                          None if logits is None else np.asarray(logits)[order], head, overwrite)
+                          None if logits is None else np.asarray(logits)[order], head, overwrite,
+                          seen=None if seen is None else seen[order])
             f.attrs["complete"] = True
         os.replace(tmp, path)
     finally:
@@ -588,7 +649,7 @@ def write_cache(path, samples: Samples, backbone_key: str, feats: np.ndarray, *,
 
 
 def _add_backbone(f: h5py.File, path, key: str, feats, provenance: Mapping, samples: Samples,
-                  logits=None, head=None, overwrite=False) -> None:
+                  logits=None, head=None, overwrite=False, seen=None) -> None:
     emb = f.require_group("embeddings")
     if key in emb:
         if emb[key].attrs.get("complete", False) and not overwrite:
@@ -606,6 +667,8 @@ def _add_backbone(f: h5py.File, path, key: str, feats, provenance: Mapping, samp
         W0, b0 = head
         grp.create_dataset("head_W0", data=np.asarray(W0, np.float32))
         grp.create_dataset("head_b0", data=np.asarray(b0, np.float32))
+    if seen is not None:
+        grp.create_dataset("seen", data=np.asarray(seen, bool))
     attrs = {k: _to_attr(v) for k, v in dict(provenance).items()}
     attrs.update(dim=int(feats.shape[1]), dtype=str(feats.dtype), backbone_key=key,
                  fingerprint=content_fingerprint(samples, d),
@@ -625,9 +688,11 @@ class CacheWriter:
     """
 
     def __init__(self, path, samples: Samples, backbone_key: str, dim: int, *, dtype="float32",
-                 provenance: Mapping | None = None, n_logits: int | None = None, allow_nonfinite=False):
+                 provenance: Mapping | None = None, n_logits: int | None = None, allow_nonfinite=False,
+                 seen: np.ndarray | None = None):
         self.path = Path(path)
         self.samples = replace(samples, valid=samples.valid.copy())
+        self.seen = as_seen(seen, len(samples), str(self.path))
         self.key = _check_key(backbone_key)
         self.dt = _feat_dtype(dtype)
         self.provenance = dict(provenance or {})
@@ -675,7 +740,7 @@ class CacheWriter:
             with h5py.File(tmp, "w") as out:
                 _write_samples(out, self.samples)
                 _add_backbone(out, self.path, self.key, self._feats, self.provenance, self.samples,
-                              None if self._logits is None else self._logits[()], head)
+                              None if self._logits is None else self._logits[()], head, seen=self.seen)
                 out.attrs["complete"] = True
             os.replace(tmp, self.path)
         finally:
@@ -727,13 +792,15 @@ def merge(shards: Iterable, out, *, backbone: str | None = None, overwrite: bool
                       y=np.concatenate([p.y for p in parts]), a=np.concatenate([p.a for p in parts]),
                       valid=np.concatenate([p.valid for p in parts]), class_names=s0.class_names,
                       attr_names=s0.attr_names, dataset=s0.dataset, meta=s0.meta)
-    feats, logits, head = [], [], None
+    feats, logits, seen, head = [], [], [], None
     for c in caches:
         with _open_h5(c.path) as f:
             g = f["embeddings"][key]
             feats.append(g["feats"][()])
             if "logits" in g:
                 logits.append(g["logits"][()])
+            if "seen" in g:
+                seen.append(g["seen"][()])
             if "head_W0" in g:
                 head = (g["head_W0"][()], g["head_b0"][()])
     prov = {k: v for k, v in ref.items() if k not in VOLATILE_ATTRS or k == "images_per_s"}
@@ -741,6 +808,8 @@ def merge(shards: Iterable, out, *, backbone: str | None = None, overwrite: bool
     F = np.concatenate(feats)
     return write_cache(out, samples, key, F, provenance=prov, dtype=F.dtype,
                        logits=np.concatenate(logits) if len(logits) == len(caches) else None,
+                       # one shard without the record makes the whole backbone "unknown"
+                       seen=np.concatenate(seen) if len(seen) == len(caches) else None,
                        head=head, overwrite=overwrite, allow_nonfinite=True)
 
 

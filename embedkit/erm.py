@@ -5,7 +5,12 @@ of a dataset adapter, with SGD at one learning rate, and writes the small-backbo
 that `embedkit extract --backbone checkpoint:PATH` reads (format in the team brief):
 
     {"format": "embedkit-backbone", "format_version": 1, "arch", "arch_kwargs", "num_classes",
-     "state_dict", "preprocess": {"size", "mean", "std"}, "train": {dataset, lr, epochs, seed, ...}}
+     "state_dict", "preprocess": {"size", "mean", "std"}, "train": {dataset, lr, epochs, seed, ...},
+     "seen": {DATASET: {"splits", "n", "uids", "uids_sha256"}, ...}}
+
+`seen` names, per dataset, the rows (by uid) whose images the weights were trained on, those of
+the `--init` checkpoint included, so that `extract` can mark them in the cache and AFR/JTT can
+refuse held-out rows that are not held out.
 
 Nothing is selected: no early stopping, no validation or test reads. The images of the train
 split are decoded once into a uint8 tensor held in memory and normalised per batch, so the hot
@@ -238,7 +243,7 @@ def train_erm(dataset, *, arch: str = "small_cnn", lr: float = 0.02, epochs: int
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = build_model(name, num_classes, kwargs)
-        init_info = _apply_init(model, init, name, kwargs, num_classes) if init else None
+        init_info, init_seen = _apply_init(model, init, name, kwargs, num_classes) if init else (None, None)
         model.to(dev)
         history = _fit(model, images, labels, mean, std, lr=lr, epochs=epochs, batch_size=batch_size,
                        seed=seed, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
@@ -261,6 +266,7 @@ def train_erm(dataset, *, arch: str = "small_cnn", lr: float = 0.02, epochs: int
             "final_acc": history[-1]["acc"], "load_seconds": round(t_load, 3),
             "seconds": round(time.perf_counter() - t0, 3), "device": str(dev),
             "threads": n_threads, "torch": torch.__version__}),
+        "seen": seen_record(ds.name, samples.uid[rows], "train", init_seen),
     }
     out = Path(out)
     _save_atomic(ckpt, out)
@@ -270,7 +276,21 @@ def train_erm(dataset, *, arch: str = "small_cnn", lr: float = 0.02, epochs: int
     return out
 
 
-def _apply_init(model, init, name: str, kwargs: dict, num_classes: int) -> dict:
+def seen_record(dataset: str, uids, split: str, init_seen: dict | None = None) -> dict:
+    """The checkpoint's `seen` entry: per dataset, the uids the weights were trained on, the init
+    checkpoint's merged in. Uids name source images, so they hold across options of one dataset;
+    rows of a dataset that is not listed, or listed as `unknown` (an init checkpoint older than this
+    record), are "unknown" to `extract`, not "unseen"."""
+    import hashlib
+    out = {k: dict(v) for k, v in (init_seen or {}).items()}
+    entry = out.setdefault(dataset, {"splits": [], "uids": []})
+    merged = sorted(set(entry.get("uids", [])) | {str(u) for u in uids})
+    entry.update(splits=entry.get("splits", []) + [split] * (split not in entry.get("splits", [])), uids=merged, n=len(merged),
+                 uids_sha256=hashlib.sha256("\n".join(merged).encode()).hexdigest())
+    return out
+
+
+def _apply_init(model, init, name: str, kwargs: dict, num_classes: int) -> tuple[dict, dict | None]:
     src, ckpt = load_checkpoint(init)
     if ckpt["arch"] != name or dict(ckpt["arch_kwargs"]) != _plain(kwargs):
         raise EmbedkitError(f"--init {init}: its architecture {ckpt['arch']} {ckpt['arch_kwargs']} differs from "
@@ -279,7 +299,9 @@ def _apply_init(model, init, name: str, kwargs: dict, num_classes: int) -> dict:
     if int(ckpt["num_classes"]) != num_classes:
         state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     model.load_state_dict(state, strict=False)
-    return {"path": str(init), "dataset": ckpt["train"].get("dataset"), "new_fc": len(state) < len(src.state_dict())}
+    return ({"path": str(init), "dataset": ckpt["train"].get("dataset"), "new_fc": len(state) < len(src.state_dict())},
+            # a checkpoint without the record saw rows of its dataset that nobody listed
+            ckpt.get("seen") or {ckpt["train"].get("dataset"): {"unknown": True, "splits": ["train"], "uids": []}})
 
 
 def _fit(model, images, labels, mean, std, *, lr, epochs, batch_size, seed, momentum, weight_decay,

@@ -21,6 +21,9 @@ How rows travel (nothing lost, nothing duplicated):
   `out` with `cache.merge` (a new file, or a new backbone in a cache of the same samples), stores
   text-tower prompt embeddings, and removes the shard files.
 
+Rows the backbone was trained on (a `checkpoint:` backbone names them by uid) are marked in
+`/embeddings/<key>/seen`; for any other backbone that dataset is not written ("unknown").
+
 Unreadable images are flagged (`/samples/valid` False, zero features), counted and reported;
 with `strict` the first one stops the run. Per-batch timing separates the time spent waiting for
 the data path from model time and write time; the summary (and its verdict on the bottleneck) is
@@ -340,6 +343,8 @@ def extract(dataset, backbone, out, *, splits=SPLITS, batch_size: int = DEFAULT_
         bb = backbone if isinstance(backbone, Backbone) else _bb.create(
             backbone, device=dev, allow_random_init=allow_random_init, layer=layer, precision=precision)
         ds = _resolve_dataset(dataset, root, dataset_options)
+        if ds.meta.get("note") and dist.rank == 0:     # e.g. the columns the csv adapter picked
+            log(f"dataset {ds.name}: {ds.meta['note']}")
         rows, samples = _select_rows(ds.samples(), splits)
         if getattr(ds, "root", None) not in (None, ""):
             # Figures rebuild the adapter from the cache to show thumbnails: record its folder.
@@ -350,6 +355,7 @@ def extract(dataset, backbone, out, *, splits=SPLITS, batch_size: int = DEFAULT_
         if prompts and not bb.has_text:
             raise EmbedkitError(f"--prompts needs a backbone with a text tower (openclip:...), not {bb.key}")
         prompt_data = prompt_rows(prompts, samples.class_names, samples.attr_names) if prompts else None
+        seen, seen_note = _seen_rows(bb, samples)
         workers = _default_workers(bb.device) if workers is None else int(workers)
 
         config = {"format": EXTRACT_FORMAT, "dataset": samples.dataset,
@@ -389,9 +395,11 @@ def extract(dataset, backbone, out, *, splits=SPLITS, batch_size: int = DEFAULT_
                 log(f"resume: {len(result.parts_skipped)} finished part(s) of {layout.n_parts} kept in {shard_dir}")
             prov = {**bb.provenance(), "extractor_config_hash": config_hash, "extract_config_json": {
                 k: v for k, v in config.items() if k != "backbone"}, "device": bb.device.type,
-                "embedkit_extract": EXTRACT_FORMAT}
+                "embedkit_extract": EXTRACT_FORMAT, **({"seen_source": seen_note} if seen_note else {})}
+            if seen is None and seen_note and dist.rank == 0:
+                log(f"extract {bb.key}: rows seen in training unknown: {seen_note}")
             if todo:
-                _run_parts(ds, rows, samples, bb, layout, todo, shard_dir, prov, result, batch_size=batch_size,
+                _run_parts(ds, rows, samples, seen, bb, layout, todo, shard_dir, prov, result, batch_size=batch_size,
                            workers=workers, dtype=dtype, strict=strict, allow_nonfinite=allow_nonfinite,
                            show=dist.rank == 0, log=log)
         except BaseException as e:        # every rank must reach the collective below
@@ -412,6 +420,14 @@ def extract(dataset, backbone, out, *, splits=SPLITS, batch_size: int = DEFAULT_
         return result
     finally:
         dist.close()
+
+
+def _seen_rows(bb, samples: Samples) -> tuple[np.ndarray | None, str]:
+    """(rows of `samples` the backbone was trained on, or None when unknown; where that comes from)."""
+    if not str(getattr(bb, "spec", "")).startswith("checkpoint:") and bb.seen_record is None:
+        return None, ""                  # published weights: their training rows are not ours to know
+    from embedkit.backbones.checkpoint import seen_mask
+    return seen_mask(bb.seen_record, samples.dataset, samples.uid)
 
 
 def _default_workers(dev: torch.device) -> int:
@@ -435,7 +451,7 @@ def _check_out(out: Path, key: str, samples: Samples, config_hash: str, overwrit
     return None
 
 
-def _run_parts(ds, rows, samples, bb, layout, todo, shard_dir, prov, result, *, batch_size, workers, dtype,
+def _run_parts(ds, rows, samples, seen, bb, layout, todo, shard_dir, prov, result, *, batch_size, workers, dtype,
                strict, allow_nonfinite, show, log):
     from tqdm import tqdm
     batches, owner = [], []
@@ -461,7 +477,7 @@ def _run_parts(ds, rows, samples, bb, layout, todo, shard_dir, prov, result, *, 
                 lo, hi = layout.rows(part)
                 writer = CacheWriter(shard_dir / layout.part_name(part), samples.take(np.arange(lo, hi)), bb.key,
                                      bb.dim, dtype=dtype, provenance=prov, n_logits=n_logits,
-                                     allow_nonfinite=allow_nonfinite)
+                                     allow_nonfinite=allow_nonfinite, seen=None if seen is None else seen[lo:hi])
                 timer = _Timer()
                 timer.start = t_wait
             pos = np.asarray(batches[k])

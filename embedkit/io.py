@@ -1,16 +1,19 @@
 """Bring-your-own embeddings: `.npz` / `.npy` import into a cache, and `.npz` export.
 
 Inputs are read with `allow_pickle=False`: an object array in an input is refused, never
-unpickled.
+unpickled. A `.pt` array file loads with `torch.load(weights_only=True)` and must hold a tensor or a
+dict of tensors; anything else is refused with one line.
 """
 from __future__ import annotations
 
+import pickle
+import re
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from embedkit.cache import Cache, Samples, SPLITS, _as_split_codes, write_cache, write_text
+from embedkit.cache import Cache, Samples, SPLITS, _as_split_codes, as_seen, write_cache, write_text
 from embedkit.errors import EmbedkitError
 
 
@@ -45,6 +48,63 @@ def _load_npz(path) -> dict:
         raise EmbedkitError(f"{path}: unreadable as .npz ({e})") from None
 
 
+FEATURE_KEYS = ("feats", "features", "embeddings", "Z")
+
+
+def _tensor_to_numpy(t, path, what: str) -> np.ndarray:
+    import torch
+    if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
+        raise EmbedkitError(f"{path}: {what} is a {type(t).__name__}, not a dense tensor; "
+                            f"a .pt feature file must hold a tensor or a dict of tensors")
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:          # numpy has no bfloat16; float32 holds it exactly
+        t = t.float()
+    return t.numpy()
+
+
+def load_pt(path) -> dict[str, np.ndarray] | np.ndarray:
+    """A `.pt` file as an array (a saved tensor) or {name: array} (a saved dict of tensors).
+    Loaded with weights_only=True; any other content is refused with one line."""
+    import torch
+    path = Path(path)
+    if not path.is_file():
+        raise EmbedkitError(f"{path}: no such file")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:     # the weights-only unpickler met a class it does not allow
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        what = f"holds a {found.group(1)} object" if found else "is unreadable or holds objects other than tensors"
+        raise EmbedkitError(f"{path}: not a plain-tensor .pt file: it {what}; embedkit loads .pt files only "
+                            f"with torch.load(weights_only=True)") from None
+    except Exception as e:                  # not a torch file at all, or a broken archive
+        raise EmbedkitError(f"{path}: not a plain-tensor .pt file (torch.load with weights_only=True: "
+                            f"{type(e).__name__})") from None
+    if isinstance(obj, dict):
+        bad = [k for k in obj if not isinstance(k, str)]
+        if bad or not obj:
+            raise EmbedkitError(f"{path}: a .pt feature dict must map names to tensors")
+        return {k: _tensor_to_numpy(v, path, f"entry {k!r}") for k, v in obj.items()}
+    return _tensor_to_numpy(obj, path, "the saved object")
+
+
+def load_array(path) -> np.ndarray:
+    """An array from `.npy`, or from `.pt`/`.pth`: a tensor, or a dict with one entry or an entry
+    named feats / features / embeddings / Z."""
+    path = Path(path)
+    if path.suffix not in (".pt", ".pth"):
+        return _load_npy(path)
+    obj = load_pt(path)
+    if isinstance(obj, np.ndarray):
+        return obj
+    for k in FEATURE_KEYS:
+        if k in obj:
+            return obj[k]
+    if len(obj) == 1:
+        return next(iter(obj.values()))
+    raise EmbedkitError(f"{path}: a dict of {len(obj)} tensors ({', '.join(sorted(obj))}) with none named "
+                        f"{', '.join(FEATURE_KEYS)}")
+
+
 def _int_labels(arr, what: str, source) -> np.ndarray:
     arr = np.asarray(arr)
     if arr.ndim != 1:
@@ -61,7 +121,9 @@ def _int_labels(arr, what: str, source) -> np.ndarray:
 def import_arrays(out, Z, y, split, *, a=None, ids=None, key: str = "imported", class_names=None,
                   attr_names=None, dataset: str = "imported", dtype="float32", overwrite=False,
                   allow_nonfinite=False, text_prompts=None, text_feats=None, source="input",
-                  split_source=None) -> Path:
+                  split_source=None, seen=None, seen_source=None) -> Path:
+    """`seen` (optional, bool per row): the rows the backbone was trained on; without it the
+    cache says "unknown" for this backbone."""
     Z = np.asarray(Z)
     split = _as_split_codes(split, f"the splits in {split_source or source}")
     if Z.ndim != 2 or Z.dtype.kind != "f":
@@ -74,6 +136,7 @@ def import_arrays(out, Z, y, split, *, a=None, ids=None, key: str = "imported", 
             raise EmbedkitError(f"{source}: arrays of different lengths: embeddings have {n} rows, {name} {len(arr)}")
     if ids is not None and len(ids) != n:
         raise EmbedkitError(f"{source}: arrays of different lengths: embeddings have {n} rows, ids {len(ids)}")
+    seen = as_seen(seen, n, str(seen_source or source))
     if class_names is None:
         class_names = [f"class_{c}" for c in range(int(y.max()) + 1 if n else 0)]
     if attr_names is None:
@@ -81,8 +144,9 @@ def import_arrays(out, Z, y, split, *, a=None, ids=None, key: str = "imported", 
     ids = np.arange(n).astype(str) if ids is None else np.asarray(ids).astype(str)
     samples = Samples(uid=ids, split=split, y=y, a=a, class_names=list(class_names),
                       attr_names=list(attr_names), dataset=dataset, meta={"source": str(source)})
+    prov_seen = {} if seen is None else {"seen_source": f"imported from {seen_source or source}"}
     path = write_cache(out, samples, key, Z, dtype=dtype, overwrite=overwrite, allow_nonfinite=allow_nonfinite,
-                       provenance={"library": "import", "source": str(source),
+                       seen=seen, provenance={**prov_seen, "library": "import", "source": str(source),
                                    "source_dtype": str(Z.dtype), "normalised": bool(
                                        np.allclose(np.linalg.norm(Z[:64].astype(np.float64), axis=1), 1, atol=1e-2))})
     if text_feats is not None:
@@ -92,7 +156,18 @@ def import_arrays(out, Z, y, split, *, a=None, ids=None, key: str = "imported", 
     return path
 
 
-def import_npz(path, out, **kw) -> Path:
+def _seen_arg(seen) -> dict:
+    """`seen` given as a .npy path (the CLI) or an array -> import_arrays keywords."""
+    if seen is None:
+        return {}
+    if isinstance(seen, (str, Path)):
+        return {"seen": _load_npy(seen), "seen_source": str(seen)}
+    return {"seen": seen, "seen_source": "the seen array"}
+
+
+def import_npz(path, out, seen=None, **kw) -> Path:
+    """`seen`: a .npy path or a bool array (rows the backbone was trained on), row-aligned; an
+    .npz may carry it as its own 'seen' array instead."""
     z = _load_npz(path)
     Z = z.get("Z", z.get("embeddings"))
     if Z is None:
@@ -104,15 +179,19 @@ def import_npz(path, out, **kw) -> Path:
     text = {}
     if "text_embeddings" in z and "text_prompts" in z:
         text = {"text_feats": z["text_embeddings"], "text_prompts": z["text_prompts"]}
+    if "seen" in z and seen is not None:
+        raise EmbedkitError(f"{path}: holds a 'seen' array and --seen was given too; give one")
+    kw.update(_seen_arg(seen) if "seen" not in z else {"seen": z["seen"], "seen_source": f"{path}:seen"})
     return import_arrays(out, Z, z["y"], z["split"], a=z.get("a"), ids=z.get("ids"), source=path,
                          **names, **text, **kw)
 
 
-def import_npy(out, embeddings, labels, splits, attrs=None, ids=None, **kw) -> Path:
-    return import_arrays(out, _load_npy(embeddings), _load_npy(labels), _load_npy(splits),
-                         a=None if attrs is None else _load_npy(attrs),
+def import_npy(out, embeddings, labels, splits, attrs=None, ids=None, seen=None, **kw) -> Path:
+    """`seen`: a .npy path or a bool array (rows the backbone was trained on), row-aligned."""
+    return import_arrays(out, load_array(embeddings), load_array(labels), load_array(splits),
+                         a=None if attrs is None else load_array(attrs),
                          ids=None if ids is None else _load_npy(ids), source=embeddings,
-                         split_source=splits, **kw)
+                         split_source=splits, **_seen_arg(seen), **kw)
 
 
 def export_npz(cache_path, out, backbone: str | None = None) -> Path:
@@ -126,6 +205,8 @@ def export_npz(cache_path, out, backbone: str | None = None) -> Path:
         "split": np.concatenate([np.full(len(p), s, dtype="<U5") for p, s in zip(parts, SPLITS)]),
         "ids": np.concatenate([p.ids for p in parts]).astype(str),
         "class_names": np.asarray(cache.class_names), "attr_names": np.asarray(cache.attr_names)}
+    if all(p.seen_known for p in parts):
+        arrays["seen"] = np.concatenate([p.seen for p in parts])
     text = cache.text(backbone)
     if text is not None:
         arrays["text_embeddings"], arrays["text_prompts"] = text["feats"], np.asarray(text["prompts"])

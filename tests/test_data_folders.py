@@ -187,7 +187,7 @@ def test_csv_manifest_integer_labels_and_no_attribute(tmp_path):
 
 
 @pytest.mark.parametrize("body, opts, message", [
-    ("path,label,split\na.png,0,train\n", {}, r"manifest.csv: missing column 'attr'"),
+    ("path,label,split\na.png,0,train\n", {"attr_col": "attr"}, r"manifest.csv: missing column 'attr'"),
     ("path,label,attr,split\na.png,0,0,train\nb.png,3,0,test\n", {"class_names": "x,y"},
      r"manifest.csv, line 3: label 3 out of range 0..1"),
     ("path,label,attr,split\na.png,0,0,train\nb.png,1,0,holdout\n", {}, r"line 3: unknown split value 'holdout'"),

@@ -168,6 +168,8 @@ def test_val_leak_is_flagged_when_the_hard_set_and_selection_share_val():
     assert len(np.intersect1d(split.rows_["fit"], split.rows_["select"])) == 0
     assert 0.4 * len(val) < len(split.rows_["select"]) < 0.6 * len(val)
     assert split.history_[0]["val"]["n"] == len(split.rows_["select"])
+    # The record names the rows selection read (issue 11): half of val, or all of it.
+    assert split.selected_["split"] == "val[select]" and plain.selected_["split"] == "val"
     # Without a stored ERM head the `erm` probe is fitted on train and selected on the hard-set half.
     probe = HSFMHead(seed=0, epochs=1, K_H=1, T=1, init="erm").fit(train, val)
     assert probe.info_["init"] == "erm" and set(train.rows) <= set(probe.rows_["fit"])
@@ -178,7 +180,11 @@ def test_val_leak_is_flagged_when_the_hard_set_and_selection_share_val():
 def test_presets_and_overrides():
     head = create("hsfm", preset="celeba", K_hard=12)
     assert head.resolved() == dict(hsfm.PRESETS["celeba"], K_hard=12)
-    assert create("hsfm").resolved() == dict(hsfm.PRESETS["waterbirds"], alpha=1e-3)
+    # Default: the paper's Waterbirds preset; alpha selected on val[select] from the paper's x (1, 10, 100).
+    assert create("hsfm").resolved() == hsfm.PRESETS["waterbirds"]
+    assert create("hsfm").alphas() == pytest.approx([5e-5, 5e-4, 5e-3])
+    assert create("hsfm", alpha=1e-3).alphas() == [1e-3]
+    assert create("hsfm", alpha_grid="1e-4,1e-3").alphas() == [1e-4, 1e-3]
     assert create("hsfm", preset="waterbirds").resolved() == dict(n_s=16, T=15, alpha=5e-5, eta=1.0, K_H=15,
                                                                   K_hard=64, epochs=40)
     with pytest.raises(EmbedkitError, match="preset"):

@@ -128,6 +128,9 @@ class Backbone:
     default_dtype = "float32"       # storage dtype of the cache (CLIP towers default to float16)
     normalised = False              # are the stored features L2-normalised
     has_text = False
+    # Rows the weights were trained on, per dataset ({name: {"uids", ...}}): only embedkit's own
+    # train-erm checkpoints know them; None everywhere else ("unknown", never "unseen").
+    seen_record: dict | None = None
 
     def _setup_model(self, model: nn.Module, device, precision: str) -> None:
         self.device = resolve_device(device)

@@ -5,17 +5,21 @@ The file is `torch.save` of a plain dict (loadable with `weights_only=True`):
     {"format": "embedkit-backbone", "format_version": 1,
      "arch": "small_cnn" | "resnet_cifar", "arch_kwargs": {...}, "num_classes": C,
      "state_dict": {...}, "preprocess": {"size": 32 | [H, W] | None, "mean": [...], "std": [...]},
-     "train": {dataset, dataset_options, lr, epochs, seed, ...}}
+     "train": {dataset, dataset_options, lr, epochs, seed, ...},
+     "seen": {DATASET: {"splits", "n", "uids", "uids_sha256"[, "unknown"]}}}   (embedkit.erm.seen_record)
 
 The architecture is rebuilt from `arch` and `arch_kwargs` by the builder of its module and loaded
 strictly. Preprocessing: images are resized (bilinear, whole image) to `size` when it is given,
 then normalised. The embedding is `forward_features` (the input of `fc`); the logits and `fc`
-itself (the ERM head) are stored beside it.
+itself (the ERM head) are stored beside it, and `seen_mask` turns `seen` into the cache's
+`/embeddings/<key>/seen` rows.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+import numpy as np
 
 from embedkit.errors import EmbedkitError
 
@@ -64,5 +68,24 @@ def create(spec: str, args: list[str], *, device, allow_random_init, layer, prec
             "weights_tag": os.path.basename(path), "weights_file": str(Path(path).resolve()),
             "weights_sha256": sha256_file(path),
             "random_init": False, "train_json": obj.get("train") or {}}
-    return ClassifierBackbone(spec, f"checkpoint:{os.path.basename(path)}", model, model.fc, cfg, Preprocess(cfg),
-                              device=device, precision=precision, layer=layer, provenance=prov)
+    bb = ClassifierBackbone(spec, f"checkpoint:{os.path.basename(path)}", model, model.fc, cfg, Preprocess(cfg),
+                            device=device, precision=precision, layer=layer, provenance=prov)
+    bb.seen_record = obj.get("seen")
+    return bb
+
+
+def seen_mask(record: dict | None, dataset: str, uids) -> tuple[np.ndarray | None, str]:
+    """(which of `uids` of `dataset` the weights were trained on, or None when unknown; why).
+
+    Unknown: a checkpoint from before the record, a dataset it does not list (its uids mean
+    nothing here, yet it may share source images, as colored_mnist does with mnist), or an init
+    checkpoint on this dataset whose rows nobody listed."""
+    if record is None:
+        return None, "the checkpoint records no training rows (written before embedkit recorded them)"
+    entry = record.get(dataset)
+    if entry is None:
+        return None, f"the checkpoint was trained on {', '.join(sorted(record)) or 'nothing listed'}, not on {dataset}"
+    if entry.get("unknown"):
+        return None, f"it started from a checkpoint trained on rows of {dataset} that were not recorded"
+    mask = np.isin(np.asarray(uids).astype(str), np.asarray(entry["uids"], dtype=str))
+    return mask, f"{entry['n']} uid(s) of {dataset} ({', '.join(entry['splits'])}) from the checkpoint"

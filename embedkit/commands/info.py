@@ -19,6 +19,7 @@ def format_info(info: dict) -> str:
         extras = [n for n, flag in (("logits", b["has_logits"]), ("head", b["has_head"]),
                                     ("text", b["has_text"])) if flag]
         lines.append(f"backbone {key}: dim {b['dim']}, {b['dtype']}" + (f", with {', '.join(extras)}" if extras else ""))
+        lines.append("    " + format_seen(b.get("seen"), info["splits"]))
         for k, v in sorted(b["provenance"].items()):
             if k not in SKIP:
                 v = json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
@@ -31,6 +32,13 @@ def format_info(info: dict) -> str:
     for label, key in (("unknown a", "unknown_attr"), ("invalid", "invalid"), ("total", "rows")):
         lines.append(f"{label:<{width}}  " + "  ".join(f"{c[key]:>7}" for c in info["splits"].values()))
     return "\n".join(lines)
+
+
+def format_seen(seen: dict | None, splits: dict) -> str:
+    """One line: rows the backbone was trained on, per split, or that nobody recorded them."""
+    if seen is None:
+        return "seen in training: unknown (not recorded; AFR/JTT cannot check their held-out rows)"
+    return "seen in training: " + ", ".join(f"{name} {seen[name]}/{c['rows']}" for name, c in splits.items())
 
 
 def run(args):

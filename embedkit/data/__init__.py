@@ -28,6 +28,7 @@ _REGISTRY = {
     "colored_digits": "colored:ColoredDigits",
     "dominoes": "dominoes:Dominoes",
     "waterbirds_like": "waterbirds_like:WaterbirdsLike",
+    "subpopbench": "subpopbench:SubpopBench",
 }
 
 __all__ = ["create", "available", "dataset_class", "ImageDataset", "ImageReadError", "Option", "open_image"]
@@ -43,6 +44,7 @@ def dataset_class(name: str) -> type[ImageDataset]:
 def available() -> dict[str, str]:
     """{name: one-line description} for every adapter."""
     return {name: dataset_class(name).description for name in _REGISTRY}
+
 
 
 def create(name: str, root=None, **options) -> ImageDataset:
