@@ -220,7 +220,8 @@ class IPGHead(Head):
         "norm_match": Param("bool", False, "rescale the corrective gradient to the task gradient's norm"),
         "update": Param("choice", "sequential", "dual update: sequential (task step, then correction), joint, or "
                         "project (PCGrad-style)", choices=UPDATES),
-        "Bt": Param("int", TRAINER_DEFAULTS["batch_size"], "task batch rows", low=1),
+        # The task batch B_t: `batch_size`, the name every SGD head uses for it.
+        "batch_size": Param("int", TRAINER_DEFAULTS["batch_size"], "task batch rows B_t", low=1),
         "Bp": Param("int", 128, "pair batch size", low=1),
         "lr_grid": TRAINER_PARAMS["lr_grid"],
         "wd_grid": TRAINER_PARAMS["wd_grid"],
@@ -291,7 +292,7 @@ class IPGHead(Head):
         rule = self.rule(val)
         hook = Correction(p, torch.from_numpy(Zp_np), torch.from_numpy(Zq_np), grid, self.seeds["pairs"])
         res = fit_grid(train.Z, train.y, grid, val=val, monitor=monitor, rule=rule, steps=int(p["steps"]),
-                       eval_every=int(p["eval_every"]), batch_size=int(p["Bt"]), hooks=[hook],
+                       eval_every=int(p["eval_every"]), batch_size=int(p["batch_size"]), hooks=[hook],
                        init_seed=self.seeds["init"], sampler_seed=self.seeds["sampler"], device="cpu",
                        threads=p["threads"])
         self.history_ = res.history
