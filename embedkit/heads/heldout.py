@@ -45,3 +45,14 @@ def check_unseen(head_name: str, split, role: str, allow: bool = False,
 def _rows_sha(rows) -> str:
     import hashlib
     return hashlib.sha256(np.asarray(rows, np.int64).tobytes()).hexdigest()
+
+
+def unseen_need(head_name: str, split, role: str, allow: bool = False, param: str = OVERRIDE_PARAM) -> str | None:
+    """The same check as a need the runner reports (a sweep skips the head with this reason)
+    instead of an error: None when the rows may be used."""
+    try:
+        check_unseen(head_name, split, role, allow=allow, param=param)
+    except EmbedkitError as e:
+        return str(e)
+    return None
+
