@@ -19,6 +19,8 @@ def add_arguments(p):
     p.add_argument("--attr-names", help="comma-separated attribute names")
     p.add_argument("--dtype", default="float32", choices=["float32", "float16"], help="on-disk dtype")
     p.add_argument("--overwrite", action="store_true", help="replace an existing backbone key")
+    from embedkit.cli import add_wait_argument
+    add_wait_argument(p)
     p.add_argument("--allow-nonfinite", action="store_true",
                    help="keep rows with NaN/inf embeddings, flagged invalid in /samples/valid")
 
@@ -26,7 +28,7 @@ def add_arguments(p):
 def run(args):
     from embedkit import io
     kw = dict(key=args.name, dataset=args.dataset, dtype=args.dtype, overwrite=args.overwrite,
-              allow_nonfinite=args.allow_nonfinite)
+              allow_nonfinite=args.allow_nonfinite, wait=args.wait)
     if args.class_names:
         kw["class_names"] = [s.strip() for s in args.class_names.split(",")]
     if args.attr_names:
