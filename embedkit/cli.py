@@ -82,6 +82,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def add_wait_argument(p) -> None:
+    """--wait, for every command that writes a cache (embedkit/locking.py)."""
+    p.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                   help="if another process is writing the same cache, wait up to SECONDS for it "
+                        "(default 0: refuse at once, naming it)")
+
+
 def parse_key_values(items: list[str] | None, flag: str) -> dict:
     """Parse repeated KEY=VALUE flags; values are read as JSON when they parse, else kept as text."""
     import json
