@@ -70,7 +70,7 @@ def import_subpopbench(folder, out, *, metadata=None, test_split: str = "", clas
     if not folder.is_dir():
         raise EmbedkitError(f"{folder}: no such folder (expected feats_{{train,val,test}}.npy and a metadata CSV)")
     meta = read_metadata(_find_metadata(folder, metadata), test_split)
-    sidecar = _read_sidecar(folder)
+    sidecar = _read_sidecar(folder, meta.path)
     files = {s: _feature_file(folder, s) for s in SPLITS}
     if not any(files.values()):
         raise EmbedkitError(f"{folder}: no feats_train.npy, feats_val.npy or feats_test.npy (.pt also accepted)")
@@ -103,7 +103,9 @@ def import_subpopbench(folder, out, *, metadata=None, test_split: str = "", clas
                          dtype=_store_dtype(dtype, Z), source=folder, **kw)
 
 
-def _read_sidecar(folder: Path) -> dict:
+def _read_sidecar(folder: Path, metadata: Path) -> dict:
+    """The names an embedkit export left beside `metadata` ({} when there is none, or when it
+    describes another metadata file)."""
     p = folder / EXPORT_SIDECAR
     if not p.exists():
         return {}
@@ -113,7 +115,7 @@ def _read_sidecar(folder: Path) -> dict:
         raise EmbedkitError(f"{p}: not valid JSON ({e})") from None
     if not isinstance(out, dict):
         raise EmbedkitError(f"{p}: expected a JSON object")
-    return out
+    return out if out.get("metadata") == metadata.name else {}
 
 
 def export_subpopbench(cache_path, folder, backbone: str | None = None, log=print) -> Path:
@@ -126,7 +128,9 @@ def export_subpopbench(cache_path, folder, backbone: str | None = None, log=prin
     dtype = cache.info()["backbones"][key]["dtype"]
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    name = re.sub(r"[^A-Za-z0-9_.+-]", "_", cache.dataset or "dataset")
+    # a cache made by the `subpopbench` adapter keeps SubpopBench's own dataset name
+    from_adapter = cache.samples().meta.get("subpopbench_dataset")
+    name = re.sub(r"[^A-Za-z0-9_.+-]", "_", from_adapter or cache.dataset or "dataset")
     meta_path = folder / f"metadata_{name}.csv"
     n_invalid = int((~cache.samples().valid).sum())
     n_unknown = 0
@@ -183,12 +187,25 @@ def read_parquet_columns(path: Path, columns: list[str]) -> dict[str, list]:
     return {c: table.column(c).to_pylist() for c in columns}
 
 
+def _cell(v):
+    """A parquet cell as None (null or NaN: pandas writes a missing int as NaN), an int (integral
+    floats and bools too) or text."""
+    if isinstance(v, float):
+        if v != v:
+            return None
+        return int(v) if v.is_integer() else v
+    if isinstance(v, (bool, np.bool_)):
+        return int(v)
+    return v
+
+
 def _encode_column(values: list, column: str, names: list[str] | None, files: list[tuple[Path, int]],
                    allow_unknown: bool) -> tuple[np.ndarray, list[str]]:
     """Integer codes (ints, or strings mapped to sorted/given names) for one metadata column.
     `files[i]` is (parquet file, row in that file) for error messages."""
+    values = [_cell(v) for v in values]
     known = [v for v in values if not (allow_unknown and v is None)]
-    ints = all(isinstance(v, (int, np.integer)) for v in known)      # bool counts as 0/1
+    ints = all(isinstance(v, (int, np.integer)) for v in known)
     if names is None:
         names = ([str(k) for k in range(max(int(v) for v in known) + 1)] if ints and known
                  else sorted({str(v) for v in known}))
@@ -255,7 +272,7 @@ def import_clip_retrieval(folder, out, *, label_col: str, attr_col: str | None =
         a, attr_names = _encode_column(cols[attr_col], attr_col, attr_names, where, allow_unknown=True)
     else:
         a, attr_names = np.full(len(y), -1, np.int64), attr_names or ["unknown"]
-    splits = cols[split_col] if split_col else [split] * len(y)
+    splits = [_cell(v) for v in cols[split_col]] if split_col else [split] * len(y)
     for i, v in enumerate(splits):
         if v is None:
             raise EmbedkitError(f"{where[i][0]}, row {where[i][1]}: empty {split_col!r}")

@@ -125,7 +125,7 @@ def test_extract_then_export_for_peer_tools(tmp_path):
             dataset_options={"metadata": "../metadata_waterbirds.csv"}, workers=0, batch_size=4, device="cpu",
             log=lambda m: None)
     out = export_subpopbench(tmp_path / "c.h5", tmp_path / "peer", log=lambda m: None)
-    assert (out / "metadata_subpopbench.csv").exists()
+    assert (out / "metadata_waterbirds.csv").exists()          # SubpopBench's name, from the adapter
     import_subpopbench(out, tmp_path / "back.h5", log=lambda m: None)
     a, b = Cache.open(tmp_path / "c.h5"), Cache.open(tmp_path / "back.h5")
     for name in SPLITS:

@@ -264,6 +264,22 @@ def test_clip_retrieval_one_split_and_zero_padded_parts(tmp_path):
     assert sp.Z.tobytes() == w["Z"].astype(np.float16).tobytes() and (sp.a == -1).all()
 
 
+def test_clip_retrieval_pandas_cells(tmp_path):
+    """pandas writes an int column with a gap as float64 with NaN, and bools as bool."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from embedkit.peers import import_clip_retrieval
+    (tmp_path / "img_emb").mkdir()
+    (tmp_path / "metadata").mkdir()
+    np.save(tmp_path / "img_emb" / "img_emb_0.npy", np.arange(8, dtype=np.float16).reshape(4, 2))
+    pq.write_table(pa.table({"image_path": ["a", "b", "c", "d"], "y": [1.0, 0.0, 1.0, 0.0],
+                             "spurious": [True, False, None, True], "split": [0, 1, 2, 2]}),
+                   tmp_path / "metadata" / "metadata_0.parquet")
+    import_clip_retrieval(tmp_path, tmp_path / "c.h5", label_col="y", attr_col="spurious", split_col="split")
+    test = Cache.open(tmp_path / "c.h5").split("test")
+    assert test.y.tolist() == [1, 0] and test.a.tolist() == [-1, 1] and test.ids.tolist() == ["c", "d"]
+
+
 def test_clip_retrieval_bad_inputs(tmp_path):
     w = real_waterbirds()
     folder = write_clip_retrieval(tmp_path / "cr", w)
