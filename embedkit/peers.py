@@ -124,14 +124,17 @@ def export_subpopbench(cache_path, folder, backbone: str | None = None, log=prin
     sidecar with the class/attribute names. Rows flagged invalid are left out: peer tools have no
     validity mask. An unknown attribute is written as a = -1."""
     cache = Cache.open(cache_path)
-    key = cache._backbone(backbone)
-    dtype = cache.info()["backbones"][key]["dtype"]
+    prov = cache.provenance(backbone)            # names the one backbone, or says which to choose
+    key, dtype = prov["backbone_key"], prov["dtype"]
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     # a cache made by the `subpopbench` adapter keeps SubpopBench's own dataset name
     from_adapter = cache.samples().meta.get("subpopbench_dataset")
     name = re.sub(r"[^A-Za-z0-9_.+-]", "_", from_adapter or cache.dataset or "dataset")
     meta_path = folder / f"metadata_{name}.csv"
+    others = [p.name for p in folder.glob("metadata*.csv") if p != meta_path] if folder.is_dir() else []
+    if others:        # a reader takes the one metadata CSV of a folder: two would be ambiguous
+        raise EmbedkitError(f"{folder}: already holds {others[0]}; export to a new or empty folder")
+    folder.mkdir(parents=True, exist_ok=True)
     n_invalid = int((~cache.samples().valid).sum())
     n_unknown = 0
     rows = []

@@ -118,6 +118,9 @@ def test_subpopbench_export_round_trip_and_dpe_reads_it(tmp_path):
         assert [r["filename"] for r in rows] == sp.ids.tolist()
         assert [int(r["y"]) for r in rows] == sp.y.tolist() and [int(r["a"]) for r in rows] == sp.a.tolist()
     import_subpopbench(out, tmp_path / "b.h5", log=lambda m: None)
+    (out / "metadata_other.csv").write_text("id,filename,split,y,a\n")
+    with pytest.raises(EmbedkitError, match=r"export: already holds metadata_other.csv; export to a new or empty folder"):
+        export_subpopbench(tmp_path / "a.h5", out, log=lambda m: None)
     b = Cache.open(tmp_path / "b.h5")
     assert (b.dataset, b.class_names, b.attr_names) == ("waterbirds", ["landbird", "waterbird"], ["land", "water"])
     assert b.info()["backbones"]["imported"]["dtype"] == "float16"
