@@ -124,6 +124,7 @@ def test_subpopbench_export_round_trip_and_dpe_reads_it(tmp_path):
     b = Cache.open(tmp_path / "b.h5")
     assert (b.dataset, b.class_names, b.attr_names) == ("waterbirds", ["landbird", "waterbird"], ["land", "water"])
     assert b.info()["backbones"]["imported"]["dtype"] == "float16"
+    assert b.fingerprint() == a.fingerprint()           # SHA-256 over sample rows and feature bytes
     for name in SPLITS:
         x, y = a.split(name, dtype=None), b.split(name, dtype=None)
         assert x.Z.tobytes() == y.Z.tobytes() and np.array_equal(x.ids, y.ids)
