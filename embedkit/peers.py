@@ -280,6 +280,12 @@ def import_clip_retrieval(folder, out, *, label_col: str, attr_col: str | None =
         if v is None:
             raise EmbedkitError(f"{where[i][0]}, row {where[i][1]}: empty {split_col!r}")
     ids = [str(v) for v in cols[id_col]]
+    first: dict[str, int] = {}
+    for i, u in enumerate(ids):
+        j = first.setdefault(u, i)
+        if j != i:
+            raise EmbedkitError(f"{where[i][0]}, row {where[i][1]}: duplicate {id_col} {u!r} (also {where[j][0].name} "
+                                f"row {where[j][1]}); name a unique column with --id-col")
     return import_arrays(out, Z, y, [str(s) for s in splits], a=a, ids=ids, class_names=class_names,
                          attr_names=attr_names, dtype=_store_dtype(dtype, Z), source=folder,
                          split_source=f"column {split_col!r} of {meta_dir}" if split_col else "--split", **kw)

@@ -36,6 +36,17 @@ def one_line_error(res, *needles):
     return lines[0]
 
 
+def cli_error(capsys, *args, needles=()):
+    """In-process `embedkit ...` (no interpreter start-up): exit 2 and one stderr line holding `needles`."""
+    from embedkit.cli import main
+    capsys.readouterr()
+    assert main([str(a) for a in args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
 def real_waterbirds():
     """The 256 real CLIP-RN50 Waterbirds embeddings with their real labels and places, given
     train/val/test by position (the stored rows are all from Waterbirds' train split)."""
@@ -284,22 +295,24 @@ def test_clip_retrieval_pandas_cells(tmp_path):
     assert test.y.tolist() == [1, 0] and test.a.tolist() == [-1, 1] and test.ids.tolist() == ["c", "d"]
 
 
-def test_clip_retrieval_bad_inputs(tmp_path):
+def test_clip_retrieval_bad_inputs(tmp_path, capsys):
     w = real_waterbirds()
     folder = write_clip_retrieval(tmp_path / "cr", w)
     base = ("import", "--from", "clip-retrieval", folder, "--out", tmp_path / "c.h5", "--split-col", "split")
-    one_line_error(run_cli(*base, "--label-col", "species"), "metadata_0.parquet",
-                   "missing column 'species'", "found: image_path, caption, label, place, split")
-    one_line_error(run_cli(*base, "--label-col", "label", "--attr-col", "place", "--attr-names", "water"),
-                   "metadata_0.parquet, row 24", "unknown place 'land'")
+    cli_error(capsys, *base, "--label-col", "species", needles=(
+        "metadata_0.parquet", "missing column 'species'", "found: image_path, caption, label, place, split"))
+    cli_error(capsys, *base, "--label-col", "label", "--attr-col", "place", "--attr-names", "water",
+              needles=("metadata_0.parquet, row 24", "unknown place 'land'"))
+    cli_error(capsys, *base, "--label-col", "label", "--id-col", "caption",
+              needles=("metadata_0.parquet, row 1", "duplicate caption", "--id-col"))
     np.save(folder / "img_emb" / "img_emb_1.npy", w["Z"][:5].astype(np.float16))
-    one_line_error(run_cli(*base, "--label-col", "label"), "metadata_1.parquet: 128 rows",
-                   "img_emb_1.npy has 5", "row-aligned")
+    cli_error(capsys, *base, "--label-col", "label",
+              needles=("metadata_1.parquet: 128 rows", "img_emb_1.npy has 5", "row-aligned"))
     (folder / "metadata" / "metadata_1.parquet").unlink()
-    one_line_error(run_cli(*base, "--label-col", "label"), "img_emb_1.npy", "no matching metadata_1")
+    cli_error(capsys, *base, "--label-col", "label", needles=("img_emb_1.npy", "no matching metadata_1"))
     (folder / "img_emb" / "img_emb_1.npy").unlink()
     (folder / "metadata" / "metadata_0.parquet").write_bytes(b"not parquet")
-    one_line_error(run_cli(*base, "--label-col", "label"), "metadata_0.parquet: unreadable as parquet")
+    cli_error(capsys, *base, "--label-col", "label", needles=("metadata_0.parquet: unreadable as parquet",))
 
 
 # -- DFR -------------------------------------------------------------------------------------------
