@@ -42,17 +42,6 @@ def _store_dtype(dtype, Z: np.ndarray) -> str:
 # SubpopBench / DPE: feats_<split>.npy + metadata_<dataset>.csv
 # ----------------------------------------------------------------------------------------------
 
-def _find_metadata(folder: Path, metadata) -> Path:
-    if metadata:
-        p = Path(metadata)
-        return p if p.is_absolute() or p.exists() else folder / p
-    found = sorted(folder.glob("metadata*.csv"))
-    if len(found) != 1:
-        raise EmbedkitError(f"{folder}: {'no' if not found else len(found)} metadata*.csv file"
-                            f"{'' if len(found) == 1 else 's'} here; name the SubpopBench metadata CSV with --metadata")
-    return found[0]
-
-
 def _feature_file(folder: Path, split: str) -> Path | None:
     for ext in (".npy", ".pt"):
         p = folder / f"feats_{split}{ext}"
@@ -65,11 +54,11 @@ def import_subpopbench(folder, out, *, metadata=None, test_split: str = "", clas
                        attr_names=None, dataset=None, dtype=None, log=print, **kw) -> Path:
     """DPE's feature folder on a SubpopBench metadata CSV into a cache. Splits without a
     feats_<split> file are left out (DPE itself ships only val and test) and said so."""
-    from embedkit.data.subpopbench import dataset_name, default_names, read_metadata
+    from embedkit.data.subpopbench import dataset_name, default_names, find_metadata, read_metadata
     folder = Path(folder)
     if not folder.is_dir():
         raise EmbedkitError(f"{folder}: no such folder (expected feats_{{train,val,test}}.npy and a metadata CSV)")
-    meta = read_metadata(_find_metadata(folder, metadata), test_split)
+    meta = read_metadata(Path(metadata) if metadata else find_metadata(folder, "--metadata"), test_split)
     sidecar = _read_sidecar(folder, meta.path)
     files = {s: _feature_file(folder, s) for s in SPLITS}
     if not any(files.values()):
