@@ -15,8 +15,8 @@ from embedkit.errors import EmbedkitError
 # name -> (module under embedkit.commands, one-line help)
 COMMANDS = {
     "extract": ("extract", "run a dataset through a frozen backbone into an HDF5 cache"),
-    "import": ("import_", "bring your own embeddings (.npz or .npy files) into a cache"),
-    "export": ("export", "write one backbone of a cache to an .npz file"),
+    "import": ("import_", "bring your own embeddings (.npz/.npy, or --from subpopbench|clip-retrieval|dfr) into a cache"),
+    "export": ("export", "write one backbone of a cache to an .npz file (or --to subpopbench)"),
     "info": ("info", "provenance, shapes and per-split group counts of a cache"),
     "merge": ("merge", "merge extraction shard files into one cache"),
     "datasets": ("datasets", "list the dataset adapters"),
