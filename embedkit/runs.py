@@ -130,6 +130,15 @@ def unmet_needs(head, train, val, regime_: str) -> str | None:
 # One run
 # ----------------------------------------------------------------------------------------------
 
+def bind_backbones(head, cache, val) -> None:
+    """Hand a head that reads other backbones of the same rows (SELF's early checkpoint: its
+    `early_keys()`) their val splits; keys the cache lacks are left out for `unmet` to report."""
+    keys = getattr(head, "early_keys", lambda: [])()
+    if keys:
+        have = set(cache.backbones())
+        head.bind_backbones({k: cache.split("val", k) for k in keys if k in have})
+
+
 def _evaluate(head, split) -> dict | None:
     if split is None or len(split) == 0:
         return None
@@ -152,6 +161,7 @@ def fit_record(cache_path, method: str, params: dict | None, seed: int, out_dir,
     seen = apply_label_budget(val, label_budget, seed)
     reg = regime(train, seen)
     head = heads.create(method, seed=seed, **params)
+    bind_backbones(head, cache, seen)
     why = unmet_needs(head, train, seen, reg)
     if why:
         raise UnmetNeeds(why)
