@@ -87,3 +87,35 @@ def test_every_self_variant_beats_erm_on_real_caches(real_cache, name):
     for m in ("self", "self_dropout_disagreement", "self_es_misclassification", "self_misclassification",
               "self_random"):
         assert wga(heads.create(m, seed=0).fit(train, val)) >= erm + MARGINS[name], m
+
+
+def test_two_backbone_workflow_train_erm_save_early_extract_self(tmp_path):
+    """train-erm --save-early writes the early checkpoint of the same run; extract puts both in one
+    cache as two backbones over the same rows; SELF reads the early one by its key."""
+    import torch
+    from embedkit.cli import main
+    from embedkit.erm import early_checkpoint_path, train_erm
+    from embedkit.extract import extract
+    opts = ["--dataset-opt", "n_train=96", "--dataset-opt", "n_val=64", "--dataset-opt", "n_test=32"]
+    final = tmp_path / "erm.pt"
+    assert main(["train-erm", "--dataset", "colored_digits", *opts, "--width", "4", "--epochs", "2",
+                 "--save-early", "1", "--out", str(final)]) == 0
+    early = early_checkpoint_path(final, 1)
+    assert early.name == "erm-epoch1.pt" and early.is_file()
+    one = train_erm("colored_digits", dataset_options={"n_train": 96, "n_val": 64, "n_test": 32}, width=4, epochs=1,
+                    out=tmp_path / "one.pt", log=None)
+    a, b = torch.load(early, weights_only=True), torch.load(one, weights_only=True)
+    assert a["train"]["epochs"] == 1 and a["train"]["early_of"] == str(final)
+    for k in b["state_dict"]:                      # the first epoch of the 2-epoch run is the 1-epoch run
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    cache = tmp_path / "c.h5"
+    kw = dict(dataset_options={"n_train": 96, "n_val": 64, "n_test": 32}, workers=0, device="cpu", log=lambda m: None)
+    extract("colored_digits", f"checkpoint:{final}", cache, **kw)
+    extract("colored_digits", f"checkpoint:{early}", cache, **kw)
+    keys = Cache.open(cache).backbones()
+    assert len(keys) == 2
+    early_key = next(k for k in keys if "epoch1" in k)
+    final_key = next(k for k in keys if k != early_key)
+    rec = runs.fit_record(cache, "self", {"early_backbone": early_key, **FAST, "num_data_grid": (8,)}, 0,
+                          tmp_path / "runs", backbone=final_key)
+    assert rec["info"]["early_backbones"] == [early_key] and rec["cache"]["backbone_key"] == final_key
