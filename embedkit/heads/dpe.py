@@ -127,8 +127,9 @@ def cov_reg_schedule(cov_reg: float, alpha: float, stage: int) -> float:
 
 
 class DPEHead(Head):
-    """Diverse Prototypical Ensemble: IsoMax+ prototype classifiers trained in stages on balanced
-    subsamples of val with an inter-prototype diversity penalty; the ensemble's probabilities averaged."""
+    """Diverse Prototypical Ensemble: staged IsoMax+ prototype classifiers with a diversity penalty.
+
+    Trained on balanced subsamples of val; the ensemble's probabilities averaged."""
 
     name = "dpe"
     regimes = ("R1", "R2", "R3")

@@ -58,8 +58,9 @@ def capped_subset(k: np.ndarray, n_units: int, cap_ratio: float, rng: np.random.
 
 
 class LLRHead(SGDHead):
-    """Last-layer retraining on a held-out half of val, class-balanced by subsetting, upsampling,
-    upweighting or mixture (CB-LLR and its variants), or group-balanced (gb_llr)."""
+    """Last-layer retraining on a held-out half of val (LLR, CB-LLR and its balancing variants).
+
+    Class-balanced by subsetting, upsampling, upweighting or mixture, or group-balanced (gb_llr)."""
 
     name = "llr"
     needs_val_attrs = False

@@ -73,8 +73,10 @@ def top_k(scores, k: int) -> np.ndarray:
 
 
 class SELFHead(SGDHead):
-    """SELF: finetune the ERM last layer on the k held-out rows where an early-stopped (or dropout)
-    model disagrees most with the final one; (k, lr, checkpoint) chosen on the other half of val."""
+    """SELF: finetune the ERM last layer on the held-out rows where an early model disagrees most.
+
+    The early-stopped (or dropout) model against the final one; (k, lr, checkpoint) chosen on the
+    other half of val."""
 
     name = "self"
     regimes = ("R1", "R2", "R3")
