@@ -57,11 +57,14 @@ def add_arguments(p):
     add_training_arguments(p)
     p.add_argument("--init", default=None, metavar="CHECKPOINT",
                    help="start from this train-erm checkpoint (same --arch) instead of a random init")
+    p.add_argument("--holdout", type=float, default=0.0, metavar="FRACTION",
+                   help="leave the last FRACTION of the train split out of training (AFR's official protocol: "
+                        "0.2); the checkpoint lists the rows it trained on, so `extract` marks the rest unseen")
     p.add_argument("--out", required=True, metavar="CKPT.pt", help="checkpoint file to write")
 
 
 def run(args):
     from embedkit.erm import train_erm
-    train_erm(args.dataset, lr=args.lr, seed=args.seed, init=args.init, out=args.out,
+    train_erm(args.dataset, lr=args.lr, seed=args.seed, init=args.init, out=args.out, holdout=args.holdout,
               **dataset_kwargs(args), **training_kwargs(args))
     return 0
