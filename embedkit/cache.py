@@ -33,7 +33,7 @@ import h5py
 import numpy as np
 
 from embedkit.errors import EmbedkitError
-from embedkit.locking import writer_lock
+from embedkit.locking import LockBusy, writer_lock
 
 FORMAT = "embedkit-cache"
 FORMAT_VERSION = 1
@@ -267,7 +267,7 @@ def _open_h5(path, mode="r", wait: float = 0.0) -> h5py.File:
                     told = True
                 time.sleep(0.25)
                 continue
-            raise EmbedkitError(f"{path}: in use by another process ({_in_use_by(path)}); "
+            raise LockBusy(f"{path}: in use by another process ({_in_use_by(path)}); "
                                 f"{'wait for it to close the file' if mode == 'r' else 'close it, or pass --wait SECONDS'}"
                                 ) from None
         except OSError as e:

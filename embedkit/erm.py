@@ -188,7 +188,7 @@ def train_erm(dataset, *, arch: str = "small_cnn", lr: float = 0.02, epochs: int
               seed: int = 0, out=None, momentum: float = 0.9, weight_decay: float = 1e-4,
               schedule: str = "constant", warmup: float = 0.0, width: int | None = None,
               arch_kwargs: dict | None = None, init=None, root=None, dataset_options: dict | None = None,
-              device: str = "cpu", threads: int | None = 1, save_early=(),
+              device: str = "cpu", threads: int | None = 1, save_early=(), holdout: float = 0.0,
               log: Callable[[str], None] | None = print) -> Path:
     """Train an ERM backbone on the train split of `dataset` and write the checkpoint to `out`.
 
@@ -210,6 +210,12 @@ def train_erm(dataset, *, arch: str = "small_cnn", lr: float = 0.02, epochs: int
     `save_early` (epochs): also write the checkpoint of the same run after each of these epochs to
     `early_checkpoint_path(out, epoch)` (SELF's early-stopped model; `extract` each one into the same
     cache as its own backbone key).
+
+    `holdout` (a fraction in [0, 1)) leaves the last part of the train split (in the dataset's row
+    order) out of training, as AFR's official code does (`--train_prop=80` trains the backbone on
+    the first 80 % of train, `--train_prop=-20` reweights the last 20 %; methods spec 6): the
+    checkpoint's `seen` record lists only the rows trained on, so after `extract` the held-out
+    rows read as unseen.
     """
     if out is None:
         raise EmbedkitError("train_erm: `out` (the checkpoint path) is required")
@@ -220,6 +226,8 @@ def train_erm(dataset, *, arch: str = "small_cnn", lr: float = 0.02, epochs: int
         raise EmbedkitError(f"--schedule {schedule!r}: choose constant or cosine")
     if not 0.0 <= warmup < 1.0:
         raise EmbedkitError(f"--warmup {warmup}: a fraction of the steps in [0, 1)")
+    if not 0.0 <= holdout < 1.0:
+        raise EmbedkitError(f"--holdout {holdout}: a fraction of the train split in [0, 1)")
     options = dict(dataset_options or {})
     if isinstance(dataset, str):
         from embedkit import data
@@ -235,8 +243,9 @@ def train_erm(dataset, *, arch: str = "small_cnn", lr: float = 0.02, epochs: int
     t0 = time.perf_counter()
     samples = ds.samples()
     rows = np.flatnonzero(samples.split == 0)
+    rows = rows[:rows.size - int(round(holdout * rows.size))]
     if rows.size == 0:
-        raise EmbedkitError(f"dataset {ds.name}: the train split is empty")
+        raise EmbedkitError(f"dataset {ds.name}: the train split is empty" + (" after --holdout" if holdout else ""))
     num_classes = len(samples.class_names)
     images = load_images(ds, rows)
     labels = torch.as_tensor(samples.y[rows], dtype=torch.int64)
@@ -261,7 +270,7 @@ def train_erm(dataset, *, arch: str = "small_cnn", lr: float = 0.02, epochs: int
                 "root": None if root is None else str(root), "lr": lr, "epochs": history[-1]["epoch"],
                 "batch_size": batch_size, "seed": seed, "momentum": momentum, "weight_decay": weight_decay,
                 "schedule": schedule, "warmup": warmup, "steps": history[-1]["step"], "n_train": int(len(rows)),
-                "seen_split": "train", "init": init_info, "history": history, "final_loss": history[-1]["loss"],
+                "seen_split": "train", "holdout": holdout, "init": init_info, "history": history, "final_loss": history[-1]["loss"],
                 "final_acc": history[-1]["acc"], "load_seconds": round(t_load, 3),
                 "seconds": round(time.perf_counter() - t0, 3), "device": str(dev),
                 "threads": torch.get_num_threads(), "torch": torch.__version__, **extra}),

@@ -22,8 +22,9 @@ How rows travel (nothing lost, nothing duplicated):
   text-tower prompt embeddings, and removes the shard files.
 - Locks (embedkit/locking.py): each worker holds `.<out>.extract-<key>-<w>of<W>.lock` while it
   computes its parts, so a second run of the same job waits (`wait` seconds) or refuses naming
-  the first, before it touches a part; the merge holds the shard folder's lock and then `out`'s.
-  A merge that cannot get `out` leaves the finished parts: the same command run again merges.
+  the first, before it touches a part; the merge holds the shard folder's lock and then `out`'s,
+  waiting up to max(wait, MERGE_WAIT_S) for the latter. A merge that still cannot get `out` leaves
+  the finished parts: the same command run again merges.
 
 Rows the backbone was trained on (a `checkpoint:` backbone names them by uid) are marked in
 `/embeddings/<key>/seen`; for any other backbone that dataset is not written ("unknown").
@@ -56,6 +57,9 @@ from embedkit.locking import LockBusy, writer_lock
 
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_PART_ROWS = 16384
+# The final merge waits at least this long for another writer of `out` (an import, another
+# backbone's merge): the parts are already paid for, and such writes take seconds to minutes.
+MERGE_WAIT_S = 600.0
 EXTRACT_FORMAT = "embedkit-extract/1"
 
 
@@ -565,12 +569,14 @@ def _finish(out, shard_dir, layout, bb, config_hash, result, prompt_data, overwr
             result.message = f"another job is merging the parts into {out} ({e})"
             log(result.message)
             return
+        merge_wait = max(float(wait or 0), MERGE_WAIT_S)
         try:
-            held.enter_context(writer_lock(out, wait, "merge"))
+            held.enter_context(writer_lock(out, merge_wait, "merge"))
+            _merge_parts(out, paths, shard_dir, layout, bb, prompt_data, overwrite, keep_shards, result, log,
+                         merge_wait)
         except LockBusy as e:
             raise EmbedkitError(f"{e}; the {layout.n_parts} finished part(s) are kept in {shard_dir}: "
                                 f"run the same command again to merge them") from None
-        _merge_parts(out, paths, shard_dir, layout, bb, prompt_data, overwrite, keep_shards, result, log, wait)
 
 
 def _merge_parts(out, paths, shard_dir, layout, bb, prompt_data, overwrite, keep_shards, result, log, wait):
