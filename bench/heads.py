@@ -3,9 +3,12 @@
 --sizes waterbirds,celeba, CelebA size (162,770 / 19,867 / 19,962; D 2,048; CelebA Blond_Hair x
 Male group counts); DFR's time as a ratio to the plain scikit-learn reference protocol
 (tests/test_dfr.py) measured in the same run; and the full default sweep (every head of
-`embedkit.heads.DEFAULT_SWEEP`, 3 seeds) on the Waterbirds-size cache.
+`embedkit.heads.DEFAULT_SWEEP`, 3 seeds) on the Waterbirds-size cache. Issue 14's heads (LLR variants,
+DPE, SELF variants) are timed too, and DPE with the package's protocol is timed against the published
+`dpe` package on the same arrays in the same run, with both test WGAs (`--dpe-cache` adds a real cache).
 
     python bench/heads.py [--sizes waterbirds,celeba] [--dim 2048] [--seeds 0,1,2] [--no-sweep] [--methods a,b]
+                          [--dpe-cache CACHE.h5]
 
 A head added to DEFAULT_SWEEP is benchmarked without changes here. Heads that cannot run on the
 cache (or are not implemented yet) print their reason instead of a time.
@@ -28,10 +31,21 @@ sys.path.insert(0, str(ROOT))
 from embedkit import heads, runs  # noqa: E402
 from embedkit.synthetic import CELEBA_GROUPS, CELEBA_SIZES, WATERBIRDS_GROUPS, WATERBIRDS_SIZES, planted_cache  # noqa: E402
 
-# The independent reference implementation lives with its equality test.
-_spec = importlib.util.spec_from_file_location("dfr_reference", ROOT / "tests" / "test_dfr.py")
-dfr_reference = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(dfr_reference)
+# The independent reference implementations live with their equality tests.
+def _load_test_module(name, file):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / file)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+dfr_reference = _load_test_module("dfr_reference", "test_dfr.py")
+dpe_reference = _load_test_module("dpe_reference", "test_dpe.py")        # run_package: the published `dpe`
+
+# Issue 14's heads and their variants, timed beside the default sweep.
+NEW_HEADS = ["llr", "cb_llr", "cb_llr_upsampling", "cb_llr_upweighting", "cb_llr_mixture", "gb_llr", "dpe",
+             "self", "self_dropout_disagreement", "self_es_misclassification", "self_misclassification",
+             "self_random"]
 
 
 def make_cache(folder, name, sizes, groups, dim, seed=0):
@@ -84,6 +98,36 @@ def dfr_vs_reference(splits, repeats=5, seed=0):
             out["dfr"].info_["C"] == C, diff)
 
 
+def dpe_vs_package(splits, seed=0, num_stages=15):
+    """embedkit's dpe with the package's protocol and the published package on the same val/test
+    arrays, one fit each in this process: (wall seconds, test WGA) per side, or a reason."""
+    from embedkit import metrics
+    try:
+        import dpe  # noqa: F401
+        import netcal  # noqa: F401
+    except ImportError as e:
+        return f"published dpe package not importable ({e}); pip install dpe pandas && pip install --no-deps netcal"
+    _, train, val, test = splits
+    t0 = time.perf_counter()
+    ours = heads.create("dpe", seed=seed, protocol="package", num_stages=num_stages).fit(train, val)
+    t_ours = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    probs = dpe_reference.run_package(val, test, seed=seed, num_stages=num_stages)
+    t_pkg = time.perf_counter() - t0
+    wga = lambda logits: metrics.evaluate_split(logits, test)["worst_group_acc"]
+    return {"embedkit": (t_ours, wga(ours.decision_function(test.Z))), "package": (t_pkg, wga(np.log(probs)))}
+
+
+def print_dpe_vs_package(splits, label):
+    res = dpe_vs_package(splits)
+    if isinstance(res, str):
+        print(f"  DPE vs the published package ({label}): {res}")
+        return
+    (t_e, w_e), (t_p, w_p) = res["embedkit"], res["package"]
+    print(f"  DPE (protocol=package, 15 stages) vs the published dpe 0.2.0 on {label}: wall {t_e:.2f} s vs "
+          f"{t_p:.2f} s -> ratio {t_e / t_p:.3f}; test WGA {w_e:.3f} (embedkit) vs {w_p:.3f} (package)")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="waterbirds", help="comma-separated: waterbirds, celeba (1.7 GB of features)")
@@ -91,6 +135,7 @@ def main(argv=None):
     p.add_argument("--seeds", default="0,1,2", help="seeds of the full sweep")
     p.add_argument("--methods", default="all", help="heads to time (default: embedkit.heads.DEFAULT_SWEEP)")
     p.add_argument("--no-sweep", action="store_true", help="skip the full 3-seed sweep")
+    p.add_argument("--dpe-cache", default=None, help="also compare DPE with the published package on this cache")
     args = p.parse_args(argv)
     methods = list(heads.DEFAULT_SWEEP) if args.methods == "all" else args.methods.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -98,14 +143,18 @@ def main(argv=None):
     known = {"waterbirds": ("waterbirds_size", WATERBIRDS_SIZES, WATERBIRDS_GROUPS),
              "celeba": ("celeba_size", CELEBA_SIZES, CELEBA_GROUPS)}
     sizes = [known[k.strip()] for k in args.sizes.split(",")]
+    if args.dpe_cache:
+        print(f"\n[{Path(args.dpe_cache).name}]")
+        print_dpe_vs_package(runs.load_splits(args.dpe_cache), Path(args.dpe_cache).name)
     with tempfile.TemporaryDirectory() as tmp:
         for name, sz, groups in sizes:
             path, t_make = make_cache(tmp, name, sz, groups, args.dim)
             print(f"\n[{name}] train {sz['train']}, val {sz['val']}, test {sz['test']}, D {args.dim}, group counts "
                   f"{'/'.join(str(n) for n in groups['train'])} on train (planted cache written in {t_make:.1f} s)")
-            secs, splits = fit_seconds(path, methods)
+            secs, splits = fit_seconds(path, methods + [m for m in NEW_HEADS if m not in methods])
             for m, v in secs.items():
                 print(f"  fit {m:<10} " + (f"{v:8.2f} s" if isinstance(v, float) else v))
+            print_dpe_vs_package(splits, f"the {name} cache")
             wall, cpu, same_c, diff = dfr_vs_reference(splits, repeats=5 if name == "waterbirds_size" else 2)
             print(f"  DFR (dfr_val, 7 C + 20 refits) vs the plain scikit-learn protocol: wall {wall['dfr']:.2f} s vs "
                   f"{wall['ref']:.2f} s -> ratio {wall['dfr'] / wall['ref']:.2f}; CPU {cpu['dfr']:.2f} s vs "

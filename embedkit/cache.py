@@ -23,6 +23,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,6 +33,7 @@ import h5py
 import numpy as np
 
 from embedkit.errors import EmbedkitError
+from embedkit.locking import LockBusy, writer_lock
 
 FORMAT = "embedkit-cache"
 FORMAT_VERSION = 1
@@ -246,14 +248,39 @@ class Split:
 # Reading
 # ----------------------------------------------------------------------------------------------
 
-def _open_h5(path, mode="r") -> h5py.File:
+def _open_h5(path, mode="r", wait: float = 0.0) -> h5py.File:
+    """Open with h5py; a file another process holds open (HDF5's own lock) is retried for up to
+    `wait` seconds, then refused in one line naming that process."""
     path = Path(path)
     if mode == "r" and not path.exists():
         raise EmbedkitError(f"{path}: no such file")
-    try:
-        return h5py.File(path, mode)
-    except OSError as e:
-        raise EmbedkitError(f"{path}: cannot open as HDF5 ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+    deadline = time.monotonic() + max(0.0, float(wait or 0))
+    told = False
+    while True:
+        try:
+            return h5py.File(path, mode)
+        except BlockingIOError:
+            if time.monotonic() < deadline:
+                if not told:
+                    from embedkit.locking import say_waiting
+                    say_waiting(path, _in_use_by(path), wait)
+                    told = True
+                time.sleep(0.25)
+                continue
+            raise LockBusy(f"{path}: in use by another process ({_in_use_by(path)}); "
+                                f"{'wait for it to close the file' if mode == 'r' else 'close it, or pass --wait SECONDS'}"
+                                ) from None
+        except OSError as e:
+            raise EmbedkitError(f"{path}: cannot open as HDF5 ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+
+
+def _in_use_by(path) -> str:
+    from embedkit.locking import hdf5_holders, holder_text, read_holder
+    info = read_holder(path)
+    if info and info.get("pid") != os.getpid():      # not our own writer lock
+        return f"an embedkit writer: {holder_text(info)}"
+    found = hdf5_holders(path)
+    return "; ".join(found) if found else "an HDF5 file lock held by a process embedkit cannot name"
 
 
 def _check_format(f: h5py.File, path) -> None:
@@ -591,13 +618,15 @@ def as_seen(seen, n: int, source="seen") -> np.ndarray | None:
 
 def write_cache(path, samples: Samples, backbone_key: str, feats: np.ndarray, *, provenance: Mapping | None = None,
                 dtype="float32", logits: np.ndarray | None = None, head: tuple | None = None,
-                seen: np.ndarray | None = None, overwrite: bool = False, allow_nonfinite: bool = False) -> Path:
+                seen: np.ndarray | None = None, overwrite: bool = False, allow_nonfinite: bool = False,
+                wait: float = 0.0) -> Path:
     """Write one backbone's features for `samples`, creating the file or adding to it.
 
     A new file is written sorted by split under a temporary name and renamed into place. An
     existing file must hold the same samples; the backbone group is written, then marked
     complete. `head` is the frozen ERM head (W0 [C, D], b0 [C]); `seen` marks the rows (aligned
-    with `samples`) the backbone was trained on, None when that is unknown.
+    with `samples`) the backbone was trained on, None when that is unknown. Under the file's
+    writer lock (embedkit/locking.py): another writer is waited for up to `wait` seconds.
     """
     path = Path(path)
     _check_key(backbone_key)
@@ -619,28 +648,37 @@ def write_cache(path, samples: Samples, backbone_key: str, feats: np.ndarray, *,
         samples = replace(samples, valid=samples.valid.copy())
         samples.valid[bad] = False
     order = samples.split_order()
-    if path.exists():
-        with _open_h5(path, "r") as f:
-            _check_format(f, path)
-            on_disk = _read_samples(f)
-        sorted_new = samples.take(order)
-        if not on_disk.same_rows(sorted_new):
-            raise EmbedkitError(f"{path}: holds different samples (uid/split/y/a) than the ones being written; "
-                                f"write to a new file")
-        with _open_h5(path, "a") as f:
-            _add_backbone(f, path, backbone_key, stored[order], provenance or {}, sorted_new,
-                          None if logits is None else np.asarray(logits)[order], head, overwrite,
-                          seen=None if seen is None else seen[order])
-            f["samples"]["valid"][...] &= sorted_new.valid
-        return path
+    deadline = time.monotonic() + max(0.0, float(wait or 0))
+    with writer_lock(path, wait, "write"):
+        if path.exists():
+            with _open_h5(path, "r", wait=_left(deadline)) as f:
+                _check_format(f, path)
+                on_disk = _read_samples(f)
+            sorted_new = samples.take(order)
+            if not on_disk.same_rows(sorted_new):
+                raise EmbedkitError(f"{path}: holds different samples (uid/split/y/a) than the ones being written; "
+                                    f"write to a new file")
+            with _open_h5(path, "a", wait=_left(deadline)) as f:
+                _add_backbone(f, path, backbone_key, stored[order], provenance or {}, sorted_new,
+                              None if logits is None else np.asarray(logits)[order], head, overwrite,
+                              seen=None if seen is None else seen[order])
+                f["samples"]["valid"][...] &= sorted_new.valid
+            return path
+        return _write_new(path, samples.take(order), backbone_key, stored[order], provenance or {},
+                          None if logits is None else np.asarray(logits)[order], head,
+                          None if seen is None else seen[order])
+
+
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
+def _write_new(path: Path, sorted_new: Samples, backbone_key, feats, provenance, logits, head, seen) -> Path:
     tmp = _tmp_name(path)
     try:
         with h5py.File(tmp, "w") as f:
-            sorted_new = samples.take(order)
             _write_samples(f, sorted_new)
-            _add_backbone(f, path, backbone_key, stored[order], provenance or {}, sorted_new,
-                          None if logits is None else np.asarray(logits)[order], head, overwrite,
-                          seen=None if seen is None else seen[order])
+            _add_backbone(f, path, backbone_key, feats, provenance, sorted_new, logits, head, seen=seen)
             f.attrs["complete"] = True
         os.replace(tmp, path)
     finally:
@@ -766,7 +804,7 @@ def provenance_key(attrs: Mapping) -> str:
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def merge(shards: Iterable, out, *, backbone: str | None = None, overwrite: bool = False) -> Path:
+def merge(shards: Iterable, out, *, backbone: str | None = None, overwrite: bool = False, wait: float = 0.0) -> Path:
     """Concatenate shard caches (rows in the given order) into one file, or into `out` if it
     already holds the same samples. Shards must share dataset, classes and provenance."""
     shards = [Path(p) for p in shards]
@@ -810,17 +848,17 @@ def merge(shards: Iterable, out, *, backbone: str | None = None, overwrite: bool
                        logits=np.concatenate(logits) if len(logits) == len(caches) else None,
                        # one shard without the record makes the whole backbone "unknown"
                        seen=np.concatenate(seen) if len(seen) == len(caches) else None,
-                       head=head, overwrite=overwrite, allow_nonfinite=True)
+                       head=head, overwrite=overwrite, allow_nonfinite=True, wait=wait)
 
 
 def write_text(path, backbone_key: str, prompts: Sequence[str], feats: np.ndarray, kind: Sequence[str],
-               index: Sequence[int], attrs: Mapping | None = None) -> None:
+               index: Sequence[int], attrs: Mapping | None = None, wait: float = 0.0) -> None:
     """Store text-tower embeddings of prompts (`kind` 'class' or 'attr', `index` the class or
     attribute each prompt describes) for zero-shot heads, text projections and edit probes."""
     feats = np.asarray(feats, np.float32)
     if not (len(prompts) == len(feats) == len(kind) == len(index)):
         raise EmbedkitError("text prompts, feats, kind and index must have the same length")
-    with _open_h5(path, "a") as f:
+    with writer_lock(path, wait, "text"), _open_h5(path, "a", wait=wait) as f:
         _check_format(f, path)
         t = f.require_group("text")
         if backbone_key in t:
@@ -834,9 +872,10 @@ def write_text(path, backbone_key: str, prompts: Sequence[str], feats: np.ndarra
         g.attrs.update({k: _to_attr(v) for k, v in dict(attrs or {}).items()})
 
 
-def write_derived(path, name: str, arrays: Mapping[str, np.ndarray], attrs: Mapping | None = None) -> None:
+def write_derived(path, name: str, arrays: Mapping[str, np.ndarray], attrs: Mapping | None = None,
+                  wait: float = 0.0) -> None:
     """Store derived arrays (projections, centroids, inferred groups) under /derived/<name>."""
-    with _open_h5(path, "a") as f:
+    with writer_lock(path, wait, "derived"), _open_h5(path, "a", wait=wait) as f:
         _check_format(f, path)
         d = f.require_group("derived")
         if name in d:

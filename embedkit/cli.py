@@ -15,8 +15,8 @@ from embedkit.errors import EmbedkitError
 # name -> (module under embedkit.commands, one-line help)
 COMMANDS = {
     "extract": ("extract", "run a dataset through a frozen backbone into an HDF5 cache"),
-    "import": ("import_", "bring your own embeddings (.npz or .npy files) into a cache"),
-    "export": ("export", "write one backbone of a cache to an .npz file"),
+    "import": ("import_", "bring your own embeddings (.npz/.npy, or --from subpopbench|clip-retrieval|dfr) into a cache"),
+    "export": ("export", "write one backbone of a cache to an .npz file (or --to subpopbench)"),
     "info": ("info", "provenance, shapes and per-split group counts of a cache"),
     "merge": ("merge", "merge extraction shard files into one cache"),
     "datasets": ("datasets", "list the dataset adapters"),
@@ -80,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"embedkit {name}: interrupted\n")
         return 130
+
+
+def add_wait_argument(p) -> None:
+    """--wait, for every command that writes a cache (embedkit/locking.py)."""
+    p.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                   help="if another process is writing the same cache, wait up to SECONDS for it "
+                        "(default 0: refuse at once, naming it)")
 
 
 def parse_key_values(items: list[str] | None, flag: str) -> dict:

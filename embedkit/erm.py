@@ -188,7 +188,8 @@ def train_erm(dataset, *, arch: str = "small_cnn", lr: float = 0.02, epochs: int
               seed: int = 0, out=None, momentum: float = 0.9, weight_decay: float = 1e-4,
               schedule: str = "constant", warmup: float = 0.0, width: int | None = None,
               arch_kwargs: dict | None = None, init=None, root=None, dataset_options: dict | None = None,
-              device: str = "cpu", threads: int | None = 1, log: Callable[[str], None] | None = print) -> Path:
+              device: str = "cpu", threads: int | None = 1, save_early=(), holdout: float = 0.0,
+              log: Callable[[str], None] | None = print) -> Path:
     """Train an ERM backbone on the train split of `dataset` and write the checkpoint to `out`.
 
     `dataset` is a registered dataset name (built with `root` and `dataset_options`) or an
@@ -205,6 +206,16 @@ def train_erm(dataset, *, arch: str = "small_cnn", lr: float = 0.02, epochs: int
     depend on the machine's core count, and on shared cores a second thread costs far more than it
     gains (colored_digits demo under load: 10 s with one thread, 146 s with two). Returns the
     checkpoint path. Raises TrainingDiverged on a non-finite loss.
+
+    `save_early` (epochs): also write the checkpoint of the same run after each of these epochs to
+    `early_checkpoint_path(out, epoch)` (SELF's early-stopped model; `extract` each one into the same
+    cache as its own backbone key).
+
+    `holdout` (a fraction in [0, 1)) leaves the last part of the train split (in the dataset's row
+    order) out of training, as AFR's official code does (`--train_prop=80` trains the backbone on
+    the first 80 % of train, `--train_prop=-20` reweights the last 20 %; methods spec 6): the
+    checkpoint's `seen` record lists only the rows trained on, so after `extract` the held-out
+    rows read as unseen.
     """
     if out is None:
         raise EmbedkitError("train_erm: `out` (the checkpoint path) is required")
@@ -215,6 +226,8 @@ def train_erm(dataset, *, arch: str = "small_cnn", lr: float = 0.02, epochs: int
         raise EmbedkitError(f"--schedule {schedule!r}: choose constant or cosine")
     if not 0.0 <= warmup < 1.0:
         raise EmbedkitError(f"--warmup {warmup}: a fraction of the steps in [0, 1)")
+    if not 0.0 <= holdout < 1.0:
+        raise EmbedkitError(f"--holdout {holdout}: a fraction of the train split in [0, 1)")
     options = dict(dataset_options or {})
     if isinstance(dataset, str):
         from embedkit import data
@@ -230,15 +243,52 @@ def train_erm(dataset, *, arch: str = "small_cnn", lr: float = 0.02, epochs: int
     t0 = time.perf_counter()
     samples = ds.samples()
     rows = np.flatnonzero(samples.split == 0)
+    rows = rows[:rows.size - int(round(holdout * rows.size))]
     if rows.size == 0:
-        raise EmbedkitError(f"dataset {ds.name}: the train split is empty")
+        raise EmbedkitError(f"dataset {ds.name}: the train split is empty" + (" after --holdout" if holdout else ""))
     num_classes = len(samples.class_names)
     images = load_images(ds, rows)
     labels = torch.as_tensor(samples.y[rows], dtype=torch.int64)
     mean, std = channel_stats(images)
     t_load = time.perf_counter() - t0
 
+    early = sorted({int(e) for e in save_early})
+    if early and not 1 <= early[0] <= early[-1] < epochs:
+        raise EmbedkitError(f"--save-early {','.join(map(str, early))}: epochs must lie in 1..{epochs - 1} "
+                            f"(the final checkpoint is written anyway)")
+    from embedkit.backbones.checkpoint import FORMAT, FORMAT_VERSION
+    size = images.shape[2] if images.shape[2] == images.shape[3] else [images.shape[2], images.shape[3]]
+
+    def checkpoint(model, history, **extra) -> dict:
+        return {
+            "format": FORMAT, "format_version": FORMAT_VERSION, "arch": name, "arch_kwargs": _plain(kwargs),
+            "num_classes": num_classes,
+            "state_dict": {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()},
+            "preprocess": {"size": size, "mean": mean, "std": std},
+            "train": _plain({
+                "dataset": ds.name, "dataset_options": options, "dataset_meta": getattr(ds, "meta", {}),
+                "root": None if root is None else str(root), "lr": lr, "epochs": history[-1]["epoch"],
+                "batch_size": batch_size, "seed": seed, "momentum": momentum, "weight_decay": weight_decay,
+                "schedule": schedule, "warmup": warmup, "steps": history[-1]["step"], "n_train": int(len(rows)),
+                "seen_split": "train", "holdout": holdout, "init": init_info, "history": history, "final_loss": history[-1]["loss"],
+                "final_acc": history[-1]["acc"], "load_seconds": round(t_load, 3),
+                "seconds": round(time.perf_counter() - t0, 3), "device": str(dev),
+                "threads": torch.get_num_threads(), "torch": torch.__version__, **extra}),
+            "seen": seen_record(ds.name, samples.uid[rows], "train", init_seen),
+        }
+
+    out = Path(out)
+
+    def on_epoch(model, history):
+        e = history[-1]["epoch"]
+        if e in early:
+            path = early_checkpoint_path(out, e)
+            _save_atomic(checkpoint(model, history, early_of=str(out), planned_epochs=epochs), path)
+            if log:
+                log(f"wrote early checkpoint {path} (epoch {e})")
+
     dev = torch.device(device)
+    init_info, init_seen = None, None
     with cpu_threads(threads), deterministic(warn_only=dev.type != "cpu"):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -247,33 +297,19 @@ def train_erm(dataset, *, arch: str = "small_cnn", lr: float = 0.02, epochs: int
         model.to(dev)
         history = _fit(model, images, labels, mean, std, lr=lr, epochs=epochs, batch_size=batch_size,
                        seed=seed, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
-                       warmup=warmup, device=dev, log=log)
-        n_threads = torch.get_num_threads()
-
-    from embedkit.backbones.checkpoint import FORMAT, FORMAT_VERSION
-    size = images.shape[2] if images.shape[2] == images.shape[3] else [images.shape[2], images.shape[3]]
-    ckpt = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "arch": name, "arch_kwargs": _plain(kwargs),
-        "num_classes": num_classes,
-        "state_dict": {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()},
-        "preprocess": {"size": size, "mean": mean, "std": std},
-        "train": _plain({
-            "dataset": ds.name, "dataset_options": options, "dataset_meta": getattr(ds, "meta", {}),
-            "root": None if root is None else str(root), "lr": lr, "epochs": epochs, "batch_size": batch_size,
-            "seed": seed, "momentum": momentum, "weight_decay": weight_decay, "schedule": schedule,
-            "warmup": warmup, "steps": history[-1]["step"], "n_train": int(len(rows)), "seen_split": "train",
-            "init": init_info, "history": history, "final_loss": history[-1]["loss"],
-            "final_acc": history[-1]["acc"], "load_seconds": round(t_load, 3),
-            "seconds": round(time.perf_counter() - t0, 3), "device": str(dev),
-            "threads": n_threads, "torch": torch.__version__}),
-        "seen": seen_record(ds.name, samples.uid[rows], "train", init_seen),
-    }
-    out = Path(out)
+                       warmup=warmup, device=dev, log=log, on_epoch=on_epoch if early else None)
+        ckpt = checkpoint(model, history)
     _save_atomic(ckpt, out)
     if log:
         log(f"wrote {out} ({name}, {num_classes} classes, dim {model.fc.in_features}, "
             f"{time.perf_counter() - t0:.1f} s)")
     return out
+
+
+def early_checkpoint_path(out, epoch: int) -> Path:
+    """Where `train_erm(save_early=...)` writes the checkpoint after `epoch`: OUT-epochE.pt beside OUT."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}-epoch{int(epoch)}{out.suffix or '.pt'}")
 
 
 def seen_record(dataset: str, uids, split: str, init_seen: dict | None = None) -> dict:
@@ -305,7 +341,7 @@ def _apply_init(model, init, name: str, kwargs: dict, num_classes: int) -> tuple
 
 
 def _fit(model, images, labels, mean, std, *, lr, epochs, batch_size, seed, momentum, weight_decay,
-         schedule, warmup, device, log) -> list[dict]:
+         schedule, warmup, device, log, on_epoch=None) -> list[dict]:
     mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     decay = [p for p in model.parameters() if p.ndim > 1]
@@ -345,5 +381,7 @@ def _fit(model, images, labels, mean, std, *, lr, epochs, batch_size, seed, mome
         if log:
             log(f"epoch {epoch}/{epochs}  loss {rec['loss']:.4f}  train acc {rec['acc']:.4f}  "
                 f"lr {opt.param_groups[0]['lr']:.3g}  {rec['seconds']:.1f} s")
+        if on_epoch is not None:
+            on_epoch(model, history)
     model.eval()
     return history

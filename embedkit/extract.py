@@ -20,6 +20,11 @@ How rows travel (nothing lost, nothing duplicated):
 - When every part exists, one process (rank 0 of the job that finishes last) merges them into
   `out` with `cache.merge` (a new file, or a new backbone in a cache of the same samples), stores
   text-tower prompt embeddings, and removes the shard files.
+- Locks (embedkit/locking.py): each worker holds `.<out>.extract-<key>-<w>of<W>.lock` while it
+  computes its parts, so a second run of the same job waits (`wait` seconds) or refuses naming
+  the first, before it touches a part; the merge holds the shard folder's lock and then `out`'s,
+  waiting up to max(wait, MERGE_WAIT_S) for the latter. A merge that still cannot get `out` leaves
+  the finished parts: the same command run again merges.
 
 Rows the backbone was trained on (a `checkpoint:` backbone names them by uid) are marked in
 `/embeddings/<key>/seen`; for any other backbone that dataset is not written ("unknown").
@@ -31,6 +36,7 @@ printed and stored in the provenance.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -47,9 +53,13 @@ import torch
 
 from embedkit.cache import SPLITS, Cache, CacheWriter, Samples, merge, split_code, write_text
 from embedkit.errors import EmbedkitError
+from embedkit.locking import LockBusy, writer_lock
 
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_PART_ROWS = 16384
+# The final merge waits at least this long for another writer of `out` (an import, another
+# backbone's merge): the parts are already paid for, and such writes take seconds to minutes.
+MERGE_WAIT_S = 600.0
 EXTRACT_FORMAT = "embedkit-extract/1"
 
 
@@ -318,11 +328,13 @@ def extract(dataset, backbone, out, *, splits=SPLITS, batch_size: int = DEFAULT_
             device="auto", precision: str = "fp32", dtype: str | None = None, layer: str | None = None,
             allow_random_init: bool = False, shard=(0, 1), resume: bool = True, strict: bool = False,
             allow_nonfinite: bool = False, prompts=(), part_rows: int = DEFAULT_PART_ROWS, overwrite: bool = False,
-            keep_shards: bool = False, root=None, dataset_options: dict | None = None, log=None) -> ExtractResult:
+            keep_shards: bool = False, root=None, dataset_options: dict | None = None, log=None,
+            wait: float = 0.0) -> ExtractResult:
     """Extract `dataset` (an ImageDataset, or a name with `root`/`dataset_options`) through
     `backbone` (a SPEC string or a Backbone) into the cache `out`. See the module docstring for
     the sharding, resume and merge rules; `shard=(i, n)` is job i of an n-job array, and under
-    torchrun each rank takes its own parts of that job.
+    torchrun each rank takes its own parts of that job. `wait`: seconds to wait for another
+    process writing the same parts or the same cache before refusing.
     """
     from embedkit import backbones as _bb
     from embedkit.backbones.base import Backbone, resolve_device
@@ -333,6 +345,7 @@ def extract(dataset, backbone, out, *, splits=SPLITS, batch_size: int = DEFAULT_
         raise EmbedkitError("--batch-size and --part-rows must be positive")
     batch_size = int(batch_size)
     dist = _Dist()
+    locks = contextlib.ExitStack()
     try:
         dev = resolve_device(device)
         if dev.type == "cuda" and dist.world > 1:
@@ -365,19 +378,29 @@ def extract(dataset, backbone, out, *, splits=SPLITS, batch_size: int = DEFAULT_
                   "backbone": bb.provenance(), "dtype": dtype, "batch_size": batch_size,
                   "device_type": bb.device.type}
         config_hash = _config_hash(config)
+        n_workers = n_shards * dist.world
+        worker = shard_i * dist.world + dist.rank
+        err = None
+        try:                               # before any part is touched, and before _check_out
+            locks.enter_context(writer_lock(
+                out.with_name(f"{out.name}.extract-{bb.key}-{worker}of{n_workers}"), wait, "extract",
+                label=f"{out} (extraction of {bb.key}, worker {worker} of {n_workers})"))
+        except EmbedkitError as e:
+            err = e
+        if not dist.all_ok(err is None):
+            raise err or EmbedkitError("another rank of this torchrun is blocked by another writer; see its message")
         early = _check_out(out, bb.key, samples, config_hash, overwrite)
         if early is not None:
             if dist.rank == 0:
                 log(early)
                 if prompt_data is not None:
-                    _write_prompts(out, bb, prompt_data)
+                    _write_prompts(out, bb, prompt_data, wait)
             return ExtractResult(out, bb.key, len(samples), 0, message=early)
 
-        n_workers = n_shards * dist.world
         layout = Layout.plan(len(samples), batch_size, n_workers, int(part_rows))
         shard_dir = Path(f"{out}.shards") / bb.key
         shard_dir.mkdir(parents=True, exist_ok=True)
-        mine = list(layout.parts_of(shard_i * dist.world + dist.rank, n_workers))
+        mine = list(layout.parts_of(worker, n_workers))
         result = ExtractResult(None, bb.key, len(samples), layout.n_parts)
         err = None
         try:
@@ -387,7 +410,7 @@ def extract(dataset, backbone, out, *, splits=SPLITS, batch_size: int = DEFAULT_
                 if resume and _part_done(path, bb.key, config_hash, layout.rows(p)):
                     result.parts_skipped.append(p)
                 else:
-                    for stale in shard_dir.glob(f".{layout.part_name(p)}.*"):
+                    for stale in shard_dir.glob(f".{layout.part_name(p)}.*.tmp"):
                         stale.unlink(missing_ok=True)
                     path.unlink(missing_ok=True)
                     todo.append(p)
@@ -410,7 +433,7 @@ def extract(dataset, backbone, out, *, splits=SPLITS, batch_size: int = DEFAULT_
             raise EmbedkitError("another rank of this torchrun failed; see its message above")
         try:
             if dist.rank == 0:
-                _finish(out, shard_dir, layout, bb, config_hash, result, prompt_data, overwrite, keep_shards, log)
+                _finish(out, shard_dir, layout, bb, config_hash, result, prompt_data, overwrite, keep_shards, log, wait)
         except BaseException as e:
             err = e
         if not dist.all_ok(err is None):
@@ -419,6 +442,7 @@ def extract(dataset, backbone, out, *, splits=SPLITS, batch_size: int = DEFAULT_
             raise EmbedkitError("rank 0 failed to merge the parts; see its message above")
         return result
     finally:
+        locks.close()
         dist.close()
 
 
@@ -529,7 +553,7 @@ def _run_parts(ds, rows, samples, seen, bb, layout, todo, shard_dir, prov, resul
             f"(e.g. {result.invalid_examples[0]})")
 
 
-def _finish(out, shard_dir, layout, bb, config_hash, result, prompt_data, overwrite, keep_shards, log):
+def _finish(out, shard_dir, layout, bb, config_hash, result, prompt_data, overwrite, keep_shards, log, wait=0.0):
     """Merge the parts into `out` once all exist (the last shard job to finish does it)."""
     paths = [shard_dir / layout.part_name(p) for p in range(layout.n_parts)]
     missing = [p for p, path in enumerate(paths) if not _part_done(path, bb.key, config_hash, layout.rows(p))]
@@ -538,38 +562,41 @@ def _finish(out, shard_dir, layout, bb, config_hash, result, prompt_data, overwr
                           f"the job that finishes the last part merges them into {out}")
         log(result.message)
         return
-    lock = shard_dir / "merge.lock"
-    try:
-        fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-        result.message = (f"{lock} exists: another job is merging into {out} (delete the lock if none is)")
-        log(result.message)
-        return
-    os.write(fd, f"{platform.node()} {os.getpid()}\n".encode())
-    os.close(fd)
+    with contextlib.ExitStack() as held:
+        try:                             # the last two jobs to finish may both get here
+            held.enter_context(writer_lock(shard_dir / "merge", 0, "merge", label=f"merge of {shard_dir}"))
+        except LockBusy as e:
+            result.message = f"another job is merging the parts into {out} ({e})"
+            log(result.message)
+            return
+        merge_wait = max(float(wait or 0), MERGE_WAIT_S)
+        try:
+            held.enter_context(writer_lock(out, merge_wait, "merge"))
+            _merge_parts(out, paths, shard_dir, layout, bb, prompt_data, overwrite, keep_shards, result, log,
+                         merge_wait)
+        except LockBusy as e:
+            raise EmbedkitError(f"{e}; the {layout.n_parts} finished part(s) are kept in {shard_dir}: "
+                                f"run the same command again to merge them") from None
+
+
+def _merge_parts(out, paths, shard_dir, layout, bb, prompt_data, overwrite, keep_shards, result, log, wait):
     timings, invalid = [], 0
-    try:
-        for path in paths:
-            prov = Cache.open(path).provenance(bb.key)
-            timings.append(prov.get("timing_json") or {})
-            invalid += int(prov.get("n_invalid", 0))
-        merge(paths, out, backbone=bb.key, overwrite=overwrite)
-    except BaseException:
-        lock.unlink(missing_ok=True)     # a failed merge must not block the next attempt
-        raise
+    for path in paths:
+        prov = Cache.open(path).provenance(bb.key)
+        timings.append(prov.get("timing_json") or {})
+        invalid += int(prov.get("n_invalid", 0))
+    merge(paths, out, backbone=bb.key, overwrite=overwrite, wait=wait)
     timing = _merge_timing(timings)
     _annotate(out, bb.key, {"timing_json": timing, "images_per_s": timing["images_per_s"],
                             "bottleneck": timing["bottleneck"], "n_invalid": invalid, "n_parts": layout.n_parts,
                             "device_name": _device_name(bb.device)})
     if prompt_data is not None:
-        _write_prompts(out, bb, prompt_data)
+        _write_prompts(out, bb, prompt_data, wait)
     if not keep_shards:
         shutil.rmtree(shard_dir, ignore_errors=True)
         for d in (shard_dir.parent,):
             if d.is_dir() and not any(d.iterdir()):
                 d.rmdir()
-    else:
-        lock.unlink(missing_ok=True)
     result.path = out
     result.timing = result.timing or timing
     result.message = (f"wrote {out} [{bb.key}]: {len(Cache.open(out).samples())} rows, dim {bb.dim}, "
@@ -577,19 +604,19 @@ def _finish(out, shard_dir, layout, bb, config_hash, result, prompt_data, overwr
     log(result.message)
 
 
-def _write_prompts(out, bb, prompt_data) -> None:
+def _write_prompts(out, bb, prompt_data, wait=0.0) -> None:
     prompts, kinds, index, names = prompt_data
     prov = bb.provenance()
     write_text(out, bb.key, prompts, bb.encode_text(prompts), kinds, index, attrs={
         "normalised": False, "prompt_sets_json": names, "model_name": prov.get("model_name", ""),
-        "weights_sha256": prov.get("weights_sha256", ""), "random_init": bool(prov.get("random_init"))})
+        "weights_sha256": prov.get("weights_sha256", ""), "random_init": bool(prov.get("random_init"))}, wait=wait)
 
 
 def _annotate(path: Path, key: str, attrs: dict) -> None:
     """Whole-run provenance (timing over all parts) on the merged backbone group; `merge` keeps
     only what all shards share."""
-    import h5py
-    with h5py.File(path, "a") as f:
+    from embedkit.cache import _open_h5
+    with writer_lock(path), _open_h5(path, "a") as f:     # inside the merge's own lock: re-entered
         g = f["embeddings"][key]
         for k, v in attrs.items():
             g.attrs[k] = json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v

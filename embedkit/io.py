@@ -121,7 +121,7 @@ def _int_labels(arr, what: str, source) -> np.ndarray:
 def import_arrays(out, Z, y, split, *, a=None, ids=None, key: str = "imported", class_names=None,
                   attr_names=None, dataset: str = "imported", dtype="float32", overwrite=False,
                   allow_nonfinite=False, text_prompts=None, text_feats=None, source="input",
-                  split_source=None, seen=None, seen_source=None) -> Path:
+                  split_source=None, seen=None, seen_source=None, wait: float = 0.0) -> Path:
     """`seen` (optional, bool per row): the rows the backbone was trained on; without it the
     cache says "unknown" for this backbone."""
     Z = np.asarray(Z)
@@ -146,13 +146,13 @@ def import_arrays(out, Z, y, split, *, a=None, ids=None, key: str = "imported", 
                       attr_names=list(attr_names), dataset=dataset, meta={"source": str(source)})
     prov_seen = {} if seen is None else {"seen_source": f"imported from {seen_source or source}"}
     path = write_cache(out, samples, key, Z, dtype=dtype, overwrite=overwrite, allow_nonfinite=allow_nonfinite,
-                       seen=seen, provenance={**prov_seen, "library": "import", "source": str(source),
+                       seen=seen, wait=wait, provenance={**prov_seen, "library": "import", "source": str(source),
                                    "source_dtype": str(Z.dtype), "normalised": bool(
                                        np.allclose(np.linalg.norm(Z[:64].astype(np.float64), axis=1), 1, atol=1e-2))})
     if text_feats is not None:
         prompts = [str(p) for p in text_prompts]
         write_text(path, key, prompts, text_feats, ["class"] * len(prompts), list(range(len(prompts))),
-                   attrs={"source": str(source)})
+                   attrs={"source": str(source)}, wait=wait)
     return path
 
 

@@ -42,17 +42,6 @@ def _store_dtype(dtype, Z: np.ndarray) -> str:
 # SubpopBench / DPE: feats_<split>.npy + metadata_<dataset>.csv
 # ----------------------------------------------------------------------------------------------
 
-def _find_metadata(folder: Path, metadata) -> Path:
-    if metadata:
-        p = Path(metadata)
-        return p if p.is_absolute() or p.exists() else folder / p
-    found = sorted(folder.glob("metadata*.csv"))
-    if len(found) != 1:
-        raise EmbedkitError(f"{folder}: {'no' if not found else len(found)} metadata*.csv file"
-                            f"{'' if len(found) == 1 else 's'} here; name the SubpopBench metadata CSV with --metadata")
-    return found[0]
-
-
 def _feature_file(folder: Path, split: str) -> Path | None:
     for ext in (".npy", ".pt"):
         p = folder / f"feats_{split}{ext}"
@@ -65,12 +54,12 @@ def import_subpopbench(folder, out, *, metadata=None, test_split: str = "", clas
                        attr_names=None, dataset=None, dtype=None, log=print, **kw) -> Path:
     """DPE's feature folder on a SubpopBench metadata CSV into a cache. Splits without a
     feats_<split> file are left out (DPE itself ships only val and test) and said so."""
-    from embedkit.data.subpopbench import dataset_name, default_names, read_metadata
+    from embedkit.data.subpopbench import dataset_name, default_names, find_metadata, read_metadata
     folder = Path(folder)
     if not folder.is_dir():
         raise EmbedkitError(f"{folder}: no such folder (expected feats_{{train,val,test}}.npy and a metadata CSV)")
-    meta = read_metadata(_find_metadata(folder, metadata), test_split)
-    sidecar = _read_sidecar(folder)
+    meta = read_metadata(Path(metadata) if metadata else find_metadata(folder, "--metadata"), test_split)
+    sidecar = _read_sidecar(folder, meta.path)
     files = {s: _feature_file(folder, s) for s in SPLITS}
     if not any(files.values()):
         raise EmbedkitError(f"{folder}: no feats_train.npy, feats_val.npy or feats_test.npy (.pt also accepted)")
@@ -103,7 +92,9 @@ def import_subpopbench(folder, out, *, metadata=None, test_split: str = "", clas
                          dtype=_store_dtype(dtype, Z), source=folder, **kw)
 
 
-def _read_sidecar(folder: Path) -> dict:
+def _read_sidecar(folder: Path, metadata: Path) -> dict:
+    """The names an embedkit export left beside `metadata` ({} when there is none, or when it
+    describes another metadata file)."""
     p = folder / EXPORT_SIDECAR
     if not p.exists():
         return {}
@@ -113,7 +104,7 @@ def _read_sidecar(folder: Path) -> dict:
         raise EmbedkitError(f"{p}: not valid JSON ({e})") from None
     if not isinstance(out, dict):
         raise EmbedkitError(f"{p}: expected a JSON object")
-    return out
+    return out if out.get("metadata") == metadata.name else {}
 
 
 def export_subpopbench(cache_path, folder, backbone: str | None = None, log=print) -> Path:
@@ -122,12 +113,17 @@ def export_subpopbench(cache_path, folder, backbone: str | None = None, log=prin
     sidecar with the class/attribute names. Rows flagged invalid are left out: peer tools have no
     validity mask. An unknown attribute is written as a = -1."""
     cache = Cache.open(cache_path)
-    key = cache._backbone(backbone)
-    dtype = cache.info()["backbones"][key]["dtype"]
+    prov = cache.provenance(backbone)            # names the one backbone, or says which to choose
+    key, dtype = prov["backbone_key"], prov["dtype"]
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    name = re.sub(r"[^A-Za-z0-9_.+-]", "_", cache.dataset or "dataset")
+    # a cache made by the `subpopbench` adapter keeps SubpopBench's own dataset name
+    from_adapter = cache.samples().meta.get("subpopbench_dataset")
+    name = re.sub(r"[^A-Za-z0-9_.+-]", "_", from_adapter or cache.dataset or "dataset")
     meta_path = folder / f"metadata_{name}.csv"
+    others = [p.name for p in folder.glob("metadata*.csv") if p != meta_path] if folder.is_dir() else []
+    if others:        # a reader takes the one metadata CSV of a folder: two would be ambiguous
+        raise EmbedkitError(f"{folder}: already holds {others[0]}; export to a new or empty folder")
+    folder.mkdir(parents=True, exist_ok=True)
     n_invalid = int((~cache.samples().valid).sum())
     n_unknown = 0
     rows = []
@@ -183,12 +179,25 @@ def read_parquet_columns(path: Path, columns: list[str]) -> dict[str, list]:
     return {c: table.column(c).to_pylist() for c in columns}
 
 
+def _cell(v):
+    """A parquet cell as None (null or NaN: pandas writes a missing int as NaN), an int (integral
+    floats and bools too) or text."""
+    if isinstance(v, float):
+        if v != v:
+            return None
+        return int(v) if v.is_integer() else v
+    if isinstance(v, (bool, np.bool_)):
+        return int(v)
+    return v
+
+
 def _encode_column(values: list, column: str, names: list[str] | None, files: list[tuple[Path, int]],
                    allow_unknown: bool) -> tuple[np.ndarray, list[str]]:
     """Integer codes (ints, or strings mapped to sorted/given names) for one metadata column.
     `files[i]` is (parquet file, row in that file) for error messages."""
+    values = [_cell(v) for v in values]
     known = [v for v in values if not (allow_unknown and v is None)]
-    ints = all(isinstance(v, (int, np.integer)) for v in known)      # bool counts as 0/1
+    ints = all(isinstance(v, (int, np.integer)) for v in known)
     if names is None:
         names = ([str(k) for k in range(max(int(v) for v in known) + 1)] if ints and known
                  else sorted({str(v) for v in known}))
@@ -255,11 +264,17 @@ def import_clip_retrieval(folder, out, *, label_col: str, attr_col: str | None =
         a, attr_names = _encode_column(cols[attr_col], attr_col, attr_names, where, allow_unknown=True)
     else:
         a, attr_names = np.full(len(y), -1, np.int64), attr_names or ["unknown"]
-    splits = cols[split_col] if split_col else [split] * len(y)
+    splits = [_cell(v) for v in cols[split_col]] if split_col else [split] * len(y)
     for i, v in enumerate(splits):
         if v is None:
             raise EmbedkitError(f"{where[i][0]}, row {where[i][1]}: empty {split_col!r}")
     ids = [str(v) for v in cols[id_col]]
+    first: dict[str, int] = {}
+    for i, u in enumerate(ids):
+        j = first.setdefault(u, i)
+        if j != i:
+            raise EmbedkitError(f"{where[i][0]}, row {where[i][1]}: duplicate {id_col} {u!r} (also {where[j][0].name} "
+                                f"row {where[j][1]}); name a unique column with --id-col")
     return import_arrays(out, Z, y, [str(s) for s in splits], a=a, ids=ids, class_names=class_names,
                          attr_names=attr_names, dtype=_store_dtype(dtype, Z), source=folder,
                          split_source=f"column {split_col!r} of {meta_dir}" if split_col else "--split", **kw)

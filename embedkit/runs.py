@@ -77,14 +77,16 @@ def params_tag(params: dict) -> str:
     return hashlib.sha256(json.dumps(jsonable(params), sort_keys=True).encode()).hexdigest()[:8]
 
 
-def run_name(method: str, params: dict | None = None, label_budget: float = 1.0, val_reserved: float = 0.0) -> str:
+def run_name(method: str, params: dict | None = None, label_budget: float = 1.0, val_reserved: float = 0.0,
+             groups: str | None = None) -> str:
     name = method + (f"-{params_tag(params)}" if params else "")
     name += f"-budget{label_budget:g}" if label_budget < 1.0 else ""
-    return name + (f"-reserved{val_reserved:g}" if val_reserved > 0 else "")
+    name += f"-reserved{val_reserved:g}" if val_reserved > 0 else ""
+    return name + (f"-groups_{groups}" if groups else "")
 
 
-def run_dir(out_dir, method, params, seed, label_budget=1.0, val_reserved=0.0) -> Path:
-    return Path(out_dir) / run_name(method, params, label_budget, val_reserved) / f"seed{int(seed)}"
+def run_dir(out_dir, method, params, seed, label_budget=1.0, val_reserved=0.0, groups=None) -> Path:
+    return Path(out_dir) / run_name(method, params, label_budget, val_reserved, groups) / f"seed{int(seed)}"
 
 
 def _versions() -> dict:
@@ -131,6 +133,15 @@ def unmet_needs(head, train, val, regime_: str) -> str | None:
 # One run
 # ----------------------------------------------------------------------------------------------
 
+def bind_backbones(head, cache, val) -> None:
+    """Hand a head that reads other backbones of the same rows (SELF's early checkpoint: its
+    `early_keys()`) their val splits; keys the cache lacks are left out for `unmet` to report."""
+    keys = getattr(head, "early_keys", lambda: [])()
+    if keys:
+        have = set(cache.backbones())
+        head.bind_backbones({k: cache.split("val", k) for k in keys if k in have})
+
+
 def _evaluate(head, split) -> dict | None:
     if split is None or len(split) == 0:
         return None
@@ -139,10 +150,12 @@ def _evaluate(head, split) -> dict | None:
 
 def fit_record(cache_path, method: str, params: dict | None, seed: int, out_dir, backbone: str | None = None,
                label_budget: float = 1.0, *, allow_overlap: bool = False, val_reserved: float = 0.0,
-               test_history: bool = True, splits=None) -> dict:
+               test_history: bool = True, splits=None, groups: str | None = None) -> dict:
     """Fit `method` with `params` and `seed` on the cache, evaluate, write the run directory and
     return the record. `splits` = (cache, train, val, test) from `load_splits` to reuse loaded
-    arrays across runs."""
+    arrays across runs. `groups` (jtt / eiil / george): the head sees inferred pseudo-attributes on
+    train and val instead of the true ones (embedkit.analysis.infer); the record says so
+    (`groups`, regime R3) and the tables mark it."""
     from embedkit import heads
     from embedkit.heads.monitor import Monitor
     params = dict(params or {})
@@ -156,6 +169,13 @@ def fit_record(cache_path, method: str, params: dict | None, seed: int, out_dir,
     seen = apply_label_budget(val, label_budget, seed)
     reg = regime(train, seen)
     head = heads.create(method, seed=seed, **params)
+    inferred = None
+    if groups:
+        from embedkit.analysis.infer import infer_groups
+        inferred = infer_groups(groups, train, seen, seed=head.seeds["infer"])
+        train, seen = inferred.apply(train, "train"), inferred.apply(seen, "val")
+        reg = regime(train, seen)          # the pseudo-labels' regime decides what can run
+    bind_backbones(head, cache, seen)
     why = unmet_needs(head, train, seen, reg)
     if why:
         raise UnmetNeeds(why)
@@ -184,7 +204,7 @@ def fit_record(cache_path, method: str, params: dict | None, seed: int, out_dir,
                  reconstructed=bool(getattr(head, "reconstructed", False)),
                  rows_declared=all(role in head.rows_ for role in ("fit", "tune", "select")))
 
-    d = run_dir(out_dir, method, params, seed, label_budget, val_reserved)
+    d = run_dir(out_dir, method, params, seed, label_budget, val_reserved, groups)
     d.mkdir(parents=True, exist_ok=True)
     (d / "done").unlink(missing_ok=True)
     (d / "skipped.json").unlink(missing_ok=True)
@@ -210,7 +230,7 @@ def fit_record(cache_path, method: str, params: dict | None, seed: int, out_dir,
     hp = head.get_params()
     record = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
-        "run_id": f"{run_name(method, params, label_budget, val_reserved)}/seed{int(seed)}",
+        "run_id": f"{run_name(method, params, label_budget, val_reserved, groups)}/seed{int(seed)}",
         "method": method, "params": {k: v for k, v in hp.items() if k != "seed"}, "params_given": params,
         "seed": int(seed), "seeds": head.seeds,
         "cache": {"path": str(Path(cache.path).resolve()), "path_rel": _relpath(cache.path, out_dir),
@@ -223,7 +243,9 @@ def fit_record(cache_path, method: str, params: dict | None, seed: int, out_dir,
         "fit_seconds": fit_seconds,
         "metrics": split_metrics,
         "mean_kinds": dict(metrics.MEAN_KINDS),
-        "label_budget": float(label_budget), "val_reserved": float(val_reserved), "regime": reg,
+        "label_budget": float(label_budget), "val_reserved": float(val_reserved),
+        # With inferred groups no true attribute reaches the head: the run is R3 whatever the budget.
+        "regime": "R3" if inferred else reg, "groups": inferred.record() if inferred else None,
         "val_used_for_training": bool(np.intersect1d(rows["fit"], val.rows).size),
         "rows": {r: {"n": int(len(v)), "sha256": rows_sha(v)} for r, v in rows.items()},
         "flags": flags,
@@ -409,6 +431,8 @@ def results_table(entries, include_flagged: bool = False) -> list[dict]:
             row["fit_seconds_mean"] = float(np.mean([e["fit_seconds"] for e in recs]))
             notes = sorted({f for e in recs for f, on in e.get("flags", {}).items()
                             if on and f in ("partial_groups", "reconstructed", "oracle", "selected_on_fit_data")})
+            if r0.get("groups"):
+                notes.insert(0, f"groups={r0['groups']['method']} (inferred)")
             row["status"] = "ok"
             row["notes"] = ", ".join(notes + ([f"also flagged: {', '.join(flagged)}"] if flagged and not
                                                include_flagged else []))

@@ -100,6 +100,20 @@ def test_datasets_command_lists_the_adapter_with_its_layout(tmp_path, capsys):
     assert "unreadable images: 0 of 8" in capsys.readouterr().out
 
 
+def test_cli_bad_input_is_one_line_exit_2(tmp_path, capsys):
+    root, _, _ = waterbirds_layout(tmp_path)
+    (tmp_path / "waterbirds" / "metadata_waterbirds.csv").write_text("id,filename,split,y\n1,a.jpg,0,1\n")
+    capsys.readouterr()
+    assert main(["datasets", "subpopbench", "--root", str(root), "--dataset-opt",
+                 "metadata=../metadata_waterbirds.csv"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "metadata_waterbirds.csv: missing column 'a'" in err[0]
+    (root / "manifest.csv").write_text("path,y,label,split\nx.jpg,1,1,train\n")
+    assert main(["datasets", "csv", "--root", str(root)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "columns 'y' and 'label' could each be the label" in err[0]
+
+
 def test_bad_metadata_names_file_and_line(tmp_path):
     root, _, _ = waterbirds_layout(tmp_path)
     with pytest.raises(EmbedkitError, match=r"no metadata\*.csv files here"):
@@ -125,7 +139,7 @@ def test_extract_then_export_for_peer_tools(tmp_path):
             dataset_options={"metadata": "../metadata_waterbirds.csv"}, workers=0, batch_size=4, device="cpu",
             log=lambda m: None)
     out = export_subpopbench(tmp_path / "c.h5", tmp_path / "peer", log=lambda m: None)
-    assert (out / "metadata_subpopbench.csv").exists()
+    assert (out / "metadata_waterbirds.csv").exists()          # SubpopBench's name, from the adapter
     import_subpopbench(out, tmp_path / "back.h5", log=lambda m: None)
     a, b = Cache.open(tmp_path / "c.h5"), Cache.open(tmp_path / "back.h5")
     for name in SPLITS:

@@ -24,7 +24,11 @@ def test_demo_end_to_end(tmp_path):
     for r in table:
         if r["status"] == "ok":
             assert r["wga"] is not None and r["seeds"] == 2, r
-        else:   # only the CLIP text heads may be skipped: a CNN cache has no text tower
+        elif r["method"] in ("afr", "jtt"):
+            # The demo's backbone was trained on every train row (the cache records it), so the
+            # held-out rows AFR and JTT need do not exist: they are skipped with that reason.
+            assert "seen by backbone" in r["note"], r
+        else:   # the CLIP text heads: a CNN cache has no text tower
             assert r["method"] in ("zeroshot", "textproj") and "text-tower" in r["note"], r
     wga = {r["method"]: float(r["wga"].split(" ± ")[0]) for r in table if r["status"] == "ok"}
     assert wga["dfr"] > wga["erm"] + 5 and wga["dfr"] > wga["erm_native"] + 50

@@ -318,3 +318,23 @@ def test_afr_defaults_follow_the_official_protocol_and_select_the_step_size_on_v
     assert lrs == pytest.approx([1e-2, 1.0]) and sorted({r["step"] for r in h.history_}) == list(range(1, 21))
     with pytest.raises(EmbedkitError, match="lr_scale_grid"):
         heads.create("afr", lr_scale_grid=[0.0], epochs=2).fit(tr, va)
+
+
+@pytest.mark.parametrize("method", ["afr", "jtt"])
+def test_afr_and_jtt_refuse_rows_the_backbone_saw_unless_overridden(method):
+    """Issue 11: held-out rows the backbone was trained on make both methods ERM; refuse in one line,
+    or, with allow_seen_rows=True, run and flag the override in the record's info."""
+    import dataclasses
+    tr, va, te = planted_splits()
+    seen = dataclasses.replace(tr, seen=np.ones(len(tr), bool), seen_known=True)
+    fast = dict(gamma_grid=[4.0], lam_grid=[0.0], epochs=5, lr_scale_grid=[1.0]) if method == "afr" else \
+        dict(T_grid=[2], lambda_up_grid=[5], **FAST)
+    with pytest.raises(EmbedkitError, match="seen by backbone.*allow_seen_rows"):
+        heads.create(method, seed=0, **fast).fit(seen, va)
+    assert "allow_seen_rows" in heads.create(method, seed=0, **fast).unmet(seen, va)
+    h = heads.create(method, seed=0, allow_seen_rows=True, **fast).fit(seen, va)
+    assert h.info_["seen_override"]["n_seen"] > 0
+    assert heads.create(method, seed=0, allow_seen_rows=True, **fast).unmet(seen, va) is None
+    # Unknown (no record) or unseen rows run as before.
+    assert heads.create(method, seed=0, **fast).unmet(tr, va) is None
+    heads.create(method, seed=0, **fast).fit(tr, va)

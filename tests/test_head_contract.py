@@ -39,7 +39,10 @@ FAST = {
     "hsfm": dict(epochs=3, T=3, K_H=2, K_hard=16, n_s=8),
     "gerne": dict(steps=60, eval_every=20, beta=(0.0, 1.0), lr_grid=(0.1,), wd_grid=(1e-4,)),
     "gerne_expected": dict(steps=20, eval_every=10, beta=(1.0,), lr_grid=(0.1,), wd_grid=(1e-4,)),
-    "ipg": dict(steps=60, eval_every=20, lr_grid=(0.1,), wd_grid=(1e-4,)),
+    "ipg": dict(steps=60, eval_every=20, lr_grid=(0.1,), wd_grid=(1e-4,), eps=(0.05,), lam=(1.0, 10.0)),
+    "llr": SGD, "dpe": dict(num_stages=2, epochs=3),
+    "selfllr": dict(steps=30, lr_grid=(0.01,), num_data_grid=(20, 100), stage1_steps=60, dropout_grid=(0.5,),
+                    early_fracs=(0.5,)),
 }
 # Heads the real ResNet-20 caches cannot serve (no text-tower prompts; the stored head is the
 # CIFAR-10 classifier, not a task head): they run on the planted cache with text and an ERM head.
@@ -124,6 +127,12 @@ def test_head_conformance(name, real_splits, text_splits):
         assert sel["split"] == "val[labelled]"
     else:
         assert sel["split"].startswith("val[") and sel["split"].endswith("]"), sel["split"]
+    if sel.get("ensemble"):
+        # An ensemble of per-stage selections (DPE): no single record; its own score on the rows.
+        mine = evaluate_split(head.decision_function(sub.Z), sub)
+        assert mine[sel["metric"]] == pytest.approx(sel["score"], abs=1e-12)
+        assert all(r["val"]["n"] == len(sub) and r["test"]["n"] == len(test) for r in hist)
+        return
     rec = next(r for r in hist if (r["config_id"], r["step"]) == (sel["config_id"], sel["step"]))
     assert rec["val"]["n"] == len(sub) and rec["val"][sel["metric"]] == sel["score"]
     assert rec["test"] is not None and rec["test"]["n"] == len(test)
@@ -150,7 +159,7 @@ def test_bad_parameter_values_fail_in_the_constructor_naming_the_parameter(name)
     assert cls.PARAMS or name == "erm_native"
     assert heads.create(name).params == {**cls.default_params(), **heads._REGISTRY[name][2]}
     for pname, p in cls.PARAMS.items():
-        if p.kind == "str":
+        if p.kind in ("str", "any"):              # text is legal there (e.g. SELF's backbone keys)
             continue
         with pytest.raises(EmbedkitError) as e:
             heads.create(name, **{pname: "abc"})
@@ -158,6 +167,9 @@ def test_bad_parameter_values_fail_in_the_constructor_naming_the_parameter(name)
         assert f"parameter {pname}=abc: expects " in msg and "\n" not in msg
     with pytest.raises(EmbedkitError, match="unknown parameter"):
         heads.create(name, no_such_parameter=1)
+    if name == "ipg":
+        with pytest.raises(EmbedkitError, match=r"parameter pairs=abc: expects nn, mean_shift or a \(Zp, Zq\)"):
+            heads.create(name, pairs="abc")
 
 
 def test_param_parse_and_check():

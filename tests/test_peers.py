@@ -36,6 +36,17 @@ def one_line_error(res, *needles):
     return lines[0]
 
 
+def cli_error(capsys, *args, needles=()):
+    """In-process `embedkit ...` (no interpreter start-up): exit 2 and one stderr line holding `needles`."""
+    from embedkit.cli import main
+    capsys.readouterr()
+    assert main([str(a) for a in args]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
 def real_waterbirds():
     """The 256 real CLIP-RN50 Waterbirds embeddings with their real labels and places, given
     train/val/test by position (the stored rows are all from Waterbirds' train split)."""
@@ -118,9 +129,13 @@ def test_subpopbench_export_round_trip_and_dpe_reads_it(tmp_path):
         assert [r["filename"] for r in rows] == sp.ids.tolist()
         assert [int(r["y"]) for r in rows] == sp.y.tolist() and [int(r["a"]) for r in rows] == sp.a.tolist()
     import_subpopbench(out, tmp_path / "b.h5", log=lambda m: None)
+    (out / "metadata_other.csv").write_text("id,filename,split,y,a\n")
+    with pytest.raises(EmbedkitError, match=r"export: already holds metadata_other.csv; export to a new or empty folder"):
+        export_subpopbench(tmp_path / "a.h5", out, log=lambda m: None)
     b = Cache.open(tmp_path / "b.h5")
     assert (b.dataset, b.class_names, b.attr_names) == ("waterbirds", ["landbird", "waterbird"], ["land", "water"])
     assert b.info()["backbones"]["imported"]["dtype"] == "float16"
+    assert b.fingerprint() == a.fingerprint()           # SHA-256 over sample rows and feature bytes
     for name in SPLITS:
         x, y = a.split(name, dtype=None), b.split(name, dtype=None)
         assert x.Z.tobytes() == y.Z.tobytes() and np.array_equal(x.ids, y.ids)
@@ -264,22 +279,40 @@ def test_clip_retrieval_one_split_and_zero_padded_parts(tmp_path):
     assert sp.Z.tobytes() == w["Z"].astype(np.float16).tobytes() and (sp.a == -1).all()
 
 
-def test_clip_retrieval_bad_inputs(tmp_path):
+def test_clip_retrieval_pandas_cells(tmp_path):
+    """pandas writes an int column with a gap as float64 with NaN, and bools as bool."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from embedkit.peers import import_clip_retrieval
+    (tmp_path / "img_emb").mkdir()
+    (tmp_path / "metadata").mkdir()
+    np.save(tmp_path / "img_emb" / "img_emb_0.npy", np.arange(8, dtype=np.float16).reshape(4, 2))
+    pq.write_table(pa.table({"image_path": ["a", "b", "c", "d"], "y": [1.0, 0.0, 1.0, 0.0],
+                             "spurious": [True, False, None, True], "split": [0, 1, 2, 2]}),
+                   tmp_path / "metadata" / "metadata_0.parquet")
+    import_clip_retrieval(tmp_path, tmp_path / "c.h5", label_col="y", attr_col="spurious", split_col="split")
+    test = Cache.open(tmp_path / "c.h5").split("test")
+    assert test.y.tolist() == [1, 0] and test.a.tolist() == [-1, 1] and test.ids.tolist() == ["c", "d"]
+
+
+def test_clip_retrieval_bad_inputs(tmp_path, capsys):
     w = real_waterbirds()
     folder = write_clip_retrieval(tmp_path / "cr", w)
     base = ("import", "--from", "clip-retrieval", folder, "--out", tmp_path / "c.h5", "--split-col", "split")
-    one_line_error(run_cli(*base, "--label-col", "species"), "metadata_0.parquet",
-                   "missing column 'species'", "found: image_path, caption, label, place, split")
-    one_line_error(run_cli(*base, "--label-col", "label", "--attr-col", "place", "--attr-names", "water"),
-                   "metadata_0.parquet, row 24", "unknown place 'land'")
+    cli_error(capsys, *base, "--label-col", "species", needles=(
+        "metadata_0.parquet", "missing column 'species'", "found: image_path, caption, label, place, split"))
+    cli_error(capsys, *base, "--label-col", "label", "--attr-col", "place", "--attr-names", "water",
+              needles=("metadata_0.parquet, row 24", "unknown place 'land'"))
+    cli_error(capsys, *base, "--label-col", "label", "--id-col", "caption",
+              needles=("metadata_0.parquet, row 1", "duplicate caption", "--id-col"))
     np.save(folder / "img_emb" / "img_emb_1.npy", w["Z"][:5].astype(np.float16))
-    one_line_error(run_cli(*base, "--label-col", "label"), "metadata_1.parquet: 128 rows",
-                   "img_emb_1.npy has 5", "row-aligned")
+    cli_error(capsys, *base, "--label-col", "label",
+              needles=("metadata_1.parquet: 128 rows", "img_emb_1.npy has 5", "row-aligned"))
     (folder / "metadata" / "metadata_1.parquet").unlink()
-    one_line_error(run_cli(*base, "--label-col", "label"), "img_emb_1.npy", "no matching metadata_1")
+    cli_error(capsys, *base, "--label-col", "label", needles=("img_emb_1.npy", "no matching metadata_1"))
     (folder / "img_emb" / "img_emb_1.npy").unlink()
     (folder / "metadata" / "metadata_0.parquet").write_bytes(b"not parquet")
-    one_line_error(run_cli(*base, "--label-col", "label"), "metadata_0.parquet: unreadable as parquet")
+    cli_error(capsys, *base, "--label-col", "label", needles=("metadata_0.parquet: unreadable as parquet",))
 
 
 # -- DFR -------------------------------------------------------------------------------------------

@@ -19,37 +19,44 @@ def cli(*args):
 
 @pytest.fixture(scope="module")
 def erm_cache(tmp_path_factory):
-    """A small CNN trained by train-erm on colored_digits' train split, extracted on every split."""
+    """A small CNN trained by train-erm on the first 80 % of colored_digits' train split (AFR's
+    protocol, --holdout 0.2), extracted on every split."""
     from embedkit.erm import train_erm
     from embedkit.extract import extract
     d = tmp_path_factory.mktemp("seen")
-    ckpt = train_erm("colored_digits", epochs=1, width=4, out=d / "erm.pt", log=None)
+    ckpt = train_erm("colored_digits", epochs=1, width=4, holdout=0.2, out=d / "erm.pt", log=None)
     extract("colored_digits", f"checkpoint:{ckpt}", d / "c.h5", workers=0, device="cpu", log=lambda m: None)
     return ckpt, d / "c.h5"
 
 
-def test_extract_from_a_train_erm_checkpoint_marks_exactly_the_train_rows(erm_cache):
+def test_extract_from_a_train_erm_checkpoint_marks_exactly_the_rows_it_trained_on(erm_cache):
     import torch
     from embedkit import data
     ckpt, path = erm_cache
-    rec = torch.load(ckpt, weights_only=True)["seen"]["colored_digits"]
+    obj = torch.load(ckpt, weights_only=True)
+    rec = obj["seen"]["colored_digits"]
     s = data.create("colored_digits").samples()
-    assert sorted(rec["uids"]) == sorted(s.uid[s.split == 0].tolist()) and rec["splits"] == ["train"]
+    trained = s.uid[s.split == 0][:800]                      # the first 80 % of train, in dataset order
+    assert sorted(rec["uids"]) == sorted(trained.tolist()) and rec["splits"] == ["train"]
+    assert obj["train"]["n_train"] == 800 and obj["train"]["holdout"] == 0.2
     c = Cache.open(path)
     for name in ("train", "val", "test"):
         sp = c.split(name)
         assert sp.seen_known and sp.seen.dtype == bool
-        assert sp.seen.all() if name == "train" else not sp.seen.any()
-    assert c.seen_counts() == {"train": 1000, "val": 0, "test": 0}
-    sub = c.split("train").subset(np.arange(10))
-    assert sub.seen.all() and len(sub.seen) == 10
+        assert sp.seen.tolist() == [u in set(trained) for u in sp.ids]
+    assert c.seen_counts() == {"train": 800, "val": 0, "test": 0}
+    tr = c.split("train")
+    held_out = tr.subset(np.flatnonzero(~tr.seen))          # what AFR's official protocol reweights
+    assert len(held_out) == 200 and check_unseen("afr", held_out, "stage-2 reweighting rows") is None
+    with pytest.raises(EmbedkitError, match="800 of 1000"):
+        check_unseen("jtt", tr, "error-set rows")
 
 
 def test_info_shows_seen_counts_per_split(erm_cache, tmp_path):
     _, path = erm_cache
     out = cli("info", path)
     assert out.returncode == 0, out.stderr
-    assert "seen in training: train 1000/1000, val 0/400, test 0/397" in out.stdout
+    assert "seen in training: train 800/1000, val 0/400, test 0/397" in out.stdout
     s = make_samples()
     write_cache(tmp_path / "old.h5", s, "bb", np.zeros((len(s), 3), np.float32))
     out = cli("info", tmp_path / "old.h5")
@@ -135,6 +142,8 @@ def test_check_unseen_refuses_in_one_line_and_the_override_is_an_entry(tmp_path)
     entry = check_unseen("jtt", train.subset(np.arange(3)), "error-set rows", allow=True)
     assert entry["n_seen"] == 3 and entry["n_rows"] == 3 and entry["split"] == "train" and entry["backbone"] == "bb"
     assert check_unseen("afr", val, "stage-2 reweighting rows") is None          # known and unseen
+    held_out = train.subset(np.arange(0))
+    assert check_unseen("afr", held_out, "stage-2 reweighting rows") is None
     write_cache(tmp_path / "u.h5", s, "bb", np.zeros((len(s), 3), np.float32))
     assert check_unseen("afr", Cache.open(tmp_path / "u.h5").split("train"), "rows") is None   # unknown
 

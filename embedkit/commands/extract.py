@@ -44,6 +44,8 @@ def add_arguments(p):
                    help="flag rows with NaN/inf features invalid instead of stopping")
     p.add_argument("--overwrite", action="store_true", help="replace the backbone if --out already holds it")
     p.add_argument("--keep-shards", action="store_true", help="keep the part files after the merge")
+    from embedkit.cli import add_wait_argument
+    add_wait_argument(p)
 
 
 def run(args):
@@ -55,7 +57,7 @@ def run(args):
                   workers=args.workers, device=args.device, precision=args.precision, dtype=args.dtype,
                   layer=args.layer, allow_random_init=args.allow_random_init, shard=args.shard, resume=args.resume,
                   strict=args.strict, allow_nonfinite=args.allow_nonfinite, prompts=args.prompts,
-                  part_rows=args.part_rows, overwrite=args.overwrite, keep_shards=args.keep_shards)
+                  part_rows=args.part_rows, overwrite=args.overwrite, keep_shards=args.keep_shards, wait=args.wait)
     if res.path is not None:
         print(res.path)
     return 0

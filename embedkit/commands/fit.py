@@ -38,6 +38,9 @@ def add_arguments(p):
                    help="head parameter (repeatable), checked against the head's declared parameters "
                         "(`embedkit heads NAME` lists them), e.g. --param n_refits=10 --param C_grid=1,0.1")
     p.add_argument("--out", default=None, help="runs folder (default: runs/<cache name>)")
+    p.add_argument("--groups", choices=("jtt", "eiil", "george"), default=None,
+                   help="train and select on inferred pseudo-groups instead of the true attributes: the JTT "
+                        "error set, EIIL environments or GEORGE clusters (the record and tables say so)")
 
 
 def default_out(cache: str) -> str:
@@ -65,13 +68,14 @@ def run(args):
     fingerprint = splits[0].fingerprint(splits[1].backbone)
     for budget in parse_budgets(args.label_budget):
         for seed in parse_seeds(args.seeds):
-            d = runs.run_dir(out, args.method, params, seed, budget, args.val_reserved)
+            d = runs.run_dir(out, args.method, params, seed, budget, args.val_reserved, args.groups)
             done = None if args.force else runs.finished(d, fingerprint)
             if done:
                 print(summary_line(done) + "  (done before; --force refits)")
                 continue
             rec = runs.fit_record(args.cache, args.method, params, seed, out, args.backbone, budget,
-                                  allow_overlap=args.allow_overlap, val_reserved=args.val_reserved, splits=splits)
+                                  allow_overlap=args.allow_overlap, val_reserved=args.val_reserved, splits=splits,
+                                  groups=args.groups)
             print(summary_line(rec) + f" -> {d / 'record.json'}")
     runs.write_results(out)
     return 0

@@ -49,6 +49,8 @@ def add_arguments(p):
     p.add_argument("--dtype", default=None, choices=["float32", "float16"],
                    help="on-disk dtype (default float32; peer formats keep float16 sources in float16)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing backbone key")
+    from embedkit.cli import add_wait_argument
+    add_wait_argument(p)
     p.add_argument("--allow-nonfinite", action="store_true",
                    help="keep rows with NaN/inf embeddings, flagged invalid in /samples/valid")
 
@@ -84,7 +86,8 @@ def _import_peer(args, kw):
 
 def run(args):
     from embedkit import io
-    kw = dict(key=args.name, dtype=args.dtype, overwrite=args.overwrite, allow_nonfinite=args.allow_nonfinite)
+    kw = dict(key=args.name, dtype=args.dtype, overwrite=args.overwrite, allow_nonfinite=args.allow_nonfinite,
+              wait=args.wait)
     if args.fmt:
         path = _import_peer(args, kw)
     else:

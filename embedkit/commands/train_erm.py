@@ -57,11 +57,22 @@ def add_arguments(p):
     add_training_arguments(p)
     p.add_argument("--init", default=None, metavar="CHECKPOINT",
                    help="start from this train-erm checkpoint (same --arch) instead of a random init")
+    p.add_argument("--holdout", type=float, default=0.0, metavar="FRACTION",
+                   help="leave the last FRACTION of the train split out of training (AFR's official protocol: "
+                        "0.2); the checkpoint lists the rows it trained on, so `extract` marks the rest unseen")
     p.add_argument("--out", required=True, metavar="CKPT.pt", help="checkpoint file to write")
+    p.add_argument("--save-early", default="", metavar="EPOCHS",
+                   help="also write the checkpoint after these epochs (comma-separated, e.g. 1,2) to "
+                        "CKPT-epochE.pt: SELF's early-stopped models; extract each into the same cache")
 
 
 def run(args):
     from embedkit.erm import train_erm
-    train_erm(args.dataset, lr=args.lr, seed=args.seed, init=args.init, out=args.out,
+    from embedkit.errors import EmbedkitError
+    try:
+        early = [int(e) for e in args.save_early.split(",") if e.strip()]
+    except ValueError:
+        raise EmbedkitError(f"--save-early {args.save_early!r}: expected comma-separated epochs such as 1,2") from None
+    train_erm(args.dataset, lr=args.lr, seed=args.seed, init=args.init, out=args.out, save_early=early, holdout=args.holdout,
               **dataset_kwargs(args), **training_kwargs(args))
     return 0

@@ -111,6 +111,15 @@ def read_metadata(path, test_split: str = "") -> Metadata:
     return Metadata(table, keep, filename, codes[keep].astype(np.uint8), y, a, other, test_key or "2")
 
 
+def find_metadata(folder: Path, how_to_name: str) -> Path:
+    """The one metadata*.csv in `folder`; none or several is an error saying how to name it."""
+    found = sorted(Path(folder).glob("metadata*.csv"))
+    if len(found) != 1:
+        raise EmbedkitError(f"{folder}: {'no' if not found else len(found)} metadata*.csv files here; "
+                            f"name the SubpopBench metadata CSV with {how_to_name}")
+    return found[0]
+
+
 def default_names(values: np.ndarray, option: str, what: str, path) -> list[str]:
     """Names 0..K-1 for integer codes, or the comma-separated `option` (checked to cover them)."""
     k = int(values.max()) + 1 if (values >= 0).any() else 1
@@ -144,16 +153,7 @@ class SubpopBench(FileDataset):
     def _setup(self):
         o = self.options
         root = self.folder("the images (and usually the metadata CSV)")
-        meta_path = Path(o["metadata"]) if o["metadata"] else None
-        if meta_path is None:
-            found = sorted(root.glob("metadata*.csv"))
-            if len(found) != 1:
-                raise EmbedkitError(f"{root}: {'no' if not found else len(found)} metadata*.csv file"
-                                    f"{'s' if len(found) != 1 else ''} here; name one with "
-                                    f"--dataset-opt metadata=FILE")
-            meta_path = found[0]
-        elif not meta_path.is_absolute():
-            meta_path = root / meta_path
+        meta_path = root / o["metadata"] if o["metadata"] else find_metadata(root, "--dataset-opt metadata=FILE")
         m = read_metadata(meta_path, o["test_split"])
         class_names = default_names(m.y, o["class_names"], "labels y", m.path)
         attr_names = default_names(m.a, o["attr_names"], "attributes a", m.path)

@@ -69,7 +69,16 @@ register("hsfm", "hsfm", "HSFMHead")
 register("gerne", "gerne", "GERNEHead")
 register("gerne_expected", "gerne", "GERNEHead", expected=True)
 register("ipg", "ipg", "IPGHead")
+register("llr", "llr", "LLRHead", balance="none")
+register("cb_llr", "llr", "LLRHead", balance="subsetting")
+for _b in ("upsampling", "upweighting", "mixture"):
+    register(f"cb_llr_{_b}", "llr", "LLRHead", balance=_b)
+register("dpe", "dpe", "DPEHead")
+register("self", "selfllr", "SELFHead", variant="es_disagreement")
+for _v in ("dropout_disagreement", "es_misclassification", "misclassification", "random"):
+    register(f"self_{_v}", "selfllr", "SELFHead", variant=_v)
+register("gb_llr", "llr", "LLRHead", balance="subsetting", unit="group")
 
 # The heads `embedkit sweep --methods all` runs (aliases and variants excluded).
 DEFAULT_SWEEP = ["erm_native", "erm", "rw_class", "rw_group", "rs_group", "sub_group", "dfr", "groupdro", "jtt", "afr",
-                 "zeroshot", "textproj", "scer", "hsfm", "gerne", "ipg"]
+                 "zeroshot", "textproj", "scer", "hsfm", "gerne", "ipg", "llr", "cb_llr", "cb_llr_mixture", "dpe", "self"]

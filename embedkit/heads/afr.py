@@ -10,9 +10,10 @@ only:
 initialised at (W0, b0), full batch, plain SGD (no momentum, no weight decay), gradient-norm
 clipping at 1.0, constant LR; one epoch = one step. (gamma, lambda, epoch) are chosen on val.
 
-`stage1=stored` uses the cache's own head instead; the cache does not record which rows the
-backbone saw, and on seen rows p_i ~ 1 makes the weights uniform (AFR degenerates to ERM), so that
-needs `allow_seen_rows=True`. The effective sample size ESS = 1 / sum w_i^2 of every gamma is logged.
+`stage1=stored` uses the cache's own head instead; on rows the backbone saw p_i ~ 1 makes the
+weights uniform (AFR degenerates to ERM), so that needs `allow_seen_rows=True`. Whenever the cache
+records that the backbone saw held-out rows (`Split.seen`), AFR refuses them in one line unless
+`allow_seen_rows=True`, and the override is stored in the record (`info.seen_override`). The effective sample size ESS = 1 / sum w_i^2 of every gamma is logged.
 
 Defaults and their sources: the paper's protocol (full batch, SGD without momentum, clipping at 1,
 500 epochs at lr 1e-2 on Waterbirds), evaluated every epoch as the official `train_embeddings.py`
@@ -37,6 +38,7 @@ import torch
 from embedkit.errors import EmbedkitError
 from embedkit.heads.base import softmax
 from embedkit.heads.erm import ERMHead
+from embedkit.heads.heldout import check_unseen, unseen_need
 from embedkit.heads.params import Param
 from embedkit.heads.trainer import TRAINER_DEFAULTS, SGDHead, StepContext, Variant, as_grid, weighted_mean
 from embedkit.selection import GRIDS, expand_grid
@@ -102,13 +104,18 @@ class AFRHead(SGDHead):
         "class_balance": Param("bool", True, "multiply the weights by n_0 / n_y (class balance)"),
         "stage1": Param("choice", "fit", "stage-1 head: fitted here on the other train rows, or the cache's stored "
                         "ERM head", choices=("fit", "stored")),
-        "allow_seen_rows": Param("bool", False, "accept stage1=stored on rows the backbone may have been trained on"),
+        "allow_seen_rows": Param("bool", False, "accept held-out rows the backbone was (or may have been) trained on; "
+                                 "recorded as info.seen_override"),
     }
 
     def unmet(self, train, val) -> str | None:
         if self.params["stage1"] == "stored" and train.erm_head is None:
             return f"afr stage1=stored needs the frozen ERM head (W0, b0) stored with backbone {train.backbone}"
-        return None
+        if len(train) < 2:
+            return None
+        _, hold_idx = self.split_train(len(train))
+        return unseen_need("afr", train.subset(hold_idx), "held-out reweighting rows",
+                           allow=bool(self.params["allow_seen_rows"]))
 
     def afr_grid(self) -> dict:
         p = self.params
@@ -159,6 +166,11 @@ class AFRHead(SGDHead):
         fit_idx, hold_idx = self.split_train(len(train))
         W0, b0 = self._stage1(train, val, fit_idx)
         hold = train.subset(hold_idx)
+        # Reweighting reads the stage-1 head's confidence on the held-out rows: on rows the backbone
+        # was trained on it is ~1 everywhere, and AFR degenerates to ERM.
+        override = check_unseen("afr", hold, "held-out reweighting rows", allow=bool(p["allow_seen_rows"]))
+        if override:
+            self.info_["seen_override"] = override
         conf = softmax((hold.Z @ W0.T + b0).astype(np.float64))[np.arange(len(hold)), hold.y]
         variants, ess = [], {}
         for gamma in grid["gamma"]:

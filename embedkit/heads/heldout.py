@@ -39,9 +39,21 @@ def check_unseen(head_name: str, split, role: str, allow: bool = False,
     raise EmbedkitError(
         f"{head_name}: {n_seen} of {len(seen)} {role} ({split.name} split) were seen by backbone "
         f"{split.backbone or '?'} in training, so its head is confident on them and the method degenerates to "
-        f"ERM; extract a backbone that did not train on them, or pass {param}=true (flagged as seen_override)")
+        f"ERM; use a backbone that did not train on them (train-erm --holdout 0.2 keeps the last 20 % of train "
+        f"unseen), or pass {param}=true (flagged as seen_override)")
 
 
 def _rows_sha(rows) -> str:
     import hashlib
     return hashlib.sha256(np.asarray(rows, np.int64).tobytes()).hexdigest()
+
+
+def unseen_need(head_name: str, split, role: str, allow: bool = False, param: str = OVERRIDE_PARAM) -> str | None:
+    """The same check as a need the runner reports (a sweep skips the head with this reason)
+    instead of an error: None when the rows may be used."""
+    try:
+        check_unseen(head_name, split, role, allow=allow, param=param)
+    except EmbedkitError as e:
+        return str(e)
+    return None
+

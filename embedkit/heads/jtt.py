@@ -2,9 +2,10 @@
 
 1. Identification: an ERM head trained for T epochs (T * ceil(N_tr / B) steps) with strong weight
    decay gives the error set E = {i in train : argmax f_id(z_i) != y_i} (`id=head`, the default).
-   `id=stored` takes E from the cache's stored ERM logits instead; the cache does not record which
-   rows its backbone saw, so that needs `allow_seen_rows=True` (on rows the backbone was trained on
-   E is close to empty).
+   `id=stored` takes E from the cache's stored ERM logits instead, which needs `allow_seen_rows=True`
+   (on rows the backbone was trained on E is close to empty). Whenever the cache records that the
+   backbone saw train rows (`Split.seen`), JTT refuses them in one line unless `allow_seen_rows=True`,
+   and the override is stored in the record (`info.seen_override`).
 2. Retraining: a fresh head on train where each i in E counts m times: a sampler with weight m on E
    and 1 elsewhere (default), or `upweight=loss` for loss weights (the same full-batch gradient).
    `count=official` (default): m = lambda_up + 1, as the official anniesch/jtt code builds its
@@ -32,6 +33,7 @@ import warnings
 import numpy as np
 
 from embedkit.errors import EmbedkitError
+from embedkit.heads.heldout import check_unseen, unseen_need
 from embedkit.heads.params import Param
 from embedkit.heads.trainer import SGDHead, Variant, as_grid, fit_grid
 from embedkit.selection import GRIDS
@@ -71,13 +73,15 @@ class JTTHead(SGDHead):
                           choices=("sampler", "loss")),
         "count": Param("choice", "official", "copies of each error row: official = lambda_up + 1 (anniesch/jtt), "
                        "paper = lambda_up", choices=("official", "paper")),
-        "allow_seen_rows": Param("bool", False, "accept id=stored on rows the backbone may have been trained on"),
+        "allow_seen_rows": Param("bool", False, "accept train rows the backbone was (or may have been) trained on; "
+                                 "recorded as info.seen_override"),
     }
 
     def unmet(self, train, val) -> str | None:
         if self.params["id"] == "stored" and train.logits is None:
             return f"jtt id=stored needs stored ERM logits for backbone {train.backbone}"
-        return None
+        return unseen_need("jtt", train, "train rows (the error set is read on them)",
+                           allow=bool(self.params["allow_seen_rows"]))
 
     def jtt_grid(self) -> dict:
         """{T, lambda_up, wd1} lists: the preset (`fast` or `spec`) overridden by explicit grids."""
@@ -119,6 +123,11 @@ class JTTHead(SGDHead):
     def _fit(self, train, val, monitor):
         p = self.params
         grid = self.jtt_grid()
+        # The error set is read on train rows: on rows the backbone was trained on it is near empty.
+        override = check_unseen("jtt", train, "train rows (the error set is read on them)",
+                                allow=bool(p["allow_seen_rows"]))
+        if override:
+            self.info_["seen_override"] = override
         self._stage1_heads = {}
         sets = self._stage1(train, grid)
 

@@ -37,6 +37,12 @@ class Monitor:
     def __bool__(self) -> bool:
         return bool(self._splits)
 
+    def mapped(self, transform: Callable[[np.ndarray], np.ndarray]) -> "Monitor":
+        """The same splits seen through a feature map (for a head that trains on transformed
+        features, e.g. DPE's row standardisation): each split's Z is mapped once, here."""
+        import dataclasses
+        return Monitor({name: dataclasses.replace(s, Z=transform(s.Z)) for name, s in self._splits.items()})
+
     def _empty(self) -> dict:
         return {k: None for k in RECORD_KEYS}
 
