@@ -14,8 +14,9 @@ at a given seed), decides the label regime from the visible labels, refuses a me
 the cache cannot meet (`UnmetNeeds`), fits on train and val, evaluates val and test **after** the
 fit, runs the leak guard on the head's row sets and writes the record. Test never enters a head:
 the per-step test metrics of the history come from a `Monitor` the runner builds with the test
-split and passes to `fit`; the head hands it a way to score its candidates. `sweep` does that for many methods and seeds and writes the results
-table; unmet needs, missing head modules and refusals become table rows with their reason.
+split and passes to `fit`; the head hands it a way to score its candidates. `sweep` does that for
+many methods and seeds and writes the results table; unmet needs, missing head modules and
+refusals become table rows with their reason.
 """
 from __future__ import annotations
 
@@ -195,8 +196,8 @@ def fit_record(cache_path, method: str, params: dict | None, seed: int, out_dir,
     # Rows a head fitted or tuned on may not be read by its final selection (spec 4.4).
     flags = check_leak(np.union1d(rows["fit"], rows["tune"]), rows["select"], rows["report"], allow_overlap)
     sel = dict(head.selected_ or {})
-    sel_rows = np.sort(np.asarray(getattr(head, "selection_rows_", None) if getattr(head, "selection_rows_", None)
-                                  is not None else [], np.int64))
+    read = getattr(head, "selection_rows_", None)           # the rows `selection.split` names
+    sel_rows = np.sort(np.asarray([] if read is None else read, np.int64))
     sel_flags = sel.pop("flags", {}) or {}
     flags.update(oracle=bool(sel_flags.get("oracle", False)),
                  partial_groups=bool(sel_flags.get("partial_groups", False) or

@@ -37,6 +37,8 @@ def test_record_schema_and_files(cache_path, tmp_path):
     assert rec["method"] == "dfr" and rec["seed"] == 1 and rec["params"]["n_refits"] == 5
     assert set(rec["cache"]) >= {"path", "backbone_key", "fingerprint"} and rec["cache"]["fingerprint"]
     assert rec["selection"]["rule"] == "val_wga" and rec["selection"]["split"] == "val[select]"
+    # DFR refits after selection (20, here 5, averaged refits) and says so; the rows read are val's tuning half.
+    assert rec["selection"]["refit"] is True and rec["selection"]["rows"]["n"] == SIZES["val"] // 2
     assert rec["selection"]["config"]["C"] in heads.create("dfr").params["C_grid"]
     assert rec["fit_seconds"] > 0
     test = rec["metrics"]["test"]
