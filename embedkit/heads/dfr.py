@@ -138,13 +138,15 @@ class DFRHead(Head):
         fits = [fit_counted(Xfit, yfit, cfg["C"], rng.integers(RS_HIGH), max_iter, cfg.get("class_weight"))
                 for cfg in configs]
         self.info_["tuning_fits_not_converged"] = sum(f[3] for f in fits)
-        # Widened once: each config's float64 scores would otherwise convert the matrix again.
+        # Widened once: each config's float64 scores would otherwise convert the matrix again (the
+        # monitor's splits likewise, through the tuning scaler).
         Xscore = Xscore.astype(np.float64)
+        watched = monitor.mapped(lambda Z: self._scaler_apply(Z).astype(np.float64))
         for cid, (cfg, (coef, intercept, classes, _)) in enumerate(zip(configs, fits)):
             W, b = self._expand(coef, intercept, score_split.n_classes, classes)
             rec = {"config_id": cid, "config": dict(cfg), "step": 0,
                    "val": metrics.evaluate_split(Xscore @ W.T + b, score_split),
-                   **monitor.score(lambda Z: self._scaler_apply(Z).astype(np.float64) @ W.T + b)}
+                   **watched.score(lambda X: X @ W.T + b)}
             self.history_.append(rec)
         return self._select(self.history_, self.rule(score_split), split_name, refit=True, tie="larger_C",
                             rows=score_split.rows)
