@@ -54,7 +54,7 @@ def import_subpopbench(folder, out, *, metadata=None, test_split: str = "", clas
                        attr_names=None, dataset=None, dtype=None, log=print, **kw) -> Path:
     """DPE's feature folder on a SubpopBench metadata CSV into a cache. Splits without a
     feats_<split> file are left out (DPE itself ships only val and test) and said so."""
-    from embedkit.data.subpopbench import dataset_name, default_names, find_metadata, read_metadata
+    from embedkit.data.subpopbench import dataset_name, default_names, find_metadata, int_cell, read_metadata
     folder = Path(folder)
     if not folder.is_dir():
         raise EmbedkitError(f"{folder}: no such folder (expected feats_{{train,val,test}}.npy and a metadata CSV)")
@@ -84,6 +84,12 @@ def import_subpopbench(folder, out, *, metadata=None, test_split: str = "", clas
     rows = np.concatenate(keep)
     Z = np.concatenate(parts) if len(parts) > 1 else parts[0]
     y, a = meta.y[rows], meta.a[rows]
+    if "seen" in meta.table.header:             # written by embedkit's export when the cache knew it
+        if "seen" in kw:
+            raise EmbedkitError(f"{meta.path}: has a 'seen' column and --seen was given too; give one")
+        column = meta.table.column("seen")
+        flags = np.array([int_cell(meta.table, int(r), "seen", column[r], False) for r in meta.rows[rows]])
+        kw.update(seen=flags, seen_source=f"column 'seen' of {meta.path}")
     class_names = class_names or sidecar.get("class_names") or default_names(meta.y, "", "labels y", meta.path)
     attr_names = attr_names or sidecar.get("attr_names") or default_names(meta.a, "", "attributes a", meta.path)
     return import_arrays(out, Z, y, meta.split[rows], a=a, ids=[meta.filename[i] for i in rows],
@@ -126,19 +132,22 @@ def export_subpopbench(cache_path, folder, backbone: str | None = None, log=prin
     folder.mkdir(parents=True, exist_ok=True)
     n_invalid = int((~cache.samples().valid).sum())
     n_unknown = 0
-    rows = []
+    rows, seen_known = [], False
     for code, split in enumerate(SPLITS):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")         # invalid rows are counted above instead
             part = cache.split(split, key, dtype=None)
         n_unknown += int((part.a < 0).sum())
+        seen_known = part.seen_known
         np.save(folder / f"feats_{split}.npy", part.Z.astype(dtype, copy=False), allow_pickle=False)
-        rows += [(u, code, int(y), int(a)) for u, y, a in zip(part.ids, part.y, part.a)]
+        rows += [(u, code, int(y), int(a), int(t)) for u, y, a, t in zip(part.ids, part.y, part.a, part.seen)]
     with open(meta_path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
-        w.writerow(["id", "filename", "split", "y", "a"])
-        for i, (u, code, y, a) in enumerate(rows):
-            w.writerow([i, u, code, y, a])
+        # SubpopBench's columns; `seen` (rows the backbone trained on) only when the cache records it
+        # (readers that select columns by name, as SubpopBench and dpe do, ignore it)
+        w.writerow(["id", "filename", "split", "y", "a"] + (["seen"] if seen_known else []))
+        for i, (u, code, y, a, t) in enumerate(rows):
+            w.writerow([i, u, code, y, a] + ([t] if seen_known else []))
     (folder / EXPORT_SIDECAR).write_text(json.dumps({
         "format": "embedkit subpopbench export", "cache": str(cache.path), "backbone": key,
         "dataset": cache.dataset, "class_names": cache.class_names, "attr_names": cache.attr_names,

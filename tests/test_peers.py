@@ -142,6 +142,30 @@ def test_subpopbench_export_round_trip_and_dpe_reads_it(tmp_path):
         assert np.array_equal(x.y, y.y) and np.array_equal(x.a, y.a)
 
 
+def test_seen_rows_travel_through_the_subpopbench_layout(tmp_path, capsys):
+    """A cache that records which rows its backbone trained on exports them as an extra `seen`
+    column (dpe reads columns by name) and imports them back; --seen works with --from too."""
+    from embedkit.io import import_arrays
+    from embedkit.peers import export_subpopbench, import_subpopbench
+    w = real_waterbirds()
+    seen = w["split"] == 0
+    import_arrays(tmp_path / "a.h5", w["Z"], w["y"], w["split"], a=w["a"], ids=w["ids"], seen=seen)
+    out = export_subpopbench(tmp_path / "a.h5", tmp_path / "export", log=lambda m: None)
+    rows, _ = dpe_rows(out, "metadata_imported.csv", 0)
+    assert list(rows[0]) == ["id", "filename", "split", "y", "a", "seen"] and rows[0]["seen"] == "1"
+    import_subpopbench(out, tmp_path / "b.h5", log=lambda m: None)
+    a, b = Cache.open(tmp_path / "a.h5"), Cache.open(tmp_path / "b.h5")
+    assert np.array_equal(a.seen(), b.seen()) and a.fingerprint() == b.fingerprint()
+    np.save(tmp_path / "seen.npy", seen)
+    cli_error(capsys, "import", "--from", "subpopbench", out, "--out", tmp_path / "c.h5", "--seen",
+              tmp_path / "seen.npy", needles=("metadata_imported.csv: has a 'seen' column and --seen was given",))
+    folder = write_dpe_folder(tmp_path / "dpe", w)
+    from embedkit.cli import main
+    assert main(["import", "--from", "subpopbench", str(folder), "--out", str(tmp_path / "d.h5"),
+                 "--seen", str(tmp_path / "seen.npy")]) == 0
+    assert np.array_equal(Cache.open(tmp_path / "d.h5").seen(), seen)
+
+
 def test_subpopbench_metadata_other_splits_and_pandas_cells(tmp_path):
     """Breeds' zero-shot split 3 is left out (or used as test); MIMICNotes' bool a and pandas'
     integral floats read as integers; ImageNetBG's split names work."""

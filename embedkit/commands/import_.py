@@ -40,7 +40,10 @@ def add_arguments(p):
                         "file, repeated in file order (default: read from the file name)")
     p.add_argument("--seen", metavar="SEEN.npy",
                    help=".npy bool [N], row-aligned: True where the backbone was trained on the row (AFR and JTT "
-                        "refuse such held-out rows); without it the cache records 'unknown'. An .npz may hold 'seen'")
+                        "refuse such held-out rows); without it the cache records 'unknown'. An .npz may hold 'seen'. "
+                        "With --from: aligned with the rows as read (subpopbench: feats_train, _val, _test; "
+                        "clip-retrieval: parts in order; dfr: files, then train/val/test), or a 'seen' column "
+                        "of a SubpopBench metadata file that embedkit exported")
     p.add_argument("--name", default="imported", help="backbone key for these embeddings (default: imported)")
     p.add_argument("--dataset", default=None, help="dataset name recorded in the cache (default: imported, "
                                                    "or the SubpopBench metadata name)")
@@ -68,6 +71,8 @@ def _import_peer(args, kw):
     if args.fmt != "dfr" and len(args.source) != 1:
         raise EmbedkitError(f"--from {args.fmt}: give one folder, got {len(args.source)} paths")
     names = dict(class_names=_names(args.class_names), attr_names=_names(args.attr_names))
+    from embedkit.io import _seen_arg
+    kw.update(_seen_arg(args.seen))         # row-aligned with the rows in the order they are read
     if args.fmt == "subpopbench":
         return peers.import_subpopbench(args.source[0], args.out, metadata=args.metadata,
                                         test_split=args.test_split, dataset=args.dataset, **names, **kw)

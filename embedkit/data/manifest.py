@@ -86,7 +86,8 @@ def encode(table: Table, column: str, names_option: str, allow_unknown: bool) ->
 
 class CsvDataset(FileDataset):
     name = "csv"
-    description = "any image folder plus a CSV manifest with configurable path/label/attribute/split columns"
+    description = ("any image folder plus a CSV manifest; path/label/attribute/split columns by option, or found "
+                   "by their common names (y/label, a/attr/place/spurious, split)")
     OPTIONS = {
         "manifest": Option("manifest.csv", str, "manifest file, relative to --root (or absolute)"),
         "image_dir": Option("", str, "folder the paths are relative to, relative to --root"),

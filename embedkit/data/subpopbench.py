@@ -50,7 +50,7 @@ class Metadata:
         return self.table.path
 
 
-def _int_cell(table: Table, i: int, column: str, value: str, allow_empty: bool) -> int:
+def int_cell(table: Table, i: int, column: str, value: str, allow_empty: bool) -> int:
     v = value.strip()
     if v == "" and allow_empty:
         return -1
@@ -99,8 +99,8 @@ def read_metadata(path, test_split: str = "") -> Metadata:
     if keep.size == 0:
         raise EmbedkitError(f"{table.path}: no row has split 0/1/2 (train/val/test) in column 'split'")
     files, ys, as_ = table.column("filename"), table.column("y"), table.column("a")
-    y = np.array([_int_cell(table, i, "y", ys[i], False) for i in keep], np.int64)
-    a = np.array([_int_cell(table, i, "a", as_[i], True) for i in keep], np.int64)
+    y = np.array([int_cell(table, i, "y", ys[i], False) for i in keep], np.int64)
+    a = np.array([int_cell(table, i, "a", as_[i], True) for i in keep], np.int64)
     for name, arr, low in (("y", y, 0), ("a", a, -1)):
         bad = np.flatnonzero(arr < low)
         if bad.size:
