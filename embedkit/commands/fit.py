@@ -29,6 +29,9 @@ def add_common(p):
     p.add_argument("--allow-overlap", action="store_true",
                    help="tag instead of refusing a run whose selection reads rows it was fitted on")
     p.add_argument("--force", action="store_true", help="refit runs that are already done")
+    p.add_argument("--groups", choices=("jtt", "eiil", "george"), default=None,
+                   help="train and select on inferred pseudo-groups instead of the true attributes: the JTT "
+                        "error set, EIIL environments or GEORGE clusters (the record and tables say so)")
 
 
 def add_arguments(p):
@@ -37,9 +40,6 @@ def add_arguments(p):
     p.add_argument("--param", action="append", metavar="KEY=VALUE",
                    help="head parameter (repeatable; values parse as JSON when they can), e.g. --param n_refits=10")
     p.add_argument("--out", default=None, help="runs folder (default: runs/<cache name>)")
-    p.add_argument("--groups", choices=("jtt", "eiil", "george"), default=None,
-                   help="train and select on inferred pseudo-groups instead of the true attributes: the JTT "
-                        "error set, EIIL environments or GEORGE clusters (the record and tables say so)")
 
 
 def default_out(cache: str) -> str:
