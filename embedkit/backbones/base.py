@@ -128,6 +128,19 @@ class Backbone:
     default_dtype = "float32"       # storage dtype of the cache (CLIP towers default to float16)
     normalised = False              # are the stored features L2-normalised
     has_text = False
+    modality = "image"              # what the extractor feeds it: "image" or "text" rows
+
+    # The data path, in three steps the extractor calls: `transform.geometry(row)` per row in the
+    # DataLoader workers, `collate_fn(items)` per batch there too, `prepare(batch)` on the model's
+    # device. Images: resize/crop to uint8, stack, then normalise once per batch. Text backbones
+    # replace all three (tokenise with dynamic padding, then move the token tensors).
+    @property
+    def collate_fn(self):
+        from .preprocess import stack_images
+        return stack_images
+
+    def prepare(self, batch):
+        return self.transform.normalize(batch.to(self.device, non_blocking=True))
 
     def _setup_model(self, model: nn.Module, device, precision: str) -> None:
         self.device = resolve_device(device)

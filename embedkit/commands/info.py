@@ -30,6 +30,13 @@ def format_info(info: dict) -> str:
         lines.append(f"{name:<{width}}  " + "  ".join(f"{c['groups'][gi]:>7}" for c in info["splits"].values()))
     for label, key in (("unknown a", "unknown_attr"), ("invalid", "invalid"), ("total", "rows")):
         lines.append(f"{label:<{width}}  " + "  ".join(f"{c[key]:>7}" for c in info["splits"].values()))
+    if info.get("eval_group_names"):
+        eg = info["eval_group_names"]
+        w = max([len(n) for n in eg] + [width])
+        lines += ["", f"overlapping evaluation groups: {(info.get('dataset_meta') or {}).get('eval_group_definition', '')}",
+                  f"{'eval group':<{w}}  " + "  ".join(f"{s:>7}" for s in info["splits"])]
+        for j, name in enumerate(eg):
+            lines.append(f"{name:<{w}}  " + "  ".join(f"{c['eval_groups'][j]:>7}" for c in info["splits"].values()))
     return "\n".join(lines)
 
 

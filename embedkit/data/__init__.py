@@ -28,6 +28,9 @@ _REGISTRY = {
     "colored_digits": "colored:ColoredDigits",
     "dominoes": "dominoes:Dominoes",
     "waterbirds_like": "waterbirds_like:WaterbirdsLike",
+    "text_csv": "text:TextCsv",
+    "multinli": "multinli:MultiNli",
+    "civilcomments": "civilcomments:CivilComments",
 }
 
 __all__ = ["create", "available", "dataset_class", "ImageDataset", "ImageReadError", "Option", "open_image"]
