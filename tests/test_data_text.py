@@ -155,6 +155,9 @@ def test_taxinli_file_reads_with_the_readme_counts():
     assert len(s) == 10071 and ds.meta["source"] == "taxinli" and ds.meta["repeated_pair_ids"] == 5
     counts = np.bincount(s.y * 2 + s.a, minlength=6).tolist()
     assert counts == [2811, 564, 3419, 76, 3120, 81]     # README: contradiction / entailment / neutral
+    capped = data.create("multinli", need_data("text", "taxinli"), max_per_group=300).samples()
+    assert np.bincount(capped.y * 2 + capped.a, minlength=6).tolist() == [300, 300, 300, 76, 300, 81]
+    assert set(capped.uid) <= set(s.uid)
     with pytest.raises(EmbedkitError, match="split=official needs the official MultiNLI files"):
         data.create("multinli", need_data("text", "taxinli"), split="official")
 

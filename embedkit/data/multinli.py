@@ -35,8 +35,8 @@ from embedkit.errors import EmbedkitError
 
 from .base import Option
 from .tables import read_csv, sha256_file
-from .text import (NEGATION_WORDS, TextDataset, allow_long_fields, negation_attribute, parse_fractions, split_rule,
-                   stratified_split, unique_ids)
+from .text import (NEGATION_WORDS, TextDataset, allow_long_fields, cap_groups, negation_attribute, parse_fractions,
+                   split_rule, stratified_split, unique_ids)
 
 CLASSES = ["contradiction", "entailment", "neutral"]
 OFFICIAL = {"train": 0, "dev_matched": 1, "dev_mismatched": 2}
@@ -79,6 +79,7 @@ class MultiNli(TextDataset):
         "split_seed": Option(0, int, "seed of the random split"),
         "split_fractions": Option("0.5,0.2,0.3", str, "train,val,test fractions of the random split"),
         "genres": Option("", str, "comma-separated genres to keep ('' keeps all)"),
+        "max_per_group": Option(0, int, "keep the first N pairs (file order) of each (y, a) group; 0 keeps all"),
     }
 
     def _setup(self):
@@ -102,10 +103,12 @@ class MultiNli(TextDataset):
                                     f"(expected {', '.join(CLASSES)} or -)")
         if not rows:
             raise EmbedkitError(f"dataset {self.name}: no labelled pairs in {', '.join(str(f) for f in files)}")
+        y = np.asarray([CLASSES.index(r["label"]) for r in rows], np.int64)
+        a = negation_attribute([r["hyp"] for r in rows])
+        keep = cap_groups(y, a, 2, int(o["max_per_group"]))
+        rows, y, a = [rows[i] for i in keep], y[keep], a[keep]
         self.texts = [r["prem"] for r in rows]
         self.pairs = [r["hyp"] for r in rows]
-        y = np.asarray([CLASSES.index(r["label"]) for r in rows], np.int64)
-        a = negation_attribute(self.pairs)
         uid, n_repeats = unique_ids([r["pairID"] for r in rows])
         if o["split"] == "official":
             if source != "multinli":
@@ -125,7 +128,7 @@ class MultiNli(TextDataset):
                                 f"spaces, any of {', '.join(NEGATION_WORDS)})"),
                      pair="premise, hypothesis (one sequence pair)", split_rule=rule,
                      rows_without_gold_label=no_gold, repeated_pair_ids=n_repeats,
-                     genres=genres or "all")
+                     genres=genres or "all", max_per_group=int(o["max_per_group"]))
 
     def _read(self):
         root = Path(self.root) if self.root not in (None, "") else None

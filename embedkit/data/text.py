@@ -151,6 +151,18 @@ def unique_ids(ids) -> tuple[list[str], int]:
     return out, n
 
 
+def cap_groups(y, a, n_attrs: int, cap: int) -> np.ndarray:
+    """Rows kept by `max_per_group`: the first `cap` rows (file order) of each (y, a) group, in
+    file order; all rows when cap is 0. A smaller, still real, sample with every group present."""
+    if cap <= 0:
+        return np.arange(len(y))
+    g = np.where(np.asarray(a) >= 0, np.asarray(y) * max(n_attrs, 1) + np.asarray(a), -1 - np.asarray(y))
+    keep = np.zeros(len(g), bool)
+    for k in np.unique(g):
+        keep[np.flatnonzero(g == k)[:cap]] = True
+    return np.flatnonzero(keep)
+
+
 def allow_long_fields() -> None:
     """Comments can exceed the csv module's 128 KiB default field limit."""
     csv.field_size_limit(min(sys.maxsize, 2 ** 31 - 1))
