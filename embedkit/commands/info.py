@@ -14,7 +14,14 @@ def format_info(info: dict) -> str:
              f"dataset: {info['dataset']}   rows: {info['n_samples']}",
              f"classes: {', '.join(info['class_names'])}",
              f"attributes: {', '.join(info['attr_names'])}",
-             f"groups: {info['group_definition']}", ""]
+             f"groups: {info['group_definition']}"]
+    meta = info.get("dataset_meta") or {}
+    if meta.get("group_definition", "g = y * n_attrs + a") != "g = y * n_attrs + a":
+        lines.append(f"group definition: {meta['group_definition']}")       # CivilComments' coarse groups
+    for k in ("attribute", "split_rule"):                                    # text adapters record these
+        if meta.get(k):
+            lines.append(f"{k.replace('_', ' ')}: {meta[k]}")
+    lines.append("")
     for key, b in info["backbones"].items():
         extras = [n for n, flag in (("logits", b["has_logits"]), ("head", b["has_head"]),
                                     ("text", b["has_text"])) if flag]
