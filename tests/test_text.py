@@ -23,7 +23,7 @@ from embedkit.errors import EmbedkitError
 from embedkit.extract import extract
 from tests.conftest import ROOT, need_data
 
-N_ROWS = 48
+N_ROWS = 32
 MAX_LEN = 64
 BATCH = 8
 
@@ -44,11 +44,11 @@ def sbert_spec() -> str:
 
 @pytest.fixture(scope="module")
 def wiki_subset(tmp_path_factory) -> Path:
-    """The first 48 real comments of the Wikipedia toxicity set, in the file's own columns."""
+    """The first 32 real comments of the Wikipedia toxicity set, in the file's own columns."""
     src = need_data("text", "wiki_toxicity", "toxicity_nonfuzzed_testset.csv")
     with open(src, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))[:N_ROWS]
-    out = tmp_path_factory.mktemp("wiki") / "wiki48.csv"
+    out = tmp_path_factory.mktemp("wiki") / "wiki32.csv"
     with open(out, "w", newline="", encoding="utf-8") as f:
         w = csv.DictWriter(f, fieldnames=["rev_id", "comment", "toxic"])
         w.writeheader()
@@ -70,7 +70,7 @@ def _feats(path):
 
 @pytest.fixture(scope="module")
 def reference(wiki_subset, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ref") / "wiki48.h5"
+    out = tmp_path_factory.mktemp("ref") / "wiki32.h5"
     with cpu_threads(1):
         extract(wiki_ds(wiki_subset), sbert_spec(), out, batch_size=BATCH, workers=0, device="cpu", part_rows=16,
                 backbone_options={"max_length": MAX_LEN}, log=lambda m: None)
@@ -147,6 +147,7 @@ def test_text_extraction_is_bitwise_reproducible_and_equals_a_direct_forward(ref
     assert len(ds) == N_ROWS
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_the_same_cache(reference, wiki_subset, tmp_path):
     out = tmp_path / "killed.h5"
     cmd = [sys.executable, "-m", "embedkit", "extract", "--dataset", "text_csv", "--root", str(wiki_subset),
@@ -159,17 +160,30 @@ def test_sigkill_then_resume_gives_the_same_cache(reference, wiki_subset, tmp_pa
     shards = tmp_path / "killed.h5.shards" / key
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 300
-    while not (shards / "part-00000-of-00006.h5").exists():
+    n_parts = N_ROWS // BATCH
+    while not (shards / f"part-00000-of-{n_parts:05d}.h5").exists():
         assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
         assert time.time() < deadline
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     done = sorted(p.name for p in shards.glob("part-*.h5"))
-    assert not out.exists() and 1 <= len(done) < 6, done
+    assert not out.exists() and 1 <= len(done) < n_parts, done
     resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"resume: {len(done)} finished part(s) of 6" in resumed.stderr
+    assert f"resume: {len(done)} finished part(s) of {n_parts}" in resumed.stderr
+    s0, f0 = _feats(reference)
+    s1, f1 = _feats(out)
+    assert s0.same_rows(s1) and np.array_equal(f0, f1)
+
+
+def test_job_array_shards_merge_into_the_same_cache(reference, wiki_subset, tmp_path):
+    out = tmp_path / "sharded.h5"
+    with cpu_threads(1):
+        for i in (0, 1):
+            res = extract(wiki_ds(wiki_subset), sbert_spec(), out, batch_size=BATCH, workers=0, device="cpu",
+                          part_rows=16, shard=(i, 2), backbone_options={"max_length": MAX_LEN}, log=lambda m: None)
+            assert (res.path is None) == (i == 0)           # the job that finishes last merges
     s0, f0 = _feats(reference)
     s1, f1 = _feats(out)
     assert s0.same_rows(s1) and np.array_equal(f0, f1)
