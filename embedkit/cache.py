@@ -72,6 +72,10 @@ class Samples:
     valid: np.ndarray | None = None
     dataset: str = "imported"
     meta: dict = field(default_factory=dict)   # dataset options, seed, correlation per split, ...
+    # Optional overlapping evaluation groups (CivilComments: toxic x each identity): a boolean
+    # membership matrix [N, G_eval] beside the single training attribute `a`.
+    eval_groups: np.ndarray | None = None
+    eval_group_names: list = field(default_factory=list)
 
     def __post_init__(self):
         n = len(self.uid)
@@ -96,6 +100,12 @@ class Samples:
             raise EmbedkitError(
                 f"attribute out of range at row {bad[0]} (uid {self.uid[bad[0]]}): a={self.a[bad[0]]}, "
                 f"declared attributes {self.attr_names} (-1 = unknown)")
+        if self.eval_groups is not None:
+            self.eval_groups = np.asarray(self.eval_groups, bool)
+            self.eval_group_names = [str(c) for c in self.eval_group_names]
+            if self.eval_groups.shape != (n, len(self.eval_group_names)):
+                raise EmbedkitError(f"eval_groups must be [{n} rows, {len(self.eval_group_names)} named groups], "
+                                    f"not {list(self.eval_groups.shape)}")
         uniq, counts = np.unique(self.uid, return_counts=True)
         if (counts > 1).any():
             raise EmbedkitError(f"duplicate uid {uniq[counts > 1][0]!r}: every sample needs its own id")
@@ -120,7 +130,7 @@ class Samples:
 
     def take(self, idx) -> "Samples":
         return replace(self, uid=self.uid[idx], split=self.split[idx], y=self.y[idx], a=self.a[idx],
-                       valid=self.valid[idx])
+                       valid=self.valid[idx], eval_groups=None if self.eval_groups is None else self.eval_groups[idx])
 
     def same_rows(self, other: "Samples") -> bool:
         return (len(self) == len(other) and np.array_equal(self.uid, other.uid)
@@ -192,6 +202,8 @@ class Split:
     erm_head: tuple | None = None
     text: dict | None = None
     train_group_counts: np.ndarray | None = None   # n_g on train: the weighted-mean metric needs it
+    eval_groups: np.ndarray | None = None          # [N, G_eval] overlapping evaluation groups, or None
+    eval_group_names: list | None = None
     # Rows the backbone was trained on (`/embeddings/<key>/seen`). Without that record `seen_known`
     # is False and `seen` all False: "unknown", which a head that needs unseen rows must not read
     # as "unseen" without saying so (heads/heldout.py).
@@ -233,7 +245,8 @@ class Split:
         idx = np.asarray(idx)
         return replace(self, Z=self.Z[idx], y=self.y[idx], a=self.a[idx], ids=self.ids[idx],
                        rows=self.rows[idx], logits=None if self.logits is None else self.logits[idx],
-                       seen=self.seen[idx])
+                       seen=self.seen[idx],
+                       eval_groups=None if self.eval_groups is None else self.eval_groups[idx])
 
     def hide_attrs(self, visible: np.ndarray) -> "Split":
         """The same rows with a = -1 where `visible` is False (the label budget)."""
@@ -434,7 +447,9 @@ class Cache:
             class_names=list(self.class_names), attr_names=list(self.attr_names), backbone=key,
             logits=None if logits is None else (logits if full else logits[sel]), erm_head=head,
             text=self.text(key), train_group_counts=self.group_counts("train"),
-            seen=None if seen is None else (seen if full else seen[sel]), seen_known=seen is not None)
+            seen=None if seen is None else (seen if full else seen[sel]), seen_known=seen is not None,
+            eval_groups=None if s.eval_groups is None else pick(s.eval_groups),
+            eval_group_names=list(s.eval_group_names) if s.eval_groups is not None else None)
 
     def group_counts(self, name: str) -> np.ndarray:
         """Rows per group (valid rows with a known attribute) in one split."""
@@ -493,6 +508,8 @@ class Cache:
                 "rows": int(m.sum()), "invalid": int((~samples.valid[m]).sum()),
                 "unknown_attr": int((g < 0).sum()),
                 "groups": np.bincount(g[g >= 0], minlength=len(self.group_names)).tolist()}
+            if samples.eval_groups is not None:
+                counts[name]["eval_groups"] = samples.eval_groups[m].sum(axis=0).astype(int).tolist()
         backbones = {}
         with _open_h5(self.path) as f:
             for key in self.backbones():
@@ -507,6 +524,8 @@ class Cache:
                 "dataset": self.dataset, "n_samples": self.n, "class_names": self.class_names,
                 "attr_names": self.attr_names, "group_names": self.group_names,
                 "group_definition": self.attrs.get("group_definition"), "splits": counts,
+                "eval_group_names": list(self._samples.eval_group_names) if self._samples.eval_groups is not None
+                else None,
                 "backbones": backbones, "dataset_meta": self.attrs.get("dataset_meta_json")}
 
 
@@ -549,6 +568,9 @@ def _write_samples(f: h5py.File, samples: Samples) -> None:
     d = s.create_dataset("g", data=samples.g.astype(np.int16))
     d.attrs["group_names_json"] = json.dumps(samples.group_names())
     s.create_dataset("valid", data=samples.valid.astype(bool))
+    if samples.eval_groups is not None:
+        d = s.create_dataset("eval_groups", data=samples.eval_groups.astype(bool))
+        d.attrs["names_json"] = json.dumps(samples.eval_group_names)
     f.attrs.update({
         "format": FORMAT, "format_version": FORMAT_VERSION, "embedkit_version": _version(),
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -576,10 +598,13 @@ def _decode_uids(raw: np.ndarray) -> np.ndarray:
 
 def _read_samples(f: h5py.File) -> Samples:
     s = f["samples"]
+    eg = s["eval_groups"] if "eval_groups" in s else None
     return Samples(uid=_decode_uids(s["uid"][()]), split=s["split"][()], y=s["y"][()], a=s["a"][()],
                    valid=s["valid"][()], class_names=json.loads(f.attrs["class_names_json"]),
                    attr_names=json.loads(f.attrs["attr_names_json"]), dataset=f.attrs.get("dataset_name", ""),
-                   meta=json.loads(f.attrs.get("dataset_meta_json", "{}")))
+                   meta=json.loads(f.attrs.get("dataset_meta_json", "{}")),
+                   eval_groups=None if eg is None else eg[()],
+                   eval_group_names=[] if eg is None else json.loads(eg.attrs["names_json"]))
 
 
 def content_fingerprint(samples: Samples, feats: np.ndarray | h5py.Dataset, block: int = 65536) -> str:
@@ -829,7 +854,9 @@ def merge(shards: Iterable, out, *, backbone: str | None = None, overwrite: bool
     samples = Samples(uid=np.concatenate([p.uid for p in parts]), split=np.concatenate([p.split for p in parts]),
                       y=np.concatenate([p.y for p in parts]), a=np.concatenate([p.a for p in parts]),
                       valid=np.concatenate([p.valid for p in parts]), class_names=s0.class_names,
-                      attr_names=s0.attr_names, dataset=s0.dataset, meta=s0.meta)
+                      attr_names=s0.attr_names, dataset=s0.dataset, meta=s0.meta,
+                      eval_groups=None if s0.eval_groups is None else np.concatenate([p.eval_groups for p in parts]),
+                      eval_group_names=s0.eval_group_names)
     feats, logits, seen, head = [], [], [], None
     for c in caches:
         with _open_h5(c.path) as f:

@@ -152,7 +152,8 @@ class _Dist:
 # ----------------------------------------------------------------------------------------------
 
 class _Rows(torch.utils.data.Dataset):
-    """Position j of the extraction -> (preprocessed image, reason it is unreadable or '')."""
+    """Position j of the extraction -> (preprocessed row, reason it is unreadable or ''). A row is
+    an image (geometry done, uint8) or, for text backbones, a text or (text, pair) tuple."""
 
     def __init__(self, dataset, rows: np.ndarray, transform):
         self.dataset, self.rows, self.transform = dataset, rows, transform
@@ -163,25 +164,11 @@ class _Rows(torch.utils.data.Dataset):
     def __getitem__(self, j):
         img, why = self.dataset.try_load(int(self.rows[j]))
         if img is None:
-            return None, why or "unreadable image"
+            return None, why or "unreadable row"
         try:
             return self.transform(img), ""
         except (OSError, ValueError) as e:         # a decodable image the preprocessing cannot take
             return None, f"preprocessing failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
-
-
-def _collate(items):
-    """Stack a batch; unreadable rows become zero images of the batch's shape (their features are
-    zeroed and the rows flagged after the forward pass)."""
-    xs = [x for x, _ in items if x is not None]
-    reasons = [why for _, why in items]
-    shape = xs[0].shape if xs else (3, 32, 32)
-    if any(x.shape != shape for x in xs):
-        raise EmbedkitError(f"images of different sizes in one batch ({tuple(shape)} and others); the backbone's "
-                            f"preprocessing does not resize: choose a backbone with a fixed input size")
-    dtype = xs[0].dtype if xs else torch.uint8
-    x = torch.stack([x if x is not None else torch.zeros(shape, dtype=dtype) for x, _ in items])
-    return x, reasons
 
 
 class _Timer:
@@ -217,12 +204,15 @@ def _merge_timing(parts: list[dict]) -> dict:
     return tot
 
 
-def format_timing(t: dict) -> str:
+def format_timing(t: dict, modality: str = "image") -> str:
+    """One line of timing. `images_per_s` is the provenance key for rows/s whatever the modality."""
     busy = max(t["data_wait_s"] + t["model_s"] + t["write_s"], 1e-9)
     pct = {k: 100 * t[k] / busy for k in ("data_wait_s", "model_s", "write_s")}
-    verdict = {"data": "the data path (decode/resize): add --workers or pre-resize the images",
-               "model": "the model (compute)", "write": "writing the shard files"}[t["bottleneck"]]
-    return (f"{t['rows']} rows at {t['images_per_s']:.1f} images/s; per batch: waiting for data "
+    data_path = ("the data path (decode/resize): add --workers or pre-resize the images" if modality == "image"
+                 else "the data path (reading/tokenising): add --workers")
+    verdict = {"data": data_path, "model": "the model (compute)", "write": "writing the shard files"}[t["bottleneck"]]
+    unit = "images/s" if modality == "image" else "texts/s"
+    return (f"{t['rows']} rows at {t['images_per_s']:.1f} {unit}; per batch: waiting for data "
             f"{1000 * t['data_wait_s'] / max(t['batches'], 1):.1f} ms ({pct['data_wait_s']:.0f}%), model "
             f"{1000 * t['model_s'] / max(t['batches'], 1):.1f} ms ({pct['model_s']:.0f}%), write "
             f"{1000 * t['write_s'] / max(t['batches'], 1):.1f} ms ({pct['write_s']:.0f}%); bottleneck: {verdict}")
@@ -237,6 +227,8 @@ def _samples_sha(s: Samples) -> str:
     for arr in (s.split.astype(np.uint8), s.y.astype(np.int64), s.a.astype(np.int64)):
         h.update(arr.tobytes())
     h.update("\n".join(s.uid.astype(str)).encode())
+    if s.eval_groups is not None:        # absent: the same hash as before eval groups existed
+        h.update(s.eval_groups.tobytes() + "\n".join(s.eval_group_names).encode())
     return h.hexdigest()
 
 
@@ -326,7 +318,7 @@ def _select_rows(samples: Samples, splits) -> tuple[np.ndarray, Samples]:
 
 def extract(dataset, backbone, out, *, splits=SPLITS, batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
             device="auto", precision: str = "fp32", dtype: str | None = None, layer: str | None = None,
-            allow_random_init: bool = False, shard=(0, 1), resume: bool = True, strict: bool = False,
+            allow_random_init: bool = False, backbone_options: dict | None = None, shard=(0, 1), resume: bool = True, strict: bool = False,
             allow_nonfinite: bool = False, prompts=(), part_rows: int = DEFAULT_PART_ROWS, overwrite: bool = False,
             keep_shards: bool = False, root=None, dataset_options: dict | None = None, log=None,
             wait: float = 0.0) -> ExtractResult:
@@ -354,7 +346,8 @@ def extract(dataset, backbone, out, *, splits=SPLITS, batch_size: int = DEFAULT_
         if dev.type == "cuda":
             torch.backends.cudnn.benchmark = True
         bb = backbone if isinstance(backbone, Backbone) else _bb.create(
-            backbone, device=dev, allow_random_init=allow_random_init, layer=layer, precision=precision)
+            backbone, device=dev, allow_random_init=allow_random_init, layer=layer, precision=precision,
+            options=backbone_options)
         ds = _resolve_dataset(dataset, root, dataset_options)
         if ds.meta.get("note") and dist.rank == 0:     # e.g. the columns the csv adapter picked
             log(f"dataset {ds.name}: {ds.meta['note']}")
@@ -365,11 +358,15 @@ def extract(dataset, backbone, out, *, splits=SPLITS, batch_size: int = DEFAULT_
         dtype = {"fp16": "float16", "fp32": "float32"}.get(dtype or bb.default_dtype, dtype or bb.default_dtype)
         if dtype not in ("float16", "float32"):
             raise EmbedkitError(f"--dtype {dtype!r}: choose float16 or float32")
+        modality = getattr(ds, "modality", "image")
+        if modality != bb.modality:
+            raise EmbedkitError(f"dataset {ds.name} yields {modality} rows but backbone {bb.key} takes {bb.modality}: "
+                                f"choose a {modality} backbone (`embedkit backbones` lists them)")
         if prompts and not bb.has_text:
             raise EmbedkitError(f"--prompts needs a backbone with a text tower (openclip:...), not {bb.key}")
         prompt_data = prompt_rows(prompts, samples.class_names, samples.attr_names) if prompts else None
         seen, seen_note = _seen_rows(bb, samples)
-        workers = _default_workers(bb.device) if workers is None else int(workers)
+        workers = _default_workers(bb.device, bb.modality) if workers is None else int(workers)
 
         config = {"format": EXTRACT_FORMAT, "dataset": samples.dataset,
                   "dataset_meta": json.loads(json.dumps(samples.meta, sort_keys=True, default=str)),
@@ -454,9 +451,13 @@ def _seen_rows(bb, samples: Samples) -> tuple[np.ndarray | None, str]:
     return seen_mask(bb.seen_record, samples.dataset, samples.uid)
 
 
-def _default_workers(dev: torch.device) -> int:
+def _default_workers(dev: torch.device, modality: str = "image") -> int:
     cores = os.cpu_count() or 1
-    return min(8, cores) if dev.type == "cuda" else max(0, min(4, cores - 1))
+    if dev.type == "cuda":
+        return min(8, cores)
+    # Tokenising a batch costs ~1 % of a CPU forward pass: worker processes would only compete
+    # with the model for the cores.
+    return 0 if modality == "text" else max(0, min(4, cores - 1))
 
 
 def _check_out(out: Path, key: str, samples: Samples, config_hash: str, overwrite: bool) -> str | None:
@@ -485,11 +486,12 @@ def _run_parts(ds, rows, samples, seen, bb, layout, todo, shard_dir, prov, resul
             batches.append(list(range(b, min(b + batch_size, hi))))
             owner.append(p)
     loader = torch.utils.data.DataLoader(
-        _Rows(ds, rows, bb.transform.geometry), batch_sampler=batches, num_workers=workers, collate_fn=_collate,
+        _Rows(ds, rows, bb.transform.geometry), batch_sampler=batches, num_workers=workers, collate_fn=bb.collate_fn,
         pin_memory=bb.device.type == "cuda", prefetch_factor=4 if workers else None)
     n_logits = bb.num_classes if bb.erm_head() is not None else None
     head = bb.erm_head()
-    bar = tqdm(total=sum(len(b) for b in batches), unit="img", desc=f"extract {bb.key}", disable=None if show else True,
+    unit = "img" if bb.modality == "image" else "text"
+    bar = tqdm(total=sum(len(b) for b in batches), unit=unit, desc=f"extract {bb.key}", disable=None if show else True,
                dynamic_ncols=True, smoothing=0.05)
     writer, timer, run_timer, part = None, None, _Timer(), None
     try:
@@ -514,7 +516,7 @@ def _run_parts(ds, rows, samples, seen, bb, layout, todo, shard_dir, prov, resul
                 result.n_invalid += int(bad.sum())
                 for j in np.flatnonzero(bad)[:max(0, 5 - len(result.invalid_examples))]:
                     result.invalid_examples.append(f"{samples.uid[pos[j]]}: {reasons[j]}")
-            feats, logits = bb.features(bb.transform.normalize(x.to(bb.device, non_blocking=True)))
+            feats, logits = bb.features(bb.prepare(x))
             feats = feats.cpu().numpy()              # .cpu() waits for the GPU: model time is real
             logits = None if logits is None or n_logits is None else logits.cpu().numpy()
             t_model = time.perf_counter()
@@ -547,7 +549,7 @@ def _run_parts(ds, rows, samples, seen, bb, layout, todo, shard_dir, prov, resul
             writer.close()
     result.timing = run_timer.summary(loader.num_workers, batch_size)
     if show:
-        log(f"extract {bb.key}: {format_timing(result.timing)}")
+        log(f"extract {bb.key}: {format_timing(result.timing, bb.modality)}")
     if result.n_invalid:
         log(f"extract {bb.key}: {result.n_invalid} unreadable image(s) flagged invalid in /samples/valid "
             f"(e.g. {result.invalid_examples[0]})")

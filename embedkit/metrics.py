@@ -351,5 +351,23 @@ def evaluate_split(logits, split) -> dict:
         pred = logits.argmax(axis=1)
     else:
         pred = logits
-    return group_report(split.y, pred, split.g, n_groups=split.n_groups, n_classes=split.n_classes,
-                        train_counts=split.train_group_counts, group_names=split.group_names, probs=probs)
+    out = group_report(split.y, pred, split.g, n_groups=split.n_groups, n_classes=split.n_classes,
+                       train_counts=split.train_group_counts, group_names=split.group_names, probs=probs)
+    if getattr(split, "eval_groups", None) is not None:
+        out.update(eval_group_report(split.y, pred, split.eval_groups, split.eval_group_names))
+    return out
+
+
+def eval_group_report(y, pred, eval_groups, names) -> dict:
+    """The overlapping evaluation groups' accuracies (CivilComments' toxic x identity groups,
+    as WILDS, JTT and SubpopBench score them): `worst_eval_group_acc` = `wga_eval_groups`, and
+    each group's accuracy and size. A row counts in every group it belongs to."""
+    eg = np.asarray(eval_groups, bool)
+    hit = (np.asarray(pred) == np.asarray(y)).astype(np.float64)
+    n = eg.sum(axis=0)
+    acc = [float(hit[eg[:, j]].mean()) if n[j] else None for j in range(eg.shape[1])]
+    present = [j for j in range(eg.shape[1]) if n[j]]
+    worst = min(present, key=lambda j: acc[j]) if present else None
+    return {"worst_eval_group_acc": wga_eval_groups(y, pred, eg),
+            "worst_eval_group": None if worst is None else str(names[worst]),
+            "per_eval_group": {str(names[j]): {"acc": acc[j], "n": int(n[j])} for j in range(eg.shape[1])}}

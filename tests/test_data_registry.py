@@ -13,7 +13,7 @@ from embedkit.cli import main
 from embedkit.errors import EmbedkitError
 
 NAMES = ["waterbirds", "celeba", "csv", "cifar10", "mnist", "colored_mnist", "colored_digits", "dominoes",
-         "waterbirds_like", "subpopbench"]
+         "waterbirds_like", "subpopbench", "text_csv", "multinli", "civilcomments"]
 
 
 def test_available_lists_every_adapter_with_one_line():

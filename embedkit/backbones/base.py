@@ -131,6 +131,19 @@ class Backbone:
     # Rows the weights were trained on, per dataset ({name: {"uids", ...}}): only embedkit's own
     # train-erm checkpoints know them; None everywhere else ("unknown", never "unseen").
     seen_record: dict | None = None
+    modality = "image"              # what the extractor feeds it: "image" or "text" rows
+
+    # The data path, in three steps the extractor calls: `transform.geometry(row)` per row in the
+    # DataLoader workers, `collate_fn(items)` per batch there too, `prepare(batch)` on the model's
+    # device. Images: resize/crop to uint8, stack, then normalise once per batch. Text backbones
+    # replace all three (tokenise with dynamic padding, then move the token tensors).
+    @property
+    def collate_fn(self):
+        from .preprocess import stack_images
+        return stack_images
+
+    def prepare(self, batch):
+        return self.transform.normalize(batch.to(self.device, non_blocking=True))
 
     def _setup_model(self, model: nn.Module, device, precision: str) -> None:
         self.device = resolve_device(device)

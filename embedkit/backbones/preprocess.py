@@ -110,3 +110,18 @@ class Preprocess:
 
     def __repr__(self):
         return f"Preprocess({self.config})"
+
+
+def stack_images(items):
+    """The image extractor's collate: stack a batch of (uint8 CHW tensor or None, reason); an
+    unreadable row becomes a zero image of the batch's shape (its features are zeroed and the
+    row flagged after the forward pass)."""
+    xs = [x for x, _ in items if x is not None]
+    reasons = [why for _, why in items]
+    shape = xs[0].shape if xs else (3, 32, 32)
+    if any(x.shape != shape for x in xs):
+        raise EmbedkitError(f"images of different sizes in one batch ({tuple(shape)} and others); the backbone's "
+                            f"preprocessing does not resize: choose a backbone with a fixed input size")
+    dtype = xs[0].dtype if xs else torch.uint8
+    x = torch.stack([x if x is not None else torch.zeros(shape, dtype=dtype) for x, _ in items])
+    return x, reasons

@@ -2,6 +2,7 @@
 
     embedkit datasets                               one line per dataset
     embedkit datasets NAME --options                its options with defaults
+    embedkit datasets NAME --layout                 the files and columns it expects (its docstring)
     embedkit datasets NAME [--root PATH] [--dataset-opt KEY=VALUE ...] [--check]
                                                     build it and print the group-count table
 
@@ -33,6 +34,7 @@ def add_arguments(p):
     p.add_argument("--dataset-opt", action="append", default=[], metavar="KEY=VALUE",
                    help="adapter option, repeatable")
     p.add_argument("--options", action="store_true", help="list the dataset's options and defaults")
+    p.add_argument("--layout", action="store_true", help="print the folder layout and columns the adapter expects")
     p.add_argument("--check", action="store_true",
                    help="also read every image once and count the unreadable ones")
 
@@ -46,6 +48,10 @@ def run(args):
             print(f"{name:<{width}}  {line}")
         return 0
     cls = data.dataset_class(args.name)
+    if args.layout:
+        import sys
+        print((sys.modules[cls.__module__].__doc__ or cls.description).strip())
+        return 0
     if args.options:
         width = max([len(k) for k in cls.OPTIONS] + [6])
         for k, opt in cls.OPTIONS.items():

@@ -11,11 +11,14 @@ def add_arguments(p):
     add_dataset_arguments(p)
     p.add_argument("--backbone", required=True, metavar="SPEC",
                    help="openclip:MODEL:PRETRAINED | torchvision:MODEL[:CHECKPOINT] | resnet_cifar:DEPTH:CHECKPOINT "
-                        "| checkpoint:PATH (see `embedkit backbones`)")
+                        "| checkpoint:PATH | timm:MODEL[:WEIGHTS] | hf:PATH | sbert:PATH (see `embedkit backbones`)")
+    p.add_argument("--backbone-opt", action="append", default=[], metavar="KEY=VALUE",
+                   help="backbone option, repeatable (hf:/sbert: pooling=cls|mean|pooler, normalize=true|false, "
+                        "max_length=N, modality=text|image; recorded in the provenance and the key)")
     p.add_argument("--out", required=True, metavar="CACHE.h5",
                    help="cache to write (or to add this backbone to, if it holds the same samples)")
     p.add_argument("--splits", default="train,val,test", help="comma-separated splits to extract (default all)")
-    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default 256)")
+    p.add_argument("--batch-size", type=int, default=256, help="images or texts per forward pass (default 256)")
     p.add_argument("--device", default="auto", help="auto (cuda if present), cpu, cuda or cuda:N (default auto)")
     p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"),
                    help="fp32, or bf16/fp16 autocast (default fp32)")
@@ -55,7 +58,9 @@ def run(args):
                   dataset_options=parse_key_values(args.dataset_opt, "--dataset-opt"),
                   splits=[s.strip() for s in args.splits.split(",") if s.strip()], batch_size=args.batch_size,
                   workers=args.workers, device=args.device, precision=args.precision, dtype=args.dtype,
-                  layer=args.layer, allow_random_init=args.allow_random_init, shard=args.shard, resume=args.resume,
+                  layer=args.layer, allow_random_init=args.allow_random_init,
+                  backbone_options=parse_key_values(args.backbone_opt, "--backbone-opt"), shard=args.shard,
+                  resume=args.resume,
                   strict=args.strict, allow_nonfinite=args.allow_nonfinite, prompts=args.prompts,
                   part_rows=args.part_rows, overwrite=args.overwrite, keep_shards=args.keep_shards, wait=args.wait)
     if res.path is not None:

@@ -14,7 +14,14 @@ def format_info(info: dict) -> str:
              f"dataset: {info['dataset']}   rows: {info['n_samples']}",
              f"classes: {', '.join(info['class_names'])}",
              f"attributes: {', '.join(info['attr_names'])}",
-             f"groups: {info['group_definition']}", ""]
+             f"groups: {info['group_definition']}"]
+    meta = info.get("dataset_meta") or {}
+    if meta.get("group_definition", "g = y * n_attrs + a") != "g = y * n_attrs + a":
+        lines.append(f"group definition: {meta['group_definition']}")       # CivilComments' coarse groups
+    for k in ("attribute", "split_rule"):                                    # text adapters record these
+        if meta.get(k):
+            lines.append(f"{k.replace('_', ' ')}: {meta[k]}")
+    lines.append("")
     for key, b in info["backbones"].items():
         extras = [n for n, flag in (("logits", b["has_logits"]), ("head", b["has_head"]),
                                     ("text", b["has_text"])) if flag]
@@ -31,6 +38,13 @@ def format_info(info: dict) -> str:
         lines.append(f"{name:<{width}}  " + "  ".join(f"{c['groups'][gi]:>7}" for c in info["splits"].values()))
     for label, key in (("unknown a", "unknown_attr"), ("invalid", "invalid"), ("total", "rows")):
         lines.append(f"{label:<{width}}  " + "  ".join(f"{c[key]:>7}" for c in info["splits"].values()))
+    if info.get("eval_group_names"):
+        eg = info["eval_group_names"]
+        w = max([len(n) for n in eg] + [width])
+        lines += ["", f"overlapping evaluation groups: {(info.get('dataset_meta') or {}).get('eval_group_definition', '')}",
+                  f"{'eval group':<{w}}  " + "  ".join(f"{s:>7}" for s in info["splits"])]
+        for j, name in enumerate(eg):
+            lines.append(f"{name:<{w}}  " + "  ".join(f"{c['eval_groups'][j]:>7}" for c in info["splits"].values()))
     return "\n".join(lines)
 
 

@@ -29,6 +29,9 @@ _REGISTRY = {
     "dominoes": "dominoes:Dominoes",
     "waterbirds_like": "waterbirds_like:WaterbirdsLike",
     "subpopbench": "subpopbench:SubpopBench",
+    "text_csv": "text:TextCsv",
+    "multinli": "multinli:MultiNli",
+    "civilcomments": "civilcomments:CivilComments",
 }
 
 __all__ = ["create", "available", "dataset_class", "ImageDataset", "ImageReadError", "Option", "open_image"]

@@ -102,13 +102,16 @@ class ImageDataset:
     def _setup(self) -> None:
         raise NotImplementedError
 
-    def _finish(self, uid, split, y, a, class_names, attr_names, **meta) -> None:
+    def _finish(self, uid, split, y, a, class_names, attr_names, eval_groups=None, eval_group_names=(),
+                **meta) -> None:
         """Store the sample table; record the group definition and the realised P(a = y) per split
-        where classes and attributes are aligned (the synthetic benchmarks, Waterbirds)."""
+        where classes and attributes are aligned (the synthetic benchmarks, Waterbirds).
+        `eval_groups` [N, G_eval] are optional overlapping evaluation groups (CivilComments)."""
         self.meta.update(meta)
-        self.meta["group_definition"] = "g = y * n_attrs + a"
+        self.meta.setdefault("group_definition", "g = y * n_attrs + a")
         self._samples = Samples(uid=uid, split=split, y=y, a=a, class_names=class_names,
-                                attr_names=attr_names, dataset=self.name, meta=self.meta)
+                                attr_names=attr_names, dataset=self.name, meta=self.meta,
+                                eval_groups=eval_groups, eval_group_names=list(eval_group_names))
 
     # -- the contract -------------------------------------------------------------------------
     def samples(self) -> Samples:
@@ -184,6 +187,13 @@ class ImageDataset:
             lines.append(f"{'unknown a':<{width}}  " + "  ".join(f"{u:>7}" for u in unknown))
         lines.append(f"{'total':<{width}}  " + "  ".join(f"{int((s.split == c).sum()):>7}"
                                                        for c in range(len(SPLITS))))
+        if s.eval_groups is not None:
+            w = max(len(n) for n in s.eval_group_names)
+            lines += ["", f"overlapping evaluation groups: {self.meta.get('eval_group_definition', '')}",
+                      f"{'eval group':<{w}}  " + "  ".join(f"{sp:>7}" for sp in SPLITS)]
+            for j, name in enumerate(s.eval_group_names):
+                lines.append(f"{name:<{w}}  " + "  ".join(
+                    f"{int(s.eval_groups[s.split == c, j].sum()):>7}" for c in range(len(SPLITS))))
         corr = self.meta.get("correlation")
         if corr:
             lines.append(f"{'P(a = y)':<{width}}  " + "  ".join(

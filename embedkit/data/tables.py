@@ -67,13 +67,14 @@ class Table:
             first[v] = i
 
 
-def read_csv(path, required: Sequence[str], delimiter: str = ",") -> Table:
-    """Read a CSV file with a header line; every name in `required` must be a column."""
+def read_csv(path, required: Sequence[str], delimiter: str = ",", quoting: int = csv.QUOTE_MINIMAL) -> Table:
+    """Read a CSV file with a header line; every name in `required` must be a column.
+    `quoting=csv.QUOTE_NONE` reads files whose fields may hold bare quote characters (TaxiNLI)."""
     path = Path(path)
     if not path.is_file():
         raise EmbedkitError(f"{path}: no such metadata file")
     with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f, delimiter=delimiter)
+        reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
         header = next(reader, None)
         if header is None:
             raise EmbedkitError(f"{path}: empty metadata file (no header line)")
