@@ -301,10 +301,10 @@ def finished(d, fingerprint: str) -> dict | None:
 # Sweeps
 # ----------------------------------------------------------------------------------------------
 
-def _skip_entry(d: Path, method, params, seed, budget, reserved, status, reason) -> dict:
+def _skip_entry(d: Path, method, params, seed, budget, reserved, status, reason, groups=None) -> dict:
     entry = {"format": FORMAT, "method": method, "params_given": params, "seed": int(seed),
              "label_budget": float(budget), "val_reserved": float(reserved), "status": status, "reason": reason,
-             "run_id": f"{run_name(method, params, budget, reserved)}/seed{int(seed)}"}
+             "run_id": f"{run_name(method, params, budget, reserved, groups)}/seed{int(seed)}"}
     d.mkdir(parents=True, exist_ok=True)
     (d / "done").unlink(missing_ok=True)
     (d / "skipped.json").write_text(json.dumps(jsonable(entry), indent=2, sort_keys=True))
@@ -313,10 +313,11 @@ def _skip_entry(d: Path, method, params, seed, budget, reserved, status, reason)
 
 def sweep(cache_path, methods, seeds, out_dir, *, params: dict | None = None, label_budgets=(1.0,),
           backbone: str | None = None, allow_overlap: bool = False, val_reserved: float = 0.0,
-          skip_existing: bool = True, log=print) -> list[dict]:
+          skip_existing: bool = True, log=print, groups: str | None = None) -> list[dict]:
     """Fit every method x seed x label budget; finished runs (`done` marker) are loaded, not
-    refitted. `params` maps a method to its parameters. Returns the records and skip entries and
-    writes `results.csv`, `results.md` and `results_per_seed.csv` to `out_dir`."""
+    refitted. `params` maps a method to its parameters; `groups` runs every head on inferred groups
+    (see `fit_record`). Returns the records and skip entries and writes `results.csv`, `results.md`
+    and `results_per_seed.csv` to `out_dir`."""
     from embedkit import heads
     if methods in ("all", None):
         methods = list(heads.DEFAULT_SWEEP)
@@ -332,8 +333,8 @@ def sweep(cache_path, methods, seeds, out_dir, *, params: dict | None = None, la
         p = params.get(method, {})
         for budget in label_budgets:
             for seed in seeds:
-                d = run_dir(out_dir, method, p, seed, budget, val_reserved)
-                tag = f"{run_name(method, p, budget, val_reserved)} seed {seed}"
+                d = run_dir(out_dir, method, p, seed, budget, val_reserved, groups)
+                tag = f"{run_name(method, p, budget, val_reserved, groups)} seed {seed}"
                 done = finished(d, fingerprint) if skip_existing else None
                 if done:
                     entries.append(done)
@@ -341,22 +342,23 @@ def sweep(cache_path, methods, seeds, out_dir, *, params: dict | None = None, la
                     continue
                 try:
                     rec = fit_record(cache_path, method, p, seed, out_dir, backbone, budget,
-                                     allow_overlap=allow_overlap, val_reserved=val_reserved, splits=splits)
+                                     allow_overlap=allow_overlap, val_reserved=val_reserved, splits=splits,
+                                     groups=groups)
                 except UnmetNeeds as e:
-                    entries.append(_skip_entry(d, method, p, seed, budget, val_reserved, "skipped", str(e)))
+                    entries.append(_skip_entry(d, method, p, seed, budget, val_reserved, "skipped", str(e), groups))
                     log(f"{tag}: skipped ({e})")
                     break           # the same needs fail for every seed
                 except ImportError as e:
                     entries.append(_skip_entry(d, method, p, seed, budget, val_reserved, "unavailable",
-                                               f"head module not importable: {e}"))
+                                               f"head module not importable: {e}", groups))
                     log(f"{tag}: unavailable ({e})")
                     break
                 except EmbedkitError as e:
-                    entries.append(_skip_entry(d, method, p, seed, budget, val_reserved, "refused", str(e)))
+                    entries.append(_skip_entry(d, method, p, seed, budget, val_reserved, "refused", str(e), groups))
                     log(f"{tag}: refused ({e})")
                 except Exception as e:     # a bug in one head must not lose the rest of the sweep
                     last = traceback.format_exception_only(type(e), e)[-1].strip()
-                    entries.append(_skip_entry(d, method, p, seed, budget, val_reserved, "error", last))
+                    entries.append(_skip_entry(d, method, p, seed, budget, val_reserved, "error", last, groups))
                     log(f"{tag}: ERROR {last}")
                 else:
                     entries.append(rec)

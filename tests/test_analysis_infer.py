@@ -105,3 +105,12 @@ def test_fit_with_inferred_groups_marks_the_record_and_table(cache_path, tmp_pat
     assert rec["groups"]["quality"]["train"]["ari"] is not None
     assert "groups_jtt" in rec["run_id"]
     assert "groups=jtt (inferred)" in (out / "results.md").read_text()
+
+
+def test_sweep_with_inferred_groups(cache_path, tmp_path):
+    out = tmp_path / "sw"
+    assert main(["sweep", "--cache", str(cache_path), "--methods", "rw_group", "--seeds", "0", "--groups", "george",
+                 "--param", "rw_group.steps=50", "--out", str(out)]) == 0
+    rec = json.loads(next(out.rglob("record.json")).read_text())
+    assert rec["groups"]["method"] == "george" and rec["run_id"].startswith("rw_group-")
+    assert "groups_george" in rec["run_id"]

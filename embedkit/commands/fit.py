@@ -29,6 +29,9 @@ def add_common(p):
     p.add_argument("--allow-overlap", action="store_true",
                    help="tag instead of refusing a run whose selection reads rows it was fitted on")
     p.add_argument("--force", action="store_true", help="refit runs that are already done")
+    p.add_argument("--groups", choices=("jtt", "eiil", "george"), default=None,
+                   help="train and select on inferred pseudo-groups instead of the true attributes: the JTT "
+                        "error set, EIIL environments or GEORGE clusters (the record and tables say so)")
 
 
 def add_arguments(p):
@@ -38,9 +41,6 @@ def add_arguments(p):
                    help="head parameter (repeatable), checked against the head's declared parameters "
                         "(`embedkit heads NAME` lists them), e.g. --param n_refits=10 --param C_grid=1,0.1")
     p.add_argument("--out", default=None, help="runs folder (default: runs/<cache name>)")
-    p.add_argument("--groups", choices=("jtt", "eiil", "george"), default=None,
-                   help="train and select on inferred pseudo-groups instead of the true attributes: the JTT "
-                        "error set, EIIL environments or GEORGE clusters (the record and tables say so)")
 
 
 def default_out(cache: str) -> str:

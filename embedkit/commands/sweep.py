@@ -26,7 +26,7 @@ def run(args):
     entries = runs.sweep(args.cache, methods, parse_seeds(args.seeds), args.out, params=params,
                          label_budgets=parse_budgets(args.label_budget), backbone=args.backbone,
                          allow_overlap=args.allow_overlap, val_reserved=args.val_reserved,
-                         skip_existing=not args.force)
+                         skip_existing=not args.force, groups=args.groups)
     rows = runs.results_table(runs.collect(args.out))
     print()
     print(runs.markdown_table(rows))

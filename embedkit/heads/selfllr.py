@@ -132,6 +132,9 @@ class SELFHead(SGDHead):
     def unmet(self, train, val) -> str | None:
         if self.early_keys() and (train.logits is None or train.erm_head is None):
             return f"self with early_backbone needs the final backbone's stored logits and head ({train.backbone})"
+        if self.early_keys() and np.shape(train.erm_head[0])[0] != train.n_classes:
+            return (f"self: the stored head of {train.backbone} scores {np.shape(train.erm_head[0])[0]} classes, "
+                    f"the cache has {train.n_classes} (a backbone's own head of another label set)")
         missing = [k for k in self.early_keys() if k not in self._bound]
         return f"self: early backbone(s) {', '.join(missing)} not given (not in the cache?)" if missing else None
 
