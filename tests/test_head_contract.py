@@ -56,7 +56,9 @@ def fast_params(name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def real_splits(real_cache):
-    return runs.load_splits(real_cache("colored_mnist"))
+    # waterbirds_like: every head scores well above 0 there and most select before their last step,
+    # so "the reported head is the selected one" is not trivially true.
+    return runs.load_splits(real_cache("waterbirds_like"))
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,10 @@ standardisation `z' = (z - mu)/sigma` fitted on the fitting rows, a stored head 
 
 Methods customise the loss with an `objective(ctx) -> [K]` callable (GroupDRO's q-weighted group
 means, AFR's L2 pull towards the initial head, SCER's regulariser); it may define `record(k) -> dict`
-to add fields (GroupDRO's q) to every evaluation record of config k.
+to add fields (GroupDRO's q) to every evaluation record of config k. Hooks change the step itself
+without a loop of their own (see `fit_grid`): GERNE's biased and less-biased batches are a batch-draw
+hook, IPG's corrective step a post-grad / after-update hook. Test data never enters: per-step test
+metrics come from the runner's `Monitor`, which is handed the K heads' logits at each evaluation.
 
 Determinism (spec 0.4): on CPU the trainer runs under `torch.use_deterministic_algorithms(True)`
 with an optional fixed thread count (restored afterwards), init and sampler draws come from their
