@@ -117,10 +117,14 @@ def trend_test(rows, metric: str, sign: int, x: str = "lr", n_boot: int = 2000, 
     seeds = np.array([r["seed"] for r in done])
     out["rho"] = spearman(xs, vs)
     rng = np.random.default_rng(seed)
+    memo: dict = {}         # few seeds give few distinct resamples: compute each one once
     boots = []
     for pick in _seed_resamples(seeds, n_boot, rng):
-        idx = np.concatenate([np.flatnonzero(seeds == s) for s in pick])
-        boots.append(spearman(xs[idx], vs[idx]))
+        key = tuple(sorted(pick.tolist()))
+        if key not in memo:
+            idx = np.concatenate([np.flatnonzero(seeds == s) for s in key])
+            memo[key] = spearman(xs[idx], vs[idx])
+        boots.append(memo[key])
     boots = np.array([b for b in boots if np.isfinite(b)])
     if boots.size:
         a = (1 - level) / 2

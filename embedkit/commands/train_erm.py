@@ -21,7 +21,7 @@ def add_training_arguments(p):
     p.add_argument("--width", type=int, default=None, help="small_cnn channel width (default 16)")
     p.add_argument("--no-batchnorm", action="store_true", help="small_cnn without BatchNorm layers")
     p.add_argument("--epochs", type=int, default=8, help="passes over the train split (default 8; --steps wins)")
-    p.add_argument("--steps", type=int, default=None, help="iteration budget instead of --epochs")
+    p.add_argument("--steps", type=int, default=None, help="iteration budget instead of --epochs (lr-study --cache: SGD steps per head, default 2000)")
     p.add_argument("--checkpoint-steps", default="", metavar="N,N,...",
                    help="also write a checkpoint OUT_stepN.pt at these steps (early checkpoints)")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="sgd (with --momentum) or adam")
