@@ -12,6 +12,11 @@ writes one metric table and one figure per arm, and tests each claim of spec 11.
 (`embedkit.lr_hypotheses`). Orchestration only: the metrics live in `lr_study`,
 `lr_attribution`, the tables in `lr_tables`.
 
+The matched budget is the step count: every run of a series, comparators included, takes the same
+number of optimiser steps (spec 11.4: iteration-based). The quick batch-size comparator only goes
+down (32, 64 against 128): smaller batches add the gradient noise a larger learning rate adds, and
+a 512 batch would cost four times the compute per step; the full grid has both directions.
+
 QUICK: Double-MNIST (4,000 train rows), MLP 5 x 256 with plain SGD at 4 learning rates, 2 seeds,
 500 steps; sized for about 10 minutes on 2 CPU cores. FULL: the spec's grids (GPU job).
 """
@@ -38,7 +43,7 @@ QUICK = {
                 "comparator_lr": 0.03}],
     "seeds": [0, 1],
     "train": {"steps": 500, "batch_size": 128, "weight_decay": 0.0, "checkpoint_steps": [100, 250]},
-    "comparators": {"batch_size": [32, 512], "weight_decay": [1e-3, 1e-2], "dropout": [0.1, 0.3],
+    "comparators": {"batch_size": [32, 64], "weight_decay": [1e-3, 1e-2], "dropout": [0.1, 0.3],
                     "l1": [1e-5, 1e-4]},
     "heads": {"models": ["linear", "mlp"], "momenta": [0.9], "weight_decays": [0.0], "hidden": 256,
               "lrs": [0.01, 0.03, 0.1, 0.3, 1.0], "steps": 1000, "eval_every": 100, "batch_size": 128},

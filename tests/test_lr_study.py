@@ -244,3 +244,17 @@ def test_attribution_share_of_networks_that_read_one_half():
             out = core_utilisation(model, images, [0, 1, 0, 1, 0, 1], pp, mask, method)
             assert out["spur_share"] == pytest.approx(expect, abs=1e-6)
             assert out["core_util"] == pytest.approx(1 - expect, abs=1e-6)
+
+
+def test_head_pruning_is_global_and_zero_pruning_changes_nothing():
+    from embedkit.heads.trainer import HeadState
+    rng = np.random.default_rng(0)
+    state = HeadState("mlp", {"W1": rng.normal(size=(6, 4)), "b1": rng.normal(size=6),
+                              "W2": rng.normal(size=(3, 6)) * 5, "b2": rng.normal(size=3)})
+    Z = rng.normal(size=(10, 4))
+    assert np.allclose(L.prune_head(state, 0.0).logits(Z), state.logits(Z))
+    half = L.prune_head(state, 0.5)
+    zeros = int((half.arrays["W1"] == 0).sum() + (half.arrays["W2"] == 0).sum())
+    assert zeros == 21                                      # half of the 42 weights, pooled over layers
+    assert (half.arrays["W2"] == 0).sum() < (half.arrays["W1"] == 0).sum()     # W2 is larger: kept more
+    assert np.array_equal(half.arrays["b1"], state.arrays["b1"])
