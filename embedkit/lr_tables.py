@@ -16,12 +16,12 @@ SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 BACKBONE_METRICS = (
     [("erm_wga", "WGA"), ("bestval_wga", "WGA best-val ckpt"), ("erm_gba", "GBA"), ("erm_mean", "mean acc"),
      ("dfr_wga", "DFR WGA"), ("erm_acc_ba", "acc_ba"), ("erm_acc_bc", "acc_bc"), ("erm_bbc", "bbc"),
-     ("eff_bcr", "eff_bcr"), ("erm_max_softmax", "max softmax")]
+     ("eff_bcr", "eff_bcr"), ("erm_max_softmax", "max softmax"), ("erm_logit_norm", "logit norm")]
     + [(f"net_comp_{k}", f"net_comp_{k}") for k in KAPPAS]
     + [("net_pqi", "PQI(1,2)"), ("prune_max_sparsity", "prunable (≤1pt)")]
     + [(f"prune_wga_{s}", f"WGA@{int(s * 100)}%") for s in SPARSITIES]
     + [("act_sparsity", "act sparsity"), ("act_comp_0.1", "act_comp_0.1"), ("csep", "csep"), ("bsep", "bsep"),
-       ("core_util", "core util (attr)"), ("erm_spur_align", "spur align (emb)"), ("train_loss", "train loss")])
+       ("csi", "csi"), ("bsi", "bsi"), ("core_util", "core util (attr)"), ("erm_spur_align", "spur align (emb)"), ("train_loss", "train loss")])
 HEAD_METRICS = (
     [("final_wga", "WGA"), ("best_wga", "WGA best-val"), ("final_gba", "GBA"), ("final_mean", "mean acc"),
      ("final_acc_ba", "acc_ba"), ("final_acc_bc", "acc_bc"), ("final_bbc", "bbc"), ("eff_bcr", "eff_bcr")]

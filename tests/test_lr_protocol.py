@@ -85,3 +85,13 @@ def test_slurm_path_one_job_then_merge(tiny, tmp_path):
         res["rows"][0]["erm_wga"]                          # same seed, same run
     with pytest.raises(Exception, match="--job 99"):
         P.run_protocol(config, tmp_path, job=99, root=DATA, log=None)
+
+
+def test_cli_lists_jobs_and_refuses_a_bad_job(tmp_path, capsys):
+    from embedkit.cli import main
+    assert main(["lr-study", "--quick", "--list-jobs", "--out", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 24 and lines[0] == "0\tB_double_mnist_mlp5x256-sgd-m0_lr0.01_s0"
+    assert main(["lr-study", "--protocol", "quick", "--job", "24", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--job 24: this protocol has jobs 0..23" in err[0]

@@ -37,6 +37,8 @@ def add_arguments(p):
     mode.add_argument("--protocol", choices=("quick", "full"), default=None,
                       help="the three-arm study: quick (Double-MNIST, MLP 5x256, 4 LRs, 2 seeds; ~10 min on "
                            "2 CPU cores) or full (the spec's grids; a GPU job)")
+    mode.add_argument("--quick", action="store_const", const="quick", dest="protocol",
+                      help="shorthand for --protocol quick")
     p.add_argument("--lrs", default=None, help="comma-separated learning rates, e.g. 0.01,0.03,0.1,0.3 "
                                                "(--dataset and --cache modes)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds per learning rate (default 0)")
