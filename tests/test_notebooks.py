@@ -139,7 +139,7 @@ def test_lr_study(kernel_dir, tmp_path):
     series = "double_mnist / mlp2x32-sgd-m0"
     assert s["tables"]["B"][series] == [0.03, 0.3, 1e4]
     assert s["diverged"] == [1e4]                          # recorded, not dropped
-    assert list(s["tables"]["C"][series]) == ["lr=0.03 (no comparator)", "wd=0.01", "l1=0.0001"]
+    assert list(s["tables"]["C"][series]) == ["lr=0.03 (no comparator)", "l1=0.0001"]
     assert set(s["tables"]["A"]) == {"double_mnist / linear-m0.9-wd0 heads", "double_mnist / mlp-m0.9-wd0 heads"}
     assert s["verdicts"][f"B {series}"]["robustness:erm_wga"] in ("supported", "not supported", "inconclusive")
     md = "\n".join(outputs(nb, "text/markdown"))

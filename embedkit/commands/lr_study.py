@@ -35,8 +35,8 @@ def add_arguments(p):
     add_dataset_arguments(mode, required=False)
     mode.add_argument("--cache", default=None, help="head-level sweep on this cache instead of training backbones")
     mode.add_argument("--protocol", choices=("quick", "full"), default=None,
-                      help="the three-arm study: quick (Double-MNIST, MLP 5x256, 4 LRs, 2 seeds; ~10 min on "
-                           "2 CPU cores) or full (the spec's grids; a GPU job)")
+                      help="the three-arm study: quick (Double-MNIST, MLP 5x256, 4 LRs, 2 seeds; ~5 CPU-minutes) "
+                           "or full (the spec's grids; a GPU job or SLURM array)")
     mode.add_argument("--quick", action="store_const", const="quick", dest="protocol",
                       help="shorthand for --protocol quick")
     p.add_argument("--lrs", default=None, help="comma-separated learning rates, e.g. 0.01,0.03,0.1,0.3 "
