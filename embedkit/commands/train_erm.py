@@ -69,7 +69,7 @@ def training_kwargs(args) -> dict:
 
 def add_arguments(p):
     add_dataset_arguments(p)
-    p.add_argument("--lr", type=float, default=0.02, help="SGD learning rate (default 0.02)")
+    p.add_argument("--lr", type=float, default=0.02, help="learning rate of SGD or Adam (default 0.02)")
     p.add_argument("--seed", type=int, default=0, help="init and batch-order seed (default 0)")
     add_training_arguments(p)
     p.add_argument("--init", default=None, metavar="CHECKPOINT",
