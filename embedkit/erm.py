@@ -34,7 +34,9 @@ import torch.nn.functional as F
 from embedkit.determinism import cpu_threads, deterministic
 from embedkit.errors import EmbedkitError
 
-ARCHS = ("small_cnn", "resnet_cifar")
+ARCHS = ("small_cnn", "resnet_cifar", "mlp", "resnet18")
+OPTIMIZERS = ("sgd", "adam")
+ARCH_HELP = "small_cnn, resnet_cifar[:DEPTH], mlp[:DEPTHxWIDTH] (default 5x2000) or resnet18[:WEIGHTS.pth]"
 
 
 class TrainingDiverged(EmbedkitError):
@@ -50,20 +52,30 @@ class TrainingDiverged(EmbedkitError):
 # Architectures and checkpoints
 # ----------------------------------------------------------------------------------------------
 
-def parse_arch(spec: str) -> tuple[str, dict]:
-    """'small_cnn' -> ('small_cnn', {}); 'resnet_cifar:20' -> ('resnet_cifar', {'depth': 20})."""
+def parse_arch(spec: str) -> tuple[str, dict, str | None]:
+    """(name, arch kwargs, local weights file or None): 'small_cnn' -> ('small_cnn', {}, None);
+    'resnet_cifar:20' -> depth 20; 'mlp:5x2000' -> depth 5, width 2000; 'resnet18:FILE.pth' ->
+    torchvision ResNet-18 initialised from a local state dict (random init without FILE)."""
     name, _, rest = str(spec).partition(":")
     if name not in ARCHS:
-        raise EmbedkitError(f"--arch {spec!r}: choose small_cnn or resnet_cifar[:DEPTH]")
+        raise EmbedkitError(f"--arch {spec!r}: choose {ARCH_HELP}")
     if name == "small_cnn":
         if rest:
             raise EmbedkitError(f"--arch {spec!r}: small_cnn takes no suffix; set its width with --width")
-        return name, {}
+        return name, {}, None
+    if name == "resnet18":
+        return name, {}, rest or None
+    if name == "mlp":
+        try:
+            depth, width = (int(v) for v in (rest or "5x2000").lower().split("x"))
+        except ValueError:
+            raise EmbedkitError(f"--arch {spec!r}: write mlp:DEPTHxWIDTH such as mlp:5x2000") from None
+        return name, {"depth": depth, "width": width}, None
     try:
         depth = int(rest or 20)
     except ValueError:
         raise EmbedkitError(f"--arch {spec!r}: DEPTH must be an integer such as 20 or 56") from None
-    return name, {"depth": depth}
+    return name, {"depth": depth}, None
 
 
 def resolve_arch_kwargs(name: str, kwargs: dict) -> dict:
@@ -75,20 +87,32 @@ def resolve_arch_kwargs(name: str, kwargs: dict) -> dict:
         except TypeError:
             raise EmbedkitError(f"small_cnn: unknown architecture option(s) in {sorted(kwargs)}; "
                                 f"known: width, depth, hidden, batchnorm") from None
-    unknown = sorted(set(kwargs) - {"depth"})
+    if name == "mlp":
+        from embedkit.backbones.mlp import mlp_config
+        try:
+            return mlp_config(**kwargs)
+        except TypeError:
+            raise EmbedkitError(f"mlp: unknown architecture option(s) in {sorted(kwargs)}; "
+                                f"known: depth, width, dropout") from None
+    known = {"resnet_cifar": {"depth"}, "resnet18": set()}[name]
+    unknown = sorted(set(kwargs) - known)
     if unknown:
-        raise EmbedkitError(f"{name}: option(s) {', '.join(unknown)} apply to small_cnn only")
+        raise EmbedkitError(f"{name}: option(s) {', '.join(unknown)} do not apply "
+                            f"(--width and batchnorm: small_cnn only; --dropout: mlp only)")
     return kwargs
 
 
 def build_model(arch: str, num_classes: int, arch_kwargs: dict) -> torch.nn.Module:
-    if arch == "small_cnn":
-        from embedkit.backbones.small_cnn import build_small_cnn
-        return build_small_cnn(num_classes, **arch_kwargs)
-    if arch == "resnet_cifar":
-        from embedkit.backbones.resnet_cifar import build_resnet_cifar
-        return build_resnet_cifar(arch_kwargs["depth"], num_classes)
-    raise EmbedkitError(f"unknown architecture {arch!r} in checkpoint; known: {', '.join(ARCHS)}")
+    """Through the checkpoint backbone's registry, so training and extraction build alike."""
+    from embedkit.backbones.checkpoint import _builders
+    builders = _builders()
+    if arch not in builders:
+        raise EmbedkitError(f"unknown architecture {arch!r} in checkpoint; known: {', '.join(builders)}")
+    return builders[arch](num_classes=num_classes, **arch_kwargs)
+
+
+def n_parameters(model: torch.nn.Module) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
 
 
 def load_checkpoint(path) -> tuple[torch.nn.Module, dict]:
@@ -184,28 +208,35 @@ def _lr_at(step: int, total: int, lr: float, schedule: str, warmup: float) -> fl
     return lr
 
 
-def train_erm(dataset, *, arch: str = "small_cnn", lr: float = 0.02, epochs: int = 8, batch_size: int = 64,
-              seed: int = 0, out=None, momentum: float = 0.9, weight_decay: float = 1e-4,
-              schedule: str = "constant", warmup: float = 0.0, width: int | None = None,
+def train_erm(dataset, *, arch: str = "small_cnn", lr: float = 0.02, epochs: int = 8, steps: int | None = None,
+              batch_size: int = 64, seed: int = 0, out=None, optimizer: str = "sgd", momentum: float = 0.9,
+              weight_decay: float = 1e-4, l1: float = 0.0, dropout: float | None = None,
+              schedule: str = "constant", warmup: float = 0.0, checkpoint_steps=(), width: int | None = None,
               arch_kwargs: dict | None = None, init=None, root=None, dataset_options: dict | None = None,
               device: str = "cpu", threads: int | None = 1, save_early=(), holdout: float = 0.0,
               log: Callable[[str], None] | None = print) -> Path:
     """Train an ERM backbone on the train split of `dataset` and write the checkpoint to `out`.
 
     `dataset` is a registered dataset name (built with `root` and `dataset_options`) or an
-    ImageDataset. `arch` is 'small_cnn' or 'resnet_cifar[:DEPTH]'; `width` (small_cnn) and
-    `arch_kwargs` set the architecture. SGD with `momentum`, `weight_decay` on weight tensors only
-    (biases and norm parameters are not decayed, as in methods spec 0.3), constant or cosine
-    `schedule`, optional linear `warmup` (a fraction of the steps; a flagged deviation in the LR
-    study). The defaults (small_cnn width 16 with BatchNorm, lr 0.02, 8 epochs of 64) are the
-    demo's: about 10 s on colored_digits on one CPU core, and an ERM head that leans on the colour
-    (test worst-group accuracy near 0.1) while its features still carry the digit (DFR recovers
-    ~0.85). `init` starts from another checkpoint of the same architecture (a new fc is drawn
-    when the class count differs). `threads`: CPU threads while training (restored afterwards;
-    None = torch's default). One by default, as the shared head trainer: the weights then do not
-    depend on the machine's core count, and on shared cores a second thread costs far more than it
-    gains (colored_digits demo under load: 10 s with one thread, 146 s with two). Returns the
-    checkpoint path. Raises TrainingDiverged on a non-finite loss.
+    ImageDataset. `arch`: see ARCH_HELP; `width` (small_cnn), `dropout` (mlp) and `arch_kwargs`
+    set the architecture. `optimizer` 'sgd' (with `momentum`) or 'adam'; `weight_decay` on weight
+    tensors only (biases and norm parameters are not decayed, as in methods spec 0.3); `l1` adds
+    l1 * sum |w| over the same tensors to the loss (a comparator of spec 11.3 C); constant or
+    cosine `schedule`, optional linear `warmup` (a fraction of the steps; a flagged deviation in
+    the LR study). The budget is `steps` iterations when given (spec 11.4: iteration-based), else
+    `epochs` passes; batches walk seeded permutations of the train rows, a new one per pass.
+    `checkpoint_steps`: steps at which a checkpoint `<out stem>_step<N>.pt` is also written (the
+    early checkpoints of spec 11.4). The defaults (small_cnn width 16 with BatchNorm, lr 0.02, 8
+    epochs of 64) are the demo's: about 10 s on colored_digits on one CPU core, and an ERM head that
+    leans on the colour (test worst-group accuracy near 0.1) while its features still carry the
+    digit (DFR recovers ~0.85). `init` starts from another checkpoint of the same architecture (a
+    new fc is drawn when the class count differs); `resnet18:FILE` starts from local torchvision
+    weights. `threads`: CPU threads while training (restored afterwards; None = torch's default).
+    One by default, as the shared head trainer: the weights then do not depend on the machine's
+    core count, and on shared cores a second thread costs far more than it gains. The checkpoint
+    records the rows the backbone saw (`trained_on`: split name and row ids of the dataset's sample
+    table), for a cache's seen-by-backbone flags. Returns the checkpoint path. Raises
+    TrainingDiverged on a non-finite loss (checkpoints already written are kept).
 
     `save_early` (epochs): also write the checkpoint of the same run after each of these epochs to
     `early_checkpoint_path(out, epoch)` (SELF's early-stopped model; `extract` each one into the same
@@ -219,26 +250,31 @@ def train_erm(dataset, *, arch: str = "small_cnn", lr: float = 0.02, epochs: int
     """
     if out is None:
         raise EmbedkitError("train_erm: `out` (the checkpoint path) is required")
-    if lr <= 0 or epochs < 1 or batch_size < 1:
-        raise EmbedkitError(f"train_erm: need lr > 0, epochs >= 1, batch size >= 1 "
-                            f"(got lr={lr}, epochs={epochs}, batch size={batch_size})")
+    if lr <= 0 or epochs < 1 or batch_size < 1 or (steps is not None and steps < 1):
+        raise EmbedkitError(f"train_erm: need lr > 0, epochs >= 1, steps >= 1, batch size >= 1 "
+                            f"(got lr={lr}, epochs={epochs}, steps={steps}, batch size={batch_size})")
+    if optimizer not in OPTIMIZERS:
+        raise EmbedkitError(f"--optimizer {optimizer!r}: choose {' or '.join(OPTIMIZERS)}")
     if schedule not in ("constant", "cosine"):
         raise EmbedkitError(f"--schedule {schedule!r}: choose constant or cosine")
     if not 0.0 <= warmup < 1.0:
         raise EmbedkitError(f"--warmup {warmup}: a fraction of the steps in [0, 1)")
     if not 0.0 <= holdout < 1.0:
         raise EmbedkitError(f"--holdout {holdout}: a fraction of the train split in [0, 1)")
+    if l1 < 0 or weight_decay < 0:
+        raise EmbedkitError(f"train_erm: need l1 >= 0 and weight decay >= 0 (got {l1}, {weight_decay})")
     options = dict(dataset_options or {})
     if isinstance(dataset, str):
         from embedkit import data
         ds = data.create(dataset, root=root, **options)
     else:
         ds = dataset
-    name, kwargs = parse_arch(arch)
+    name, kwargs, weights = parse_arch(arch)
     kwargs.update(arch_kwargs or {})
     if width is not None:
         kwargs["width"] = int(width)
-    kwargs = resolve_arch_kwargs(name, kwargs)
+    if dropout is not None:
+        kwargs["dropout"] = float(dropout)
 
     t0 = time.perf_counter()
     samples = ds.samples()
@@ -248,62 +284,85 @@ def train_erm(dataset, *, arch: str = "small_cnn", lr: float = 0.02, epochs: int
         raise EmbedkitError(f"dataset {ds.name}: the train split is empty" + (" after --holdout" if holdout else ""))
     num_classes = len(samples.class_names)
     images = load_images(ds, rows)
+    if name == "mlp":
+        kwargs["input_shape"] = list(images.shape[1:])
+    kwargs = resolve_arch_kwargs(name, kwargs)
     labels = torch.as_tensor(samples.y[rows], dtype=torch.int64)
     mean, std = channel_stats(images)
     t_load = time.perf_counter() - t0
-
+    per_epoch = math.ceil(len(rows) / batch_size)
+    total = int(steps) if steps is not None else per_epoch * epochs
+    ckpt_steps = sorted({int(v) for v in checkpoint_steps if 0 < int(v) < total})
     early = sorted({int(e) for e in save_early})
-    if early and not 1 <= early[0] <= early[-1] < epochs:
+    if early and (steps is not None or not 1 <= early[0] <= early[-1] < epochs):
         raise EmbedkitError(f"--save-early {','.join(map(str, early))}: epochs must lie in 1..{epochs - 1} "
-                            f"(the final checkpoint is written anyway)")
+                            f"(the final checkpoint is written anyway; not with --steps)")
+    early_at = {e * per_epoch: e for e in early}          # the step that closes epoch e
+
     from embedkit.backbones.checkpoint import FORMAT, FORMAT_VERSION
     size = images.shape[2] if images.shape[2] == images.shape[3] else [images.shape[2], images.shape[3]]
-
-    def checkpoint(model, history, **extra) -> dict:
-        return {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "arch": name, "arch_kwargs": _plain(kwargs),
-            "num_classes": num_classes,
-            "state_dict": {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()},
-            "preprocess": {"size": size, "mean": mean, "std": std},
-            "train": _plain({
-                "dataset": ds.name, "dataset_options": options, "dataset_meta": getattr(ds, "meta", {}),
-                "root": None if root is None else str(root), "lr": lr, "epochs": history[-1]["epoch"],
-                "batch_size": batch_size, "seed": seed, "momentum": momentum, "weight_decay": weight_decay,
-                "schedule": schedule, "warmup": warmup, "steps": history[-1]["step"], "n_train": int(len(rows)),
-                "seen_split": "train", "holdout": holdout, "init": init_info, "history": history, "final_loss": history[-1]["loss"],
-                "final_acc": history[-1]["acc"], "load_seconds": round(t_load, 3),
-                "seconds": round(time.perf_counter() - t0, 3), "device": str(dev),
-                "threads": torch.get_num_threads(), "torch": torch.__version__, **extra}),
-            "seen": seen_record(ds.name, samples.uid[rows], "train", init_seen),
-        }
-
     out = Path(out)
+    info = {"dataset": ds.name, "dataset_options": options, "dataset_meta": getattr(ds, "meta", {}),
+            "root": None if root is None else str(root), "lr": lr, "epochs": None if steps else epochs,
+            "batch_size": batch_size, "seed": seed, "optimizer": optimizer,
+            "momentum": momentum if optimizer == "sgd" else None, "weight_decay": weight_decay, "l1": l1,
+            "schedule": schedule, "warmup": warmup, "total_steps": total, "n_train": int(len(rows)),
+            "seen_split": "train", "holdout": holdout, "checkpoint_steps": ckpt_steps,
+            "checkpoint_files": [str(step_path(out, k)) for k in ckpt_steps], "torch": torch.__version__}
 
-    def on_epoch(model, history):
-        e = history[-1]["epoch"]
-        if e in early:
-            path = early_checkpoint_path(out, e)
-            _save_atomic(checkpoint(model, history, early_of=str(out), planned_epochs=epochs), path)
+    def save(model, path, history, n_params, **extra):
+        ckpt = {"format": FORMAT, "format_version": FORMAT_VERSION, "arch": name, "arch_kwargs": _plain(kwargs),
+                "num_classes": num_classes,
+                "state_dict": {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()},
+                "preprocess": {"size": size, "mean": mean, "std": std},
+                # which rows the backbone was fitted on (seen-by-backbone flags of a cache)
+                "trained_on": {"split": "train", "rows": torch.as_tensor(rows, dtype=torch.int64)},
+                "train": _plain({**info, "steps": history[-1]["step"], "history": history, "init": init_info,
+                                 "n_parameters": n_params, "final_loss": history[-1]["loss"],
+                                 "final_acc": history[-1]["acc"], "load_seconds": round(t_load, 3),
+                                 "seconds": round(time.perf_counter() - t0, 3), "device": str(dev),
+                                 "threads": torch.get_num_threads(), **extra}),
+                "seen": seen_record(ds.name, samples.uid[rows], "train", init_seen)}
+        _save_atomic(ckpt, path)
+
+    def on_checkpoint(model, k, hist, n_params):
+        if k in ckpt_steps:
+            save(model, step_path(out, k), hist, n_params)
+        if k in early_at:
+            path = early_checkpoint_path(out, early_at[k])
+            save(model, path, hist, n_params, early_of=str(out), planned_epochs=epochs)
             if log:
-                log(f"wrote early checkpoint {path} (epoch {e})")
+                log(f"wrote early checkpoint {path} (epoch {early_at[k]})")
 
     dev = torch.device(device)
-    init_info, init_seen = None, None
     with cpu_threads(threads), deterministic(warn_only=dev.type != "cpu"):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = build_model(name, num_classes, kwargs)
-        init_info, init_seen = _apply_init(model, init, name, kwargs, num_classes) if init else (None, None)
+        init_info, init_seen = None, None
+        if weights:
+            from embedkit.backbones.resnet18 import init_resnet18
+            init_info = init_resnet18(model, weights)
+        elif init:
+            init_info, init_seen = _apply_init(model, init, name, kwargs, num_classes)
+        n_params = n_parameters(model)
         model.to(dev)
-        history = _fit(model, images, labels, mean, std, lr=lr, epochs=epochs, batch_size=batch_size,
-                       seed=seed, momentum=momentum, weight_decay=weight_decay, schedule=schedule,
-                       warmup=warmup, device=dev, log=log, on_epoch=on_epoch if early else None)
-        ckpt = checkpoint(model, history)
-    _save_atomic(ckpt, out)
+        history = _fit(model, images, labels, mean, std, lr=lr, total=total, per_epoch=per_epoch,
+                       by_epoch=steps is None, batch_size=batch_size, seed=seed, optimizer=optimizer,
+                       momentum=momentum, weight_decay=weight_decay, l1=l1, schedule=schedule, warmup=warmup,
+                       device=dev, log=log, ckpt_steps=sorted(set(ckpt_steps) | set(early_at)),
+                       on_checkpoint=lambda k, hist: on_checkpoint(model, k, hist, n_params))
+        save(model, out, history, n_params)
     if log:
-        log(f"wrote {out} ({name}, {num_classes} classes, dim {model.fc.in_features}, "
-            f"{time.perf_counter() - t0:.1f} s)")
+        log(f"wrote {out} ({name}, {n_params:,} parameters, {num_classes} classes, dim {model.fc.in_features}, "
+            f"{total} steps, {time.perf_counter() - t0:.1f} s)")
     return out
+
+
+def step_path(out, step: int) -> Path:
+    """Where the checkpoint at `step` of a run writing `out` goes."""
+    out = Path(out)
+    return out.with_name(f"{out.stem}_step{int(step)}{out.suffix}")
 
 
 def early_checkpoint_path(out, epoch: int) -> Path:
@@ -340,48 +399,61 @@ def _apply_init(model, init, name: str, kwargs: dict, num_classes: int) -> tuple
             ckpt.get("seen") or {ckpt["train"].get("dataset"): {"unknown": True, "splits": ["train"], "uids": []}})
 
 
-def _fit(model, images, labels, mean, std, *, lr, epochs, batch_size, seed, momentum, weight_decay,
-         schedule, warmup, device, log, on_epoch=None) -> list[dict]:
+def _fit(model, images, labels, mean, std, *, lr, total, per_epoch, by_epoch, batch_size, seed, optimizer,
+         momentum, weight_decay, l1, schedule, warmup, device, log, ckpt_steps=(), on_checkpoint=None) -> list[dict]:
+    """`total` SGD/Adam steps over seeded permutations of the rows (a new one every `per_epoch`
+    steps). A history record (mean loss and accuracy over the rows since the last record) closes
+    every pass in epoch mode, and every checkpoint step and the last step in step mode."""
     mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
     decay = [p for p in model.parameters() if p.ndim > 1]
     no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    opt = torch.optim.SGD([{"params": decay, "weight_decay": weight_decay},
-                           {"params": no_decay, "weight_decay": 0.0}], lr=lr, momentum=momentum)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    opt = (torch.optim.SGD(groups, lr=lr, momentum=momentum) if optimizer == "sgd"
+           else torch.optim.Adam(groups, lr=lr))
     gen = torch.Generator().manual_seed(seed)
+    if device.type != "cpu":        # the uint8 train set fits on the device; no per-batch copies
+        images, labels = images.to(device), labels.to(device)
     n = len(labels)
-    per_epoch = math.ceil(n / batch_size)
-    total = per_epoch * epochs
-    step, history = 0, []
+    record_at = set(range(per_epoch, total + 1, per_epoch)) if by_epoch else set(ckpt_steps) | {total}
+    history, perm = [], None
+    loss_sum, hits, seen, t0 = 0.0, 0, 0, time.perf_counter()
     model.train()
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=gen)
-        loss_sum, hits = 0.0, 0
-        for b in range(per_epoch):
-            idx = perm[b * batch_size:(b + 1) * batch_size]
-            x = normalize(images[idx].to(device), mean_t, std_t)
-            y = labels[idx].to(device)
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(step, total, lr, schedule, warmup)
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise TrainingDiverged(lr, epoch, step, loss_value)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            loss_sum += loss_value * len(idx)
-            hits += int((logits.argmax(1) == y).sum())
-        rec = {"epoch": epoch, "step": step, "loss": loss_sum / n, "acc": hits / n,
-               "seconds": round(time.perf_counter() - t0, 3)}
-        history.append(rec)
-        if log:
-            log(f"epoch {epoch}/{epochs}  loss {rec['loss']:.4f}  train acc {rec['acc']:.4f}  "
-                f"lr {opt.param_groups[0]['lr']:.3g}  {rec['seconds']:.1f} s")
-        if on_epoch is not None:
-            on_epoch(model, history)
+    for step in range(total):
+        epoch, b = divmod(step, per_epoch)
+        if b == 0:
+            perm = torch.randperm(n, generator=gen)
+        idx = perm[b * batch_size:(b + 1) * batch_size]
+        if device.type != "cpu":
+            idx = idx.to(device)
+        x = normalize(images[idx], mean_t, std_t)
+        y = labels[idx]
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, total, lr, schedule, warmup)
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        objective = loss + l1 * sum(p.abs().sum() for p in decay) if l1 > 0 else loss
+        loss_value = loss.item()
+        if not (math.isfinite(loss_value) and math.isfinite(objective.item())):
+            raise TrainingDiverged(lr, epoch + 1, step, loss_value)
+        opt.zero_grad(set_to_none=True)
+        objective.backward()
+        opt.step()
+        loss_sum += loss_value * len(idx)
+        hits += int((logits.argmax(1) == y).sum())
+        seen += len(idx)
+        if step + 1 in record_at:
+            rec = {"epoch": epoch + 1, "step": step + 1, "loss": loss_sum / seen, "acc": hits / seen,
+                   "seconds": round(time.perf_counter() - t0, 3)}
+            history.append(rec)
+            if log:
+                where = f"epoch {epoch + 1}/{total // per_epoch}" if by_epoch else f"step {step + 1}/{total}"
+                log(f"{where}  loss {rec['loss']:.4f}  train acc {rec['acc']:.4f}  "
+                    f"lr {opt.param_groups[0]['lr']:.3g}  {rec['seconds']:.1f} s")
+            loss_sum, hits, seen, t0 = 0.0, 0, 0, time.perf_counter()
+            if step + 1 in ckpt_steps and on_checkpoint is not None:
+                model.eval()
+                on_checkpoint(step + 1, list(history))
+                model.train()
     model.eval()
     return history

@@ -431,13 +431,14 @@ def backbone_row(ckpt_path, cache_path, key: str, *, test_images=None, train_ima
            "train_acc": t["final_acc"]}
     row.update(head_metrics(test.logits, test, "erm"))
     dfr = []
-    for s in dfr_seeds:
+    for s in dfr_seeds:          # none: DFR is skipped
         head = heads.create("dfr", seed=s).fit(train, val)
         rep = evaluate_split(head.decision_function(test.Z), test)
         dfr.append((rep["worst_group_acc"], rep["mean_acc"], rep["group_balanced_acc"]))
-    row["dfr_wga"], row["dfr_mean"], row["dfr_gba"] = (float(v) for v in np.mean(dfr, axis=0))
+    if dfr:
+        row["dfr_wga"], row["dfr_mean"], row["dfr_gba"] = (float(v) for v in np.mean(dfr, axis=0))
+        row["dfr_spur_align"] = spurious_alignment(head.coef_, val)     # the last DFR seed's head
     row["erm_spur_align"] = spurious_alignment(model.fc.weight.detach().numpy(), val)
-    row["dfr_spur_align"] = spurious_alignment(head.coef_, val)     # the last DFR seed's head
     params = [p.detach().numpy() for p in model.parameters() if p.ndim > 1]
     for k in kappas:
         row[f"net_comp_{k}"] = network_compressibility(params, k)
@@ -550,8 +551,11 @@ def write_outputs(rows, config, out, columns, panels, title: str) -> dict:
     write_csv(summary, files["csv"])
     table = markdown_table(summary, shown)
     files["md"].write_text(f"# {title}\n\n{table}\n")
-    plot(summary, [(t, [(k, lab) for k, lab in s if k in numeric]) for t, s in panels
-                   if any(k in numeric for k, _ in s)], files["png"], title)
+    if panels is not None:
+        plot(summary, [(t, [(k, lab) for k, lab in s if k in numeric]) for t, s in panels
+                       if any(k in numeric for k, _ in s)], files["png"], title)
+    else:
+        del files["png"]
     files["json"].write_text(json.dumps(_finite({"config": config, "runs": rows, "summary": summary}),
                                         indent=1, default=str))
     return {"rows": rows, "summary": summary, "table": table, "files": {k: str(v) for k, v in files.items()}}
@@ -585,9 +589,43 @@ def head_activations(state, Z) -> np.ndarray:
     return np.maximum(Z @ a["W1"].T + a["b1"], 0.0)
 
 
+def prune_head(state, sparsity: float):
+    """A copy of a head (`HeadState`) with the `sparsity` fraction of smallest-magnitude entries of
+    its weight matrices (pooled, as `prune_global`) set to zero; biases untouched."""
+    from embedkit.heads.trainer import HeadState
+    names = [n for n in ("coef", "W1", "W2") if n in state.arrays]
+    flat = np.concatenate([np.abs(state.arrays[n]).ravel() for n in names])
+    n_zero = int(round(sparsity * flat.size))
+    keep = np.ones(flat.size, bool)
+    keep[np.argsort(flat, kind="stable")[:n_zero]] = False
+    arrays, start = dict(state.arrays), 0
+    for n in names:
+        w = state.arrays[n]
+        arrays[n] = w * keep[start:start + w.size].reshape(w.shape)
+        start += w.size
+    return HeadState(state.kind, arrays)
+
+
+def head_pruning_curve(state, split, sparsities=PRUNE_SPARSITIES) -> dict:
+    """`pruning_curve` for a head on cached features (same keys, same 1-point rule)."""
+    from embedkit.metrics import evaluate_split
+    base = evaluate_split(state.logits(split.Z), split)["mean_acc"]
+    out, best, intact = {"prune_mean_0": base}, 0.0, True
+    for s in sorted(sparsities or ()):
+        rep = evaluate_split(prune_head(state, s).logits(split.Z), split)
+        out[f"prune_wga_{s}"], out[f"prune_mean_{s}"] = rep["worst_group_acc"], rep["mean_acc"]
+        intact = intact and abs(rep["mean_acc"] - base) <= 0.01
+        if intact:
+            best = s
+    if sparsities:
+        out["prune_max_sparsity"] = best
+    return out
+
+
 def head_study(cache_path, lrs, out_dir, *, backbone: str | None = None, model: str = "linear", hidden: int = 512,
                momentum: float = 0.9, weight_decay: float = 0.0, steps: int = 2000, eval_every: int = 200,
-               batch_size: int = 128, seeds=(0,), standardize: bool = False, kappas=KAPPAS, log=print) -> dict:
+               batch_size: int = 128, seeds=(0,), standardize: bool = False, kappas=KAPPAS,
+               sparsities=PRUNE_SPARSITIES, plot: bool = True, log=print) -> dict:
     """Train linear (or MLP) heads at every learning rate of `lrs` on a fixed cache with the
     shared SGD trainer (`embedkit.heads.trainer.fit_grid`, all LRs in one vectorised run per seed,
     same init and batches for every LR) and report, per LR: test WGA / mean at the last step and at
@@ -634,6 +672,10 @@ def head_study(cache_path, lrs, out_dir, *, backbone: str | None = None, model: 
             weights = [v for name, v in state.arrays.items() if name in ("coef", "W1", "W2")]
             for kappa in kappas:
                 row[f"comp_{kappa}"] = network_compressibility(weights, kappa)
+            b = bias_labels(train)
+            if b is not None and (b >= 0).all():
+                row["eff_bcr"] = eff_bcr(state.logits(train.Z), train.y, b)
+            row.update(head_pruning_curve(state, test, sparsities))
             if state.kind == "linear":
                 row["spur_align"] = spurious_alignment(state.arrays["coef"], val)
             H = head_activations(state, test.Z)
@@ -648,5 +690,5 @@ def head_study(cache_path, lrs, out_dir, *, backbone: str | None = None, model: 
               "hidden": hidden if model == "mlp" else None, "momentum": momentum, "weight_decay": weight_decay,
               "steps": steps, "eval_every": eval_every, "batch_size": batch_size, "standardize": standardize,
               "selection_rule": rule, "lrs": lrs, "seeds": list(seeds), "kappas": list(kappas)}
-    return write_outputs(rows, config, out, HEAD_COLUMNS, HEAD_PANELS,
+    return write_outputs(rows, config, out, HEAD_COLUMNS, HEAD_PANELS if plot else None,
                          title=f"LR study: {model} heads on {Path(cache_path).name} [{train.backbone}]")

@@ -13,7 +13,7 @@ from embedkit.cli import main
 from embedkit.errors import EmbedkitError
 
 NAMES = ["waterbirds", "celeba", "csv", "cifar10", "mnist", "colored_mnist", "colored_digits", "dominoes",
-         "waterbirds_like", "subpopbench", "text_csv", "multinli", "civilcomments"]
+         "double_mnist", "waterbirds_like", "subpopbench", "text_csv", "multinli", "civilcomments"]
 
 
 def test_available_lists_every_adapter_with_one_line():
@@ -61,6 +61,8 @@ def small(name):
         return data.create(name, root=DATA)
     if name == "colored_mnist":
         return data.create(name, root=DATA, n_train=100, n_val=50, n_test=50)
+    if name == "double_mnist":
+        return data.create(name, root=DATA, n_train=100, n_val=20, n_test=50)
     need_data("cifar10", "test.tar")
     if name == "waterbirds_like":
         need_fashion()
@@ -68,7 +70,7 @@ def small(name):
 
 
 @pytest.mark.parametrize("name", ["colored_digits", "cifar10", "mnist", "colored_mnist", "dominoes",
-                                  "waterbirds_like"])
+                                  "double_mnist", "waterbirds_like"])
 def test_adapter_contract(name, tmp_path):
     ds = small(name)
     s = ds.samples()

@@ -220,3 +220,41 @@ def test_prunable_sparsity_stops_at_the_first_change(monkeypatch):
                                                                           "worst_group_acc": 0.0})
     out = L.pruning_curve(None, None, {}, None, sparsities=(0.5, 0.7, 0.8, 0.9))
     assert out["prune_max_sparsity"] == 0.7 and out["prune_mean_0"] == 0.40 and out["prune_mean_0.8"] == 0.45
+
+
+# -- core-feature utilisation (attribution share in the spurious region) -------------------------
+
+def test_attribution_share_of_networks_that_read_one_half():
+    import torch
+
+    from embedkit.lr_attribution import core_utilisation, spurious_mask
+    mask = spurious_mask({"spurious_columns": [28, 56]}, 28, 56)
+    assert mask[:, 28:].all() and not mask[:, :28].any()
+    assert spurious_mask({"spurious_rows": [0, 32]}, 64, 32)[:32].all()
+    images = torch.randint(1, 255, (6, 3, 28, 56), dtype=torch.uint8)
+    pp = {"mean": [0.5] * 3, "std": [0.25] * 3}
+    for reads_spurious, expect in ((False, 0.0), (True, 1.0)):
+        lin = torch.nn.Linear(3 * 28 * 56, 2)
+        with torch.no_grad():
+            w = lin.weight.view(2, 3, 28, 56)
+            w[..., 28:] = 0 if not reads_spurious else w[..., 28:]
+            w[..., :28] = w[..., :28] if not reads_spurious else 0
+        model = torch.nn.Sequential(torch.nn.Flatten(), lin)
+        for method in ("input_x_gradient", "saliency"):
+            out = core_utilisation(model, images, [0, 1, 0, 1, 0, 1], pp, mask, method)
+            assert out["spur_share"] == pytest.approx(expect, abs=1e-6)
+            assert out["core_util"] == pytest.approx(1 - expect, abs=1e-6)
+
+
+def test_head_pruning_is_global_and_zero_pruning_changes_nothing():
+    from embedkit.heads.trainer import HeadState
+    rng = np.random.default_rng(0)
+    state = HeadState("mlp", {"W1": rng.normal(size=(6, 4)), "b1": rng.normal(size=6),
+                              "W2": rng.normal(size=(3, 6)) * 5, "b2": rng.normal(size=3)})
+    Z = rng.normal(size=(10, 4))
+    assert np.allclose(L.prune_head(state, 0.0).logits(Z), state.logits(Z))
+    half = L.prune_head(state, 0.5)
+    zeros = int((half.arrays["W1"] == 0).sum() + (half.arrays["W2"] == 0).sum())
+    assert zeros == 21                                      # half of the 42 weights, pooled over layers
+    assert (half.arrays["W2"] == 0).sum() < (half.arrays["W1"] == 0).sum()     # W2 is larger: kept more
+    assert np.array_equal(half.arrays["b1"], state.arrays["b1"])

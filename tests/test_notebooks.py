@@ -131,15 +131,17 @@ def test_feature_edits(kernel_dir, small_cache, tmp_path):
 
 @pytest.mark.slow
 def test_lr_study(kernel_dir, tmp_path):
-    nb = run_notebook("04_lr_study.ipynb", kernel_dir, workdir=tmp_path, lrs=[0.01, 1e4],
-                      dataset_options={"n_train": 300, "n_val": 200, "n_test": 200},
-                      train=dict(arch="small_cnn", epochs=1, batch_size=64), sparsities=[0.9],
-                      head_lrs=[0.01, 1.0], head_steps=50)
+    from tests.conftest import DATA, need_data
+    need_data("mnist")
+    from tests.test_lr_protocol import TINY
+    nb = run_notebook("04_lr_study.ipynb", kernel_dir, workdir=tmp_path, data_root=str(DATA), overrides=TINY)
     s = json.loads((tmp_path / "summary.json").read_text())
-    assert [line["lr"] for line in s["backbones"]] == [0.01, 1e4]
+    series = "double_mnist / mlp2x32-sgd-m0"
+    assert s["tables"]["B"][series] == [0.03, 0.3, 1e4]
     assert s["diverged"] == [1e4]                          # recorded, not dropped
-    assert [line["lr"] for line in s["heads"]] == [0.01, 1.0]
-    ok = s["backbones"][0]
-    assert ok["diverged"] == 0 and 0.0 <= ok["dfr_wga"] <= 1.0 and 0.0 <= ok["act_sparsity"] <= 1.0
-    assert "**diverged**" in "\n".join(outputs(nb, "text/markdown"))
-    assert len(outputs(nb, "image/png")) == 2
+    assert list(s["tables"]["C"][series]) == ["lr=0.03 (no comparator)", "l1=0.0001"]
+    assert set(s["tables"]["A"]) == {"double_mnist / linear-m0.9-wd0 heads", "double_mnist / mlp-m0.9-wd0 heads"}
+    assert s["verdicts"][f"B {series}"]["robustness:erm_wga"] in ("supported", "not supported", "inconclusive")
+    md = "\n".join(outputs(nb, "text/markdown"))
+    assert "comparators at lr 0.03" in md and "Spearman rho" in md
+    assert len(outputs(nb, "image/png")) == 3               # one figure per arm

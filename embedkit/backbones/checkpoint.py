@@ -3,7 +3,7 @@
 The file is `torch.save` of a plain dict (loadable with `weights_only=True`):
 
     {"format": "embedkit-backbone", "format_version": 1,
-     "arch": "small_cnn" | "resnet_cifar", "arch_kwargs": {...}, "num_classes": C,
+     "arch": "small_cnn" | "resnet_cifar" | "mlp" | "resnet18", "arch_kwargs": {...}, "num_classes": C,
      "state_dict": {...}, "preprocess": {"size": 32 | [H, W] | None, "mean": [...], "std": [...]},
      "train": {dataset, dataset_options, lr, epochs, seed, ...},
      "seen": {DATASET: {"splits", "n", "uids", "uids_sha256"[, "unknown"]}}}   (embedkit.erm.seen_record)
@@ -31,9 +31,14 @@ FORMAT_VERSION = 1
 
 
 def _builders():
+    """arch name -> builder(num_classes, **arch_kwargs): the one registry of trainable backbones
+    (train-erm builds through it too)."""
+    from .mlp import build_mlp
+    from .resnet18 import build_resnet18
     from .resnet_cifar import build_resnet_cifar
     from .small_cnn import build_small_cnn
-    return {"small_cnn": build_small_cnn, "resnet_cifar": build_resnet_cifar}
+    return {"small_cnn": build_small_cnn, "resnet_cifar": build_resnet_cifar, "mlp": build_mlp,
+            "resnet18": build_resnet18}
 
 
 def create(spec: str, args: list[str], *, device, allow_random_init, layer, precision) -> ClassifierBackbone:

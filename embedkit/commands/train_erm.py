@@ -15,10 +15,18 @@ def add_dataset_arguments(p, required: bool = True):
 
 def add_training_arguments(p):
     """Flags shared with `embedkit lr-study` (everything but the learning rate and the seed)."""
-    p.add_argument("--arch", default="small_cnn", help="small_cnn or resnet_cifar[:DEPTH] (default small_cnn)")
+    p.add_argument("--arch", default="small_cnn",
+                   help="small_cnn, resnet_cifar[:DEPTH], mlp[:DEPTHxWIDTH] (MLP 5x2000 ReLU by default) or "
+                        "resnet18[:WEIGHTS.pth] (torchvision; random init, or a local state dict) (default small_cnn)")
     p.add_argument("--width", type=int, default=None, help="small_cnn channel width (default 16)")
     p.add_argument("--no-batchnorm", action="store_true", help="small_cnn without BatchNorm layers")
-    p.add_argument("--epochs", type=int, default=8, help="passes over the train split (default 8)")
+    p.add_argument("--epochs", type=int, default=8, help="passes over the train split (default 8; --steps wins)")
+    p.add_argument("--steps", type=int, default=None, help="iteration budget instead of --epochs (lr-study --cache: SGD steps per head, default 2000)")
+    p.add_argument("--checkpoint-steps", default="", metavar="N,N,...",
+                   help="also write a checkpoint OUT_stepN.pt at these steps (early checkpoints)")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default="sgd", help="sgd (with --momentum) or adam")
+    p.add_argument("--l1", type=float, default=0.0, help="L1 penalty on weight tensors added to the loss (default 0)")
+    p.add_argument("--dropout", type=float, default=None, help="dropout after each hidden ReLU (mlp only; default 0)")
     p.add_argument("--batch-size", type=int, default=None,
                    help=f"mini-batch size (default {BATCH_SIZE}; 128 for lr-study head sweeps)")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD momentum (default 0.9)")
@@ -40,8 +48,17 @@ def dataset_kwargs(args) -> dict:
     return {"root": args.root, "dataset_options": parse_key_values(args.dataset_opt, "--dataset-opt")}
 
 
+def _steps_list(text: str) -> list[int]:
+    from embedkit.errors import EmbedkitError
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise EmbedkitError(f"--checkpoint-steps {text!r}: expected comma-separated integers") from None
+
+
 def training_kwargs(args) -> dict:
-    return {"arch": args.arch, "width": args.width,
+    return {"arch": args.arch, "width": args.width, "steps": args.steps, "optimizer": args.optimizer,
+            "l1": args.l1, "dropout": args.dropout, "checkpoint_steps": _steps_list(args.checkpoint_steps),
             "arch_kwargs": {"batchnorm": False} if args.no_batchnorm else None,
             "epochs": args.epochs, "batch_size": BATCH_SIZE if args.batch_size is None else args.batch_size,
             "momentum": args.momentum,
@@ -52,7 +69,7 @@ def training_kwargs(args) -> dict:
 
 def add_arguments(p):
     add_dataset_arguments(p)
-    p.add_argument("--lr", type=float, default=0.02, help="SGD learning rate (default 0.02)")
+    p.add_argument("--lr", type=float, default=0.02, help="learning rate of SGD or Adam (default 0.02)")
     p.add_argument("--seed", type=int, default=0, help="init and batch-order seed (default 0)")
     add_training_arguments(p)
     p.add_argument("--init", default=None, metavar="CHECKPOINT",

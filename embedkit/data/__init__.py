@@ -27,6 +27,7 @@ _REGISTRY = {
     "colored_mnist": "colored:ColoredMnist",
     "colored_digits": "colored:ColoredDigits",
     "dominoes": "dominoes:Dominoes",
+    "double_mnist": "double_mnist:DoubleMnist",
     "waterbirds_like": "waterbirds_like:WaterbirdsLike",
     "subpopbench": "subpopbench:SubpopBench",
     "text_csv": "text:TextCsv",

@@ -69,7 +69,7 @@ class Dominoes(ArrayDataset):
         y, a, split = np.concatenate(ys), np.concatenate(as_), np.concatenate(split)
         self._finish(uid, split, y, a, classes, [f"digit{d}" for d in digits], seed=o["seed"],
                      correlation=realised_correlation(y, a, split), target_correlation=rho,
-                     image_size=[64, 32], layout="MNIST digit on top (spurious), CIFAR-10 image below (core)")
+                     image_size=[64, 32], spurious_rows=[0, 32], layout="MNIST digit on top (spurious), CIFAR-10 image below (core)")
 
     def _render(self, i, a):
         """Row i's CIFAR half under the digit half of a same-split row with attribute a."""
