@@ -330,7 +330,7 @@ def train_erm(dataset, *, arch: str = "small_cnn", lr: float = 0.02, epochs: int
             save(model, step_path(out, k), hist, n_params)
         if k in early_at:
             path = early_checkpoint_path(out, early_at[k])
-            save(model, path, hist, n_params, early_of=str(out), planned_epochs=epochs)
+            save(model, path, hist, n_params, epochs=early_at[k], early_of=str(out), planned_epochs=epochs)
             if log:
                 log(f"wrote early checkpoint {path} (epoch {early_at[k]})")
 
