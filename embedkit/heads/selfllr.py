@@ -14,10 +14,11 @@ Protocol [P]:
     - `random`: k rows uniformly at random.
     The k rows of highest score (`num_data`) form the finetuning set.
  3. f's last layer (initialised at the ERM head W0, b0, not reset) is finetuned on them for 250 steps
-    with a class-balanced sampler (`balance_finetune=sampler`), SGD at a constant lr, momentum 0.9
-    (`--momentum` default), weight decay 1e-4, batch 32 (Waterbirds config); evaluated once, after
-    the last step. (The code assigns `optimizer.momentum` after building the optimizer, which leaves
-    the param groups' momentum at 0; `momentum=0` reproduces that.)
+    with a class-balanced sampler (`balance_finetune=sampler`), SGD at a constant lr, weight decay
+    1e-4, batch 32 (Waterbirds config); evaluated once, after the last step. Momentum: the code's
+    `--momentum` default is 0.9, but it assigns `optimizer.momentum` after building the optimizer,
+    which leaves the param groups' momentum at 0; embedkit tries both (0, 0.9) and selects on
+    val[select] with lr and wd (`momentum=0` alone reproduces what the code runs).
  4. (num_data in {20, 100, 500}, lr, early checkpoint) are chosen on the selection half by the
     regime rule (the paper: val worst-group accuracy). The halves are disjoint, so the leak guard
     accepts the run. The paper's lr grid {1e-4, 1e-3, 1e-2} is for ResNet-50 features; on cached
@@ -102,7 +103,9 @@ class SELFHead(SGDHead):
         "wd_grid": Param("floats", (1e-4,), "finetuning weight decays searched", low=0),
         "steps": Param("int", 250, "finetuning SGD steps", low=1),
         "batch_size": Param("int", 32, "finetuning batch rows", low=1),
-        "momentum": Param("float", 0.9, "finetuning SGD momentum", low=0, high=1, open_high=True),
+        "momentum": Param("floats", (0.0, 0.9), "finetuning SGD momentum candidates, selected on val[select] "
+                          "with lr and wd (0: what the official code runs; 0.9: its stated --momentum)",
+                          low=0, high=1, open_high=True),
         "dropout_grid": Param("floats", (0.5, 0.7, 0.9), "dropout_disagreement: drop probabilities searched", low=0,
                               high=1, open_high=True),
         "early_fracs": Param("floats", (0.1, 0.2, 0.5), "early checkpoints of the stage-1 head, as fractions of its "
@@ -203,10 +206,15 @@ class SELFHead(SGDHead):
                 w = np.zeros(n)
                 w[rows] = sampler_probs(held.y[rows], held.n_classes)   # class-balanced sampler on the set
                 variants.append(Variant(tag={"model": tag, "num_data": k}, sampler=w))
-        grid = [{"lr": float(lr), "wd": float(wd)} for lr in as_grid(p["lr_grid"]) for wd in as_grid(p["wd_grid"])]
-        res = self.run_grid(held.Z, held.y, select, monitor, grid=grid, variants=variants, init=(W0, b0),
-                            momentum=float(p["momentum"]), eval_every=int(p["steps"]))
-        self.adopt([res], select, "val[select]")
+        results, offset = [], 0
+        for m in as_grid(p["momentum"]):     # the trainer's momentum is one per run: a run per value
+            grid = [{"lr": float(lr), "wd": float(wd), "momentum": float(m)}
+                    for lr in as_grid(p["lr_grid"]) for wd in as_grid(p["wd_grid"])]
+            results.append(self.run_grid(held.Z, held.y, select, monitor, grid=grid, variants=variants,
+                                         init=(W0, b0), momentum=float(m), eval_every=int(p["steps"]),
+                                         config_offset=offset))
+            offset += len(grid) * len(variants)
+        self.adopt(results, select, "val[select]")
         cfg = self.selected_["config"]
         chosen = sets[(cfg["model"], cfg["num_data"])]
         used = np.unique(np.concatenate(list(sets.values())))
