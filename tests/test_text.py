@@ -97,7 +97,7 @@ def hf_model():
         AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
-def test_sbert_form_reads_the_packages_own_pipeline_and_matches_it():
+def test_sbert_form_reads_the_packages_own_pipeline_and_matches_it(hf_model):
     bb = backbones.create(sbert_spec(), device="cpu")
     prov = bb.provenance()
     assert (bb.modality, bb.dim, bb.pooling, bb.normalised, bb.max_length) == ("text", 384, "mean", True, 256)
@@ -107,9 +107,7 @@ def test_sbert_form_reads_the_packages_own_pipeline_and_matches_it():
                  "A man is riding a horse.", "Someone is playing the violin on a stage."]
     batch, _ = bb.collate_fn([(s, "") for s in sentences])
     got = bb.features(bb.prepare(batch))[0].numpy()
-    from transformers import AutoModel, AutoTokenizer
-    model = AutoModel.from_pretrained(minilm(), local_files_only=True).eval()
-    tok = AutoTokenizer.from_pretrained(minilm(), local_files_only=True)
+    model, tok = hf_model
     # sentence-transformers' own recipe for this model (its model card): mean over the attention
     # mask of the padded batch, then F.normalize.
     enc = tok(sentences, padding=True, truncation=True, max_length=256, return_tensors="pt")
