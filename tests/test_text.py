@@ -222,3 +222,21 @@ def test_text_options_are_checked_and_recorded(wiki_subset):
     with pytest.raises(EmbedkitError, match="yields text rows but backbone resnet_cifar"):
         extract(wiki_ds(wiki_subset), "resnet_cifar:20:random", wiki_subset.with_suffix(".h5"),
                 allow_random_init=True, device="cpu", log=lambda m: None)
+
+
+def test_civilcomments_fine_groups_survive_extraction_shards_and_merge(tmp_path, capsys):
+    from embedkit.cli import main
+    from tests.test_data_text import _wilds_csv
+    _wilds_csv(tmp_path / "all_data_with_identities.csv")
+    ds = data.create("civilcomments", tmp_path)
+    out = tmp_path / "cc.h5"
+    with cpu_threads(1):
+        extract(ds, sbert_spec(), out, batch_size=2, workers=0, device="cpu", part_rows=2,
+                backbone_options={"max_length": 16}, log=lambda m: None)
+    cache = Cache.open(out)
+    s, src = cache.samples(), ds.samples()
+    order = src.split_order()                              # the cache is sorted by split
+    assert list(s.uid) == list(src.uid[order]) and np.array_equal(s.eval_groups, src.eval_groups[order])
+    assert cache.provenance()["n_parts"] == 4 and cache.split("test").eval_groups.shape == (3, 16)
+    assert main(["info", str(out)]) == 0
+    assert "group definition: coarse: g = 2 y + a" in capsys.readouterr().out
