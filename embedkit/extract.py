@@ -318,10 +318,10 @@ def _select_rows(samples: Samples, splits) -> tuple[np.ndarray, Samples]:
 
 def extract(dataset, backbone, out, *, splits=SPLITS, batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
             device="auto", precision: str = "fp32", dtype: str | None = None, layer: str | None = None,
-            allow_random_init: bool = False, backbone_options: dict | None = None, shard=(0, 1), resume: bool = True, strict: bool = False,
-            allow_nonfinite: bool = False, prompts=(), part_rows: int = DEFAULT_PART_ROWS, overwrite: bool = False,
-            keep_shards: bool = False, root=None, dataset_options: dict | None = None, log=None,
-            wait: float = 0.0) -> ExtractResult:
+            allow_random_init: bool = False, backbone_options: dict | None = None, shard=(0, 1), resume: bool = True,
+            strict: bool = False, allow_nonfinite: bool = False, prompts=(), part_rows: int = DEFAULT_PART_ROWS,
+            overwrite: bool = False, keep_shards: bool = False, root=None, dataset_options: dict | None = None,
+            log=None, wait: float = 0.0) -> ExtractResult:
     """Extract `dataset` (an ImageDataset, or a name with `root`/`dataset_options`) through
     `backbone` (a SPEC string or a Backbone) into the cache `out`. See the module docstring for
     the sharding, resume and merge rules; `shard=(i, n)` is job i of an n-job array, and under

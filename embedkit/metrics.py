@@ -19,6 +19,7 @@ SPEC_KEYS = {
     "gba": "group_balanced_acc", "bal_class_acc": "balanced_class_acc", "worst_class_acc": "worst_class_acc",
     "class_gap": "class_gap", "avg_prec": "avg_prec", "worst_prec": "worst_prec", "avg_f1": "avg_f1",
     "worst_f1": "worst_f1", "auroc": "auroc", "auprc": "auprc", "ece": "ece", "brier": "brier", "nll": "nll",
+    "wga_eval_groups": "worst_eval_group_acc",
 }
 # mean kind (spec section 3) -> the report key holding that mean.
 MEAN_KINDS = {"plain": "mean_acc", "trainw": "weighted_mean_acc", "gba": "group_balanced_acc"}

@@ -19,6 +19,7 @@ from embedkit.heads.base import spawn_seeds
 # the ones in MINIMISE (spec 4.2: `val_min_class_gap` maximises -class_gap).
 RULES: dict[str, tuple[str, str]] = {
     "val_wga": ("val", "worst_group_acc"),              # SubpopBench ValWorstAccAttributeYes
+    "val_eval_wga": ("val", "worst_eval_group_acc"),    # overlapping groups (CivilComments' 16; WILDS/JTT)
     "val_worst_class": ("val", "worst_class_acc"),      # SubpopBench ValWorstAccAttributeNo
     "val_mean": ("val", "mean_acc"),
     "val_bal_acc": ("val", "balanced_class_acc"),

@@ -130,3 +130,25 @@ def test_hf_text_random_init_and_clear_errors(tmp_path):
     (both / "preprocessor_config.json").write_text(json.dumps({"size": 32}))
     with pytest.raises(EmbedkitError, match="both a tokenizer and an image processor"):
         backbones.create(f"hf:{both}", allow_random_init=True)
+
+
+def test_hf_dual_tower_folder_takes_the_tower_of_the_requested_modality(tmp_path):
+    from transformers import CLIPConfig, CLIPImageProcessor
+    path = tmp_path / "tiny-clip"
+    CLIPConfig(text_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                vocab_size=30522, max_position_embeddings=64),
+               vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                  image_size=32, patch_size=16), projection_dim=24).save_pretrained(path)
+    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(path)
+    for f in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copy(minilm() / f, path / f)
+    with pytest.raises(EmbedkitError, match="modality=text or modality=image"):
+        backbones.create(f"hf:{path}", allow_random_init=True)
+    img = backbones.create(f"hf:{path}", allow_random_init=True, options={"modality": "image"})
+    assert (img.modality, img.dim, img.pooling) == ("image", 24, "pooler")      # the projected image embedding
+    pp = img.provenance()["preprocess_json"]
+    assert pp["size"] == [32, 32] and pp["resize_mode"] == "shortest" and pp["interpolation"] == "bicubic"
+    txt = backbones.create(f"hf:{path}", allow_random_init=True, options={"modality": "text", "pooling": "pooler"})
+    assert (txt.modality, txt.dim) == ("text", 24)                                # text_embeds
+    batch, _ = txt.collate_fn([("a photo of a bird", "")])
+    assert txt.features(txt.prepare(batch))[0].shape == (1, 24)

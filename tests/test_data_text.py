@@ -235,6 +235,10 @@ def test_civilcomments_coarse_and_fine_groups_through_cache_and_metrics(tmp_path
     assert rep["per_eval_group"]["male|toxic"] == {"acc": None, "n": 0}
     rep = metrics.evaluate_split(np.array([1, 0, 1]), test)
     assert rep["worst_eval_group_acc"] == 1.0 and rep["worst_group_acc"] == 1.0
+    from embedkit.selection import select
+    records = [{"config_id": 0, "val": {"worst_eval_group_acc": 0.2, "worst_group_acc": 0.9, "mean_acc": 0.9}},
+               {"config_id": 1, "val": {"worst_eval_group_acc": 0.5, "worst_group_acc": 0.4, "mean_acc": 0.8}}]
+    assert select(records, "val_eval_wga")["config_id"] == 1 and select(records, "val_wga")["config_id"] == 0
     assert main(["info", str(path)]) == 0
     out = capsys.readouterr().out
     assert "overlapping evaluation groups: fine: 16 overlapping groups" in out and "muslim|toxic" in out

@@ -26,7 +26,7 @@ def test_rules_table_and_regime_defaults():
     assert S.RULES["val_wga"] == ("val", "worst_group_acc")
     assert S.RULES["val_worst_class"] == ("val", "worst_class_acc")
     assert S.RULES["oracle_wga"] == ("test", "worst_group_acc")
-    assert len([r for r in S.RULES if r.startswith("val_")]) == 11     # SubpopBench 10 + val_gba
+    assert len([r for r in S.RULES if r.startswith("val_")]) == 12     # SubpopBench 10 + val_gba + val_eval_wga
     assert S.REGIME_RULE == {"R1": "val_wga", "R2": "val_wga", "R3": "val_worst_class"}
     tr, va = make_split(name="train"), make_split()
     assert S.regime(tr, va) == "R1"

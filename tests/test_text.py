@@ -97,7 +97,7 @@ def hf_model():
         AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
-def test_sbert_form_reads_the_packages_own_pipeline_and_matches_it():
+def test_sbert_form_reads_the_packages_own_pipeline_and_matches_it(hf_model):
     bb = backbones.create(sbert_spec(), device="cpu")
     prov = bb.provenance()
     assert (bb.modality, bb.dim, bb.pooling, bb.normalised, bb.max_length) == ("text", 384, "mean", True, 256)
@@ -107,9 +107,7 @@ def test_sbert_form_reads_the_packages_own_pipeline_and_matches_it():
                  "A man is riding a horse.", "Someone is playing the violin on a stage."]
     batch, _ = bb.collate_fn([(s, "") for s in sentences])
     got = bb.features(bb.prepare(batch))[0].numpy()
-    from transformers import AutoModel, AutoTokenizer
-    model = AutoModel.from_pretrained(minilm(), local_files_only=True).eval()
-    tok = AutoTokenizer.from_pretrained(minilm(), local_files_only=True)
+    model, tok = hf_model
     # sentence-transformers' own recipe for this model (its model card): mean over the attention
     # mask of the padded batch, then F.normalize.
     enc = tok(sentences, padding=True, truncation=True, max_length=256, return_tensors="pt")
@@ -224,3 +222,21 @@ def test_text_options_are_checked_and_recorded(wiki_subset):
     with pytest.raises(EmbedkitError, match="yields text rows but backbone resnet_cifar"):
         extract(wiki_ds(wiki_subset), "resnet_cifar:20:random", wiki_subset.with_suffix(".h5"),
                 allow_random_init=True, device="cpu", log=lambda m: None)
+
+
+def test_civilcomments_fine_groups_survive_extraction_shards_and_merge(tmp_path, capsys):
+    from embedkit.cli import main
+    from tests.test_data_text import _wilds_csv
+    _wilds_csv(tmp_path / "all_data_with_identities.csv")
+    ds = data.create("civilcomments", tmp_path)
+    out = tmp_path / "cc.h5"
+    with cpu_threads(1):
+        extract(ds, sbert_spec(), out, batch_size=2, workers=0, device="cpu", part_rows=2,
+                backbone_options={"max_length": 16}, log=lambda m: None)
+    cache = Cache.open(out)
+    s, src = cache.samples(), ds.samples()
+    order = src.split_order()                              # the cache is sorted by split
+    assert list(s.uid) == list(src.uid[order]) and np.array_equal(s.eval_groups, src.eval_groups[order])
+    assert cache.provenance()["n_parts"] == 4 and cache.split("test").eval_groups.shape == (3, 16)
+    assert main(["info", str(out)]) == 0
+    assert "group definition: coarse: g = 2 y + a" in capsys.readouterr().out

@@ -58,6 +58,9 @@ HARD_MAX_LENGTH = 512
 
 
 def _transformers():
+    # Before the first import: huggingface_hub reads HF_HUB_OFFLINE once, at import time. With
+    # local_files_only on every call this is belt and braces.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
         import transformers
     except ImportError:
@@ -184,8 +187,8 @@ def _modality(path: Path, spec: str, asked: str) -> str:
 
 
 def _build_model(tf, path: Path, spec: str, allow_random_init: bool, modality: str):
-    """(model, weight files, random_init). The text/vision sub-model of a dual-tower folder is
-    taken through the Auto classes' own config classes."""
+    """(model, weight files, random_init). A dual-tower (CLIP) folder gives the tower of the
+    requested modality with its projection; its pooled output is the projected embedding."""
     files = _weights(path)
     config = tf.AutoConfig.from_pretrained(path, local_files_only=True)
     tower = {"text": "text_config", "image": "vision_config"}[modality]
@@ -197,7 +200,10 @@ def _build_model(tf, path: Path, spec: str, allow_random_init: bool, modality: s
                 model = cls.from_pretrained(path, local_files_only=True)
             else:
                 allow_random(spec, allow_random_init)
-                model = cls(config)
+                torch.manual_seed(0)
+                if getattr(config, "projection_dim", None):     # the joint space is the parent's setting
+                    sub.projection_dim = config.projection_dim
+                model = cls(sub)
         elif files:
             model = tf.AutoModel.from_pretrained(path, local_files_only=True)
         else:
@@ -260,7 +266,8 @@ class HFTextBackbone(Backbone):
         self.layer = f"last_hidden_state:{self.pooling}" if self.pooling != "pooler" else "pooler_output"
         self.transform = TextCollate(tokenizer, self.max_length)
         self._setup_model(model, device, precision)
-        if self.pooling == "pooler" and getattr(self.model, "pooler", None) is None:
+        self._projected = hasattr(self.model, "text_projection")          # CLIP text tower
+        if self.pooling == "pooler" and getattr(self.model, "pooler", None) is None and not self._projected:
             raise EmbedkitError(f"backbone {spec}: pooling=pooler, but {type(model).__name__} has no pooler")
         tag = "random-init" if random_init else model_name(path)
         self.key = f"{kind}:{tag}@{self.pooling}" + ("+l2" if self.normalised else "") + f"+len{self.max_length}"
@@ -303,7 +310,7 @@ class HFTextBackbone(Backbone):
             m = batch["attention_mask"].unsqueeze(-1).to(h.dtype)
             f = (h * m).sum(dim=1) / m.sum(dim=1).clamp(min=1e-9)
         else:
-            f = out.pooler_output
+            f = out.text_embeds if self._projected else out.pooler_output
         if self.normalised:
             f = F.normalize(f.float(), p=2, dim=1)
         return f, None
@@ -408,7 +415,6 @@ def create(spec: str, args: list[str], *, device, allow_random_init, layer, prec
         opts["modality"] = "text"
     opts["normalize"] = bool(opts["normalize"])
     tf = _transformers()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")         # belt and braces: local_files_only everywhere
     modality = _modality(path, spec, opts["modality"])
     if modality == "image" and opts["max_length"] is not None:
         raise EmbedkitError(f"backbone {spec}: max_length applies to text models only")

@@ -41,7 +41,8 @@ def format_info(info: dict) -> str:
     if info.get("eval_group_names"):
         eg = info["eval_group_names"]
         w = max([len(n) for n in eg] + [width])
-        lines += ["", f"overlapping evaluation groups: {(info.get('dataset_meta') or {}).get('eval_group_definition', '')}",
+        definition = (info.get("dataset_meta") or {}).get("eval_group_definition", "")
+        lines += ["", f"overlapping evaluation groups: {definition}",
                   f"{'eval group':<{w}}  " + "  ".join(f"{s:>7}" for s in info["splits"])]
         for j, name in enumerate(eg):
             lines.append(f"{name:<{w}}  " + "  ".join(f"{c['eval_groups'][j]:>7}" for c in info["splits"].values()))

@@ -56,7 +56,8 @@ class CivilComments(TextDataset):
     OPTIONS = {
         "file": Option("all_data_with_identities.csv", str, "the WILDS table, relative to --root"),
         "threshold": Option(0.5, float, "toxicity and identity values >= threshold count as 1"),
-        "coarse": Option("any8", str, "coarse attribute: any8 (any of the 8 identities) or identity_any (WILDS column)"),
+        "coarse": Option("any8", str,
+                         "coarse attribute: any8 (any of the 8 identities) or identity_any (WILDS column)"),
     }
 
     def _setup(self):

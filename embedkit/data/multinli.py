@@ -75,7 +75,8 @@ class MultiNli(TextDataset):
     description = ("MultiNLI 1.0 (official jsonl/txt files) or TaxiNLI's taxinli10k.tsv; premise/hypothesis pairs, "
                    "y contradiction/entailment/neutral, a negation word in the hypothesis (GroupDRO)")
     OPTIONS = {
-        "split": Option("random", str, "random (seeded group-stratified) or official (train/dev_matched/dev_mismatched)"),
+        "split": Option("random", str,
+                        "random (seeded group-stratified) or official (train/dev_matched/dev_mismatched)"),
         "split_seed": Option(0, int, "seed of the random split"),
         "split_fractions": Option("0.5,0.2,0.3", str, "train,val,test fractions of the random split"),
         "genres": Option("", str, "comma-separated genres to keep ('' keeps all)"),
