@@ -107,13 +107,14 @@ def demo_table(rows: list[dict]) -> list[dict]:
 
 
 def format_table(table: list[dict]) -> str:
-    head = (f"{'method':<12} {'ERM (own head)':>15} {'ERM (linear)':>13} {'method WGA':>13} {'mean acc':>13}"
+    w = max([12] + [len(r["method"]) for r in table])     # the longest method name sets the column
+    head = (f"{'method':<{w}} {'ERM (own head)':>15} {'ERM (linear)':>13} {'method WGA':>13} {'mean acc':>13}"
             f" {'seeds':>5}  note")
     lines = ["Test worst-group accuracy (%), mean ± std over seeds; selection on validation only", head,
              "-" * len(head)]
     for r in table:
         note = r["note"] if r["status"] != "ok" else ("" if not r["note"] else f"({r['note']})")
-        lines.append(f"{r['method']:<12} {_fmt(r['native_wga']):>15} {_fmt(r['erm_wga']):>13} {_fmt(r['wga']):>13} "
+        lines.append(f"{r['method']:<{w}} {_fmt(r['native_wga']):>15} {_fmt(r['erm_wga']):>13} {_fmt(r['wga']):>13} "
                      f"{_fmt(r['mean']):>13} {r['seeds']:>5}  {note}".rstrip())
     return "\n".join(lines)
 
