@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from embedkit.errors import EmbedkitError, SelectionLeakError
-from embedkit.heads.base import spawn_seeds
+from embedkit.seeds import spawn_seeds
 
 # rule -> (split, metric key in a metrics.group_report). Every rule maximises its score except
 # the ones in MINIMISE (spec 4.2: `val_min_class_gap` maximises -class_gap).

@@ -21,18 +21,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from embedkit import selection
 from embedkit.errors import EmbedkitError
+from embedkit.seeds import STREAMS, spawn_seeds  # noqa: F401  (re-exported: heads use them from here)
 from embedkit.heads.monitor import Monitor, as_monitor
 from embedkit.heads.params import Param, check_params, table
 from embedkit.metrics import evaluate_split
 
-STREAMS = ("init", "sampler", "subsample", "pairs", "infer")
-
-
-def spawn_seeds(seed: int) -> dict[str, int]:
-    """Independent child seeds per stream (methods spec 0.4): changing one never perturbs another."""
-    children = np.random.SeedSequence(int(seed)).spawn(len(STREAMS))
-    return {name: int(c.generate_state(1)[0]) for name, c in zip(STREAMS, children)}
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -60,7 +55,6 @@ class Head:
         self.seed = int(seed)
         # None = the label regime's default (val_wga when val attributes are visible, else
         # val_worst_class); see specs/metrics-and-selection.md section 4.2.
-        from embedkit import selection           # selection imports spawn_seeds from here
         if selection_rule is not None and selection_rule not in selection.RULES:
             raise EmbedkitError(f"{self.name}: parameter selection_rule={selection_rule}: expects one of "
                                 f"{', '.join(selection.RULES)}")
