@@ -17,6 +17,7 @@ or a backbone whose training rows nobody knows, such as a published checkpoint) 
 "unknown" (`Split.seen_known` False, `Split.seen` all False). The version changes only when a
 reader of the previous version would misread a file.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -25,9 +26,9 @@ import json
 import os
 import time
 import warnings
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import h5py
 import numpy as np
@@ -41,20 +42,34 @@ SPLITS = ("train", "val", "test")
 STR = h5py.string_dtype("utf-8")
 
 # Provenance attributes that legitimately differ between shards of one extraction.
-VOLATILE_ATTRS = frozenset({
-    "images_per_s", "finished_at", "created_at", "timing_json", "fingerprint", "complete",
-    "device_name", "row_start", "row_stop", "shard", "bottleneck", "n_invalid",
-})
+VOLATILE_ATTRS = frozenset(
+    {
+        "images_per_s",
+        "finished_at",
+        "created_at",
+        "timing_json",
+        "fingerprint",
+        "complete",
+        "device_name",
+        "row_start",
+        "row_stop",
+        "shard",
+        "bottleneck",
+        "n_invalid",
+    }
+)
 
 
 def _version() -> str:
     from embedkit import __version__
+
     return __version__
 
 
 # ----------------------------------------------------------------------------------------------
 # The sample table
 # ----------------------------------------------------------------------------------------------
+
 
 @dataclass
 class Samples:
@@ -63,6 +78,7 @@ class Samples:
     `split` holds 0/1/2 (train/val/test); `a` is -1 where the attribute is unknown.
     The group definition is g = y * n_attrs + a (-1 when a is unknown).
     """
+
     uid: np.ndarray
     split: np.ndarray
     y: np.ndarray
@@ -71,7 +87,7 @@ class Samples:
     attr_names: list[str]
     valid: np.ndarray | None = None
     dataset: str = "imported"
-    meta: dict = field(default_factory=dict)   # dataset options, seed, correlation per split, ...
+    meta: dict = field(default_factory=dict)  # dataset options, seed, correlation per split, ...
     # Optional overlapping evaluation groups (CivilComments: toxic x each identity): a boolean
     # membership matrix [N, G_eval] beside the single training attribute `a`.
     eval_groups: np.ndarray | None = None
@@ -89,26 +105,33 @@ class Samples:
         for name in ("split", "y", "a", "valid"):
             if len(getattr(self, name)) != n:
                 raise EmbedkitError(
-                    f"arrays of different lengths: uid has {n} rows, {name} has {len(getattr(self, name))}")
+                    f"arrays of different lengths: uid has {n} rows, {name} has {len(getattr(self, name))}"
+                )
         bad = np.flatnonzero((self.y < 0) | (self.y >= len(self.class_names)))
         if bad.size:
             raise EmbedkitError(
                 f"label out of range at row {bad[0]} (uid {self.uid[bad[0]]}): y={self.y[bad[0]]}, "
-                f"declared classes {self.class_names}")
+                f"declared classes {self.class_names}"
+            )
         bad = np.flatnonzero((self.a < -1) | (self.a >= len(self.attr_names)))
         if bad.size:
             raise EmbedkitError(
                 f"attribute out of range at row {bad[0]} (uid {self.uid[bad[0]]}): a={self.a[bad[0]]}, "
-                f"declared attributes {self.attr_names} (-1 = unknown)")
+                f"declared attributes {self.attr_names} (-1 = unknown)"
+            )
         if self.eval_groups is not None:
             self.eval_groups = np.asarray(self.eval_groups, bool)
             self.eval_group_names = [str(c) for c in self.eval_group_names]
             if self.eval_groups.shape != (n, len(self.eval_group_names)):
-                raise EmbedkitError(f"eval_groups must be [{n} rows, {len(self.eval_group_names)} named groups], "
-                                    f"not {list(self.eval_groups.shape)}")
+                raise EmbedkitError(
+                    f"eval_groups must be [{n} rows, {len(self.eval_group_names)} named groups], "
+                    f"not {list(self.eval_groups.shape)}"
+                )
         uniq, counts = np.unique(self.uid, return_counts=True)
         if (counts > 1).any():
-            raise EmbedkitError(f"duplicate uid {uniq[counts > 1][0]!r}: every sample needs its own id")
+            raise EmbedkitError(
+                f"duplicate uid {uniq[counts > 1][0]!r}: every sample needs its own id"
+            )
 
     def __len__(self):
         return len(self.uid)
@@ -128,14 +151,25 @@ class Samples:
         """Stable permutation that puts rows in train, val, test order."""
         return np.argsort(self.split, kind="stable")
 
-    def take(self, idx) -> "Samples":
-        return replace(self, uid=self.uid[idx], split=self.split[idx], y=self.y[idx], a=self.a[idx],
-                       valid=self.valid[idx], eval_groups=None if self.eval_groups is None else self.eval_groups[idx])
+    def take(self, idx) -> Samples:
+        return replace(
+            self,
+            uid=self.uid[idx],
+            split=self.split[idx],
+            y=self.y[idx],
+            a=self.a[idx],
+            valid=self.valid[idx],
+            eval_groups=None if self.eval_groups is None else self.eval_groups[idx],
+        )
 
-    def same_rows(self, other: "Samples") -> bool:
-        return (len(self) == len(other) and np.array_equal(self.uid, other.uid)
-                and np.array_equal(self.split, other.split) and np.array_equal(self.y, other.y)
-                and np.array_equal(self.a, other.a))
+    def same_rows(self, other: Samples) -> bool:
+        return (
+            len(self) == len(other)
+            and np.array_equal(self.uid, other.uid)
+            and np.array_equal(self.split, other.split)
+            and np.array_equal(self.y, other.y)
+            and np.array_equal(self.a, other.a)
+        )
 
 
 def group_ids(y, a, n_attrs: int) -> np.ndarray:
@@ -154,7 +188,9 @@ def _as_split_codes(split, what: str) -> np.ndarray:
     if arr.dtype.kind in "iu":
         bad = np.flatnonzero((arr < 0) | (arr > 2))
         if bad.size:
-            raise EmbedkitError(f"unknown split value {arr[bad[0]]} at row {bad[0]} of {what}: use 0/1/2")
+            raise EmbedkitError(
+                f"unknown split value {arr[bad[0]]} at row {bad[0]} of {what}: use 0/1/2"
+            )
         return arr.astype(np.uint8)
     if arr.dtype.kind == "f":
         raise EmbedkitError(f"{what} must hold split names or integer codes 0/1/2, not floats")
@@ -164,7 +200,9 @@ def _as_split_codes(split, what: str) -> np.ndarray:
         key = s.decode() if isinstance(s, bytes) else str(s)
         code = alias.get(key.strip().lower())
         if code is None:
-            raise EmbedkitError(f"unknown split name {key!r} at row {i} of {what}: use train/val/test or 0/1/2")
+            raise EmbedkitError(
+                f"unknown split name {key!r} at row {i} of {what}: use train/val/test or 0/1/2"
+            )
         out[i] = code
     return out
 
@@ -180,6 +218,7 @@ def split_code(name: str) -> int:
 # A loaded split
 # ----------------------------------------------------------------------------------------------
 
+
 @dataclass
 class Split:
     """One split of one backbone, in memory. `Z` is float32 whatever the dtype on disk.
@@ -187,6 +226,7 @@ class Split:
     `rows` are the row indices in the cache file; run records use them to state which rows a head
     was fitted, tuned and selected on (metrics spec section 4.4).
     """
+
     name: str
     Z: np.ndarray
     y: np.ndarray
@@ -201,8 +241,8 @@ class Split:
     # cache has them: zero-shot, text projections, AFR and HSFM initialisation read them here.
     erm_head: tuple | None = None
     text: dict | None = None
-    train_group_counts: np.ndarray | None = None   # n_g on train: the weighted-mean metric needs it
-    eval_groups: np.ndarray | None = None          # [N, G_eval] overlapping evaluation groups, or None
+    train_group_counts: np.ndarray | None = None  # n_g on train: the weighted-mean metric needs it
+    eval_groups: np.ndarray | None = None  # [N, G_eval] overlapping evaluation groups, or None
     eval_group_names: list | None = None
     # Rows the backbone was trained on (`/embeddings/<key>/seen`). Without that record `seen_known`
     # is False and `seen` all False: "unknown", which a head that needs unseen rows must not read
@@ -241,14 +281,21 @@ class Split:
     def __len__(self):
         return len(self.y)
 
-    def subset(self, idx) -> "Split":
+    def subset(self, idx) -> Split:
         idx = np.asarray(idx)
-        return replace(self, Z=self.Z[idx], y=self.y[idx], a=self.a[idx], ids=self.ids[idx],
-                       rows=self.rows[idx], logits=None if self.logits is None else self.logits[idx],
-                       seen=self.seen[idx],
-                       eval_groups=None if self.eval_groups is None else self.eval_groups[idx])
+        return replace(
+            self,
+            Z=self.Z[idx],
+            y=self.y[idx],
+            a=self.a[idx],
+            ids=self.ids[idx],
+            rows=self.rows[idx],
+            logits=None if self.logits is None else self.logits[idx],
+            seen=self.seen[idx],
+            eval_groups=None if self.eval_groups is None else self.eval_groups[idx],
+        )
 
-    def hide_attrs(self, visible: np.ndarray) -> "Split":
+    def hide_attrs(self, visible: np.ndarray) -> Split:
         """The same rows with a = -1 where `visible` is False (the label budget)."""
         return replace(self, a=np.where(np.asarray(visible, bool), self.a, -1))
 
@@ -260,6 +307,7 @@ class Split:
 # ----------------------------------------------------------------------------------------------
 # Reading
 # ----------------------------------------------------------------------------------------------
+
 
 def _open_h5(path, mode="r", wait: float = 0.0) -> h5py.File:
     """Open with h5py; a file another process holds open (HDF5's own lock) is retried for up to
@@ -276,21 +324,26 @@ def _open_h5(path, mode="r", wait: float = 0.0) -> h5py.File:
             if time.monotonic() < deadline:
                 if not told:
                     from embedkit.locking import say_waiting
+
                     say_waiting(path, _in_use_by(path), wait)
                     told = True
                 time.sleep(0.25)
                 continue
-            raise LockBusy(f"{path}: in use by another process ({_in_use_by(path)}); "
-                                f"{'wait for it to close the file' if mode == 'r' else 'close it, or pass --wait SECONDS'}"
-                                ) from None
+            raise LockBusy(
+                f"{path}: in use by another process ({_in_use_by(path)}); "
+                f"{'wait for it to close the file' if mode == 'r' else 'close it, or pass --wait SECONDS'}"
+            ) from None
         except OSError as e:
-            raise EmbedkitError(f"{path}: cannot open as HDF5 ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+            raise EmbedkitError(
+                f"{path}: cannot open as HDF5 ({e.__class__.__name__}: {str(e).splitlines()[0]})"
+            ) from None
 
 
 def _in_use_by(path) -> str:
     from embedkit.locking import hdf5_holders, holder_text, read_holder
+
     info = read_holder(path)
-    if info and info.get("pid") != os.getpid():      # not our own writer lock
+    if info and info.get("pid") != os.getpid():  # not our own writer lock
         return f"an embedkit writer: {holder_text(info)}"
     found = hdf5_holders(path)
     return "; ".join(found) if found else "an HDF5 file lock held by a process embedkit cannot name"
@@ -302,21 +355,25 @@ def _check_format(f: h5py.File, path) -> None:
     version = int(f.attrs.get("format_version", 0))
     if version > FORMAT_VERSION:
         raise EmbedkitError(
-            f"{path}: written by a newer embedkit (format version {version} > {FORMAT_VERSION}); upgrade embedkit")
+            f"{path}: written by a newer embedkit (format version {version} > {FORMAT_VERSION}); upgrade embedkit"
+        )
     if not f.attrs.get("complete", False) or "samples" not in f:
-        raise EmbedkitError(f"{path}: incomplete cache (an interrupted write); delete it and write again")
+        raise EmbedkitError(
+            f"{path}: incomplete cache (an interrupted write); delete it and write again"
+        )
 
 
 def _read_cast(ds: h5py.Dataset, lo: int, hi: int, out: np.ndarray, block: int = 32768) -> None:
     """Read rows [lo, hi) of `ds` into `out` of another dtype, block by block (no second full
     copy). torch's vectorised half->float copy is ~5x faster than numpy's cast."""
     import torch
+
     buf = np.empty((block, ds.shape[1]), ds.dtype)
     dst = torch.from_numpy(out)
     for b in range(lo, hi, block):
         k = min(block, hi - b)
-        ds.read_direct(buf, np.s_[b:b + k], np.s_[:k])
-        dst[b - lo:b - lo + k].copy_(torch.from_numpy(buf[:k]))
+        ds.read_direct(buf, np.s_[b : b + k], np.s_[:k])
+        dst[b - lo : b - lo + k].copy_(torch.from_numpy(buf[:k]))
 
 
 def _attrs_dict(attrs) -> dict:
@@ -364,7 +421,7 @@ class Cache:
         self.dataset = self.attrs.get("dataset_name", "")
 
     @classmethod
-    def open(cls, path) -> "Cache":
+    def open(cls, path) -> Cache:
         return cls(path)
 
     # -- what is in the file --------------------------------------------------------------------
@@ -381,9 +438,13 @@ class Cache:
                 return keys[0]
             if not keys:
                 raise EmbedkitError(f"{self.path}: holds no complete backbone embeddings")
-            raise EmbedkitError(f"{self.path}: holds {len(keys)} backbones ({', '.join(keys)}); name one")
+            raise EmbedkitError(
+                f"{self.path}: holds {len(keys)} backbones ({', '.join(keys)}); name one"
+            )
         if backbone not in keys:
-            raise EmbedkitError(f"{self.path}: no backbone {backbone!r}; it holds {', '.join(keys) or 'none'}")
+            raise EmbedkitError(
+                f"{self.path}: no backbone {backbone!r}; it holds {', '.join(keys) or 'none'}"
+            )
         return backbone
 
     def provenance(self, backbone: str | None = None) -> dict:
@@ -409,8 +470,13 @@ class Cache:
         return int(idx[0]), int(idx[-1]) + 1
 
     # -- loading --------------------------------------------------------------------------------
-    def split(self, name: str, backbone: str | None = None, include_invalid: bool = False,
-              dtype: str | None = "float32") -> Split:
+    def split(
+        self,
+        name: str,
+        backbone: str | None = None,
+        include_invalid: bool = False,
+        dtype: str | None = "float32",
+    ) -> Split:
         """Load one split into memory with one contiguous read of each array.
 
         `Z` is float32 (methods spec 0.1: cast before any math); `dtype=None` keeps the on-disk
@@ -423,33 +489,50 @@ class Cache:
         with _open_h5(self.path) as f:
             grp = f["embeddings"][key]
             feats = grp["feats"]
-            Z = np.empty((hi - lo, feats.shape[1]), feats.dtype if dtype is None else np.dtype(dtype))
+            Z = np.empty(
+                (hi - lo, feats.shape[1]), feats.dtype if dtype is None else np.dtype(dtype)
+            )
             if hi > lo and feats.dtype == Z.dtype:
                 feats.read_direct(Z, np.s_[lo:hi])
             elif hi > lo:
                 _read_cast(feats, lo, hi, Z)
             logits = grp["logits"][lo:hi].astype(np.float32) if "logits" in grp else None
-            head = (grp["head_W0"][()].astype(np.float32), grp["head_b0"][()].astype(np.float32)) \
-                if "head_W0" in grp else None
+            head = (
+                (grp["head_W0"][()].astype(np.float32), grp["head_b0"][()].astype(np.float32))
+                if "head_W0" in grp
+                else None
+            )
             seen = grp["seen"][lo:hi].astype(bool) if "seen" in grp else None
         s = self._samples
-        keep = s.split[lo:hi] == code              # a file not sorted by split still reads right
+        keep = s.split[lo:hi] == code  # a file not sorted by split still reads right
         n_bad = int((keep & ~s.valid[lo:hi]).sum())
         if not include_invalid and n_bad:
-            warnings.warn(f"{self.path}: {n_bad} invalid rows of split {name!r} left out (flagged in /samples/valid)")
+            warnings.warn(
+                f"{self.path}: {n_bad} invalid rows of split {name!r} left out (flagged in /samples/valid)"
+            )
             keep &= s.valid[lo:hi]
         sel = np.flatnonzero(keep)
         full = sel.size == hi - lo
         pick = (lambda arr: arr[lo:hi]) if full else (lambda arr: arr[lo:hi][sel])
         return Split(
-            name=SPLITS[code], Z=Z if full else Z[sel],
-            y=pick(s.y), a=pick(s.a), ids=pick(s.uid), rows=(lo + sel).astype(np.int64),
-            class_names=list(self.class_names), attr_names=list(self.attr_names), backbone=key,
-            logits=None if logits is None else (logits if full else logits[sel]), erm_head=head,
-            text=self.text(key), train_group_counts=self.group_counts("train"),
-            seen=None if seen is None else (seen if full else seen[sel]), seen_known=seen is not None,
+            name=SPLITS[code],
+            Z=Z if full else Z[sel],
+            y=pick(s.y),
+            a=pick(s.a),
+            ids=pick(s.uid),
+            rows=(lo + sel).astype(np.int64),
+            class_names=list(self.class_names),
+            attr_names=list(self.attr_names),
+            backbone=key,
+            logits=None if logits is None else (logits if full else logits[sel]),
+            erm_head=head,
+            text=self.text(key),
+            train_group_counts=self.group_counts("train"),
+            seen=None if seen is None else (seen if full else seen[sel]),
+            seen_known=seen is not None,
             eval_groups=None if s.eval_groups is None else pick(s.eval_groups),
-            eval_group_names=list(s.eval_group_names) if s.eval_groups is not None else None)
+            eval_group_names=list(s.eval_group_names) if s.eval_groups is not None else None,
+        )
 
     def group_counts(self, name: str) -> np.ndarray:
         """Rows per group (valid rows with a known attribute) in one split."""
@@ -465,7 +548,8 @@ class Cache:
             return grp["seen"][()].astype(bool) if "seen" in grp else None
 
     def seen_counts(self, backbone: str | None = None) -> dict | None:
-        """Rows the backbone was trained on, per split ({'train': n, 'val': n, 'test': n}), or None."""
+        """Rows the backbone was trained on, per split ({'train': n, 'val': n, 'test': n}), or
+        None."""
         return _seen_counts(self.seen(backbone), self._samples.split)
 
     def head(self, backbone: str | None = None):
@@ -484,9 +568,13 @@ class Cache:
             if "text" not in f or key not in f["text"]:
                 return None
             t = f["text"][key]
-            return {"prompts": list(t["prompts"].asstr()[()]), "feats": t["feats"][()].astype(np.float32),
-                    "kind": list(t["kind"].asstr()[()]), "index": t["index"][()].astype(np.int64),
-                    "attrs": _attrs_dict(t.attrs)}
+            return {
+                "prompts": list(t["prompts"].asstr()[()]),
+                "feats": t["feats"][()].astype(np.float32),
+                "kind": list(t["kind"].asstr()[()]),
+                "index": t["index"][()].astype(np.int64),
+                "attrs": _attrs_dict(t.attrs),
+            }
 
     def derived(self, name: str) -> dict | None:
         with _open_h5(self.path) as f:
@@ -505,28 +593,44 @@ class Cache:
             m = samples.split == code
             g = samples.g[m]
             counts[name] = {
-                "rows": int(m.sum()), "invalid": int((~samples.valid[m]).sum()),
+                "rows": int(m.sum()),
+                "invalid": int((~samples.valid[m]).sum()),
                 "unknown_attr": int((g < 0).sum()),
-                "groups": np.bincount(g[g >= 0], minlength=len(self.group_names)).tolist()}
+                "groups": np.bincount(g[g >= 0], minlength=len(self.group_names)).tolist(),
+            }
             if samples.eval_groups is not None:
-                counts[name]["eval_groups"] = samples.eval_groups[m].sum(axis=0).astype(int).tolist()
+                counts[name]["eval_groups"] = (
+                    samples.eval_groups[m].sum(axis=0).astype(int).tolist()
+                )
         backbones = {}
         with _open_h5(self.path) as f:
             for key in self.backbones():
                 grp = f["embeddings"][key]
-                backbones[key] = {"dim": int(grp["feats"].shape[1]), "dtype": str(grp["feats"].dtype),
-                                  "has_logits": "logits" in grp, "has_head": "head_W0" in grp,
-                                  "has_text": "text" in f and key in f["text"],
-                                  "seen": _seen_counts(grp["seen"][()] if "seen" in grp else None,
-                                                       samples.split),
-                                  "provenance": _attrs_dict(grp.attrs)}
-        return {"path": str(self.path), "format_version": self.attrs.get("format_version"),
-                "dataset": self.dataset, "n_samples": self.n, "class_names": self.class_names,
-                "attr_names": self.attr_names, "group_names": self.group_names,
-                "group_definition": self.attrs.get("group_definition"), "splits": counts,
-                "eval_group_names": list(self._samples.eval_group_names) if self._samples.eval_groups is not None
-                else None,
-                "backbones": backbones, "dataset_meta": self.attrs.get("dataset_meta_json")}
+                backbones[key] = {
+                    "dim": int(grp["feats"].shape[1]),
+                    "dtype": str(grp["feats"].dtype),
+                    "has_logits": "logits" in grp,
+                    "has_head": "head_W0" in grp,
+                    "has_text": "text" in f and key in f["text"],
+                    "seen": _seen_counts(grp["seen"][()] if "seen" in grp else None, samples.split),
+                    "provenance": _attrs_dict(grp.attrs),
+                }
+        return {
+            "path": str(self.path),
+            "format_version": self.attrs.get("format_version"),
+            "dataset": self.dataset,
+            "n_samples": self.n,
+            "class_names": self.class_names,
+            "attr_names": self.attr_names,
+            "group_names": self.group_names,
+            "group_definition": self.attrs.get("group_definition"),
+            "splits": counts,
+            "eval_group_names": list(self._samples.eval_group_names)
+            if self._samples.eval_groups is not None
+            else None,
+            "backbones": backbones,
+            "dataset_meta": self.attrs.get("dataset_meta_json"),
+        }
 
 
 def _seen_counts(seen, split) -> dict | None:
@@ -539,6 +643,7 @@ def _seen_counts(seen, split) -> dict | None:
 # ----------------------------------------------------------------------------------------------
 # Writing
 # ----------------------------------------------------------------------------------------------
+
 
 def _check_key(key: str) -> str:
     if not key or "/" in key or key.startswith("."):
@@ -571,15 +676,22 @@ def _write_samples(f: h5py.File, samples: Samples) -> None:
     if samples.eval_groups is not None:
         d = s.create_dataset("eval_groups", data=samples.eval_groups.astype(bool))
         d.attrs["names_json"] = json.dumps(samples.eval_group_names)
-    f.attrs.update({
-        "format": FORMAT, "format_version": FORMAT_VERSION, "embedkit_version": _version(),
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "h5py_version": h5py.version.version, "numpy_version": np.__version__,
-        "dataset_name": samples.dataset, "n_samples": len(samples),
-        "class_names_json": json.dumps(samples.class_names), "attr_names_json": json.dumps(samples.attr_names),
-        "group_definition": f"g = y * {samples.n_attrs} + a (-1 when a is unknown)",
-        "dataset_meta_json": json.dumps(samples.meta, sort_keys=True, default=str),
-    })
+    f.attrs.update(
+        {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "embedkit_version": _version(),
+            "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+            "h5py_version": h5py.version.version,
+            "numpy_version": np.__version__,
+            "dataset_name": samples.dataset,
+            "n_samples": len(samples),
+            "class_names_json": json.dumps(samples.class_names),
+            "attr_names_json": json.dumps(samples.attr_names),
+            "group_definition": f"g = y * {samples.n_attrs} + a (-1 when a is unknown)",
+            "dataset_meta_json": json.dumps(samples.meta, sort_keys=True, default=str),
+        }
+    )
 
 
 def _encode_uids(uid) -> np.ndarray:
@@ -588,10 +700,10 @@ def _encode_uids(uid) -> np.ndarray:
 
 
 def _decode_uids(raw: np.ndarray) -> np.ndarray:
-    if raw.dtype.kind == "O":                      # vlen strings from another writer
+    if raw.dtype.kind == "O":  # vlen strings from another writer
         return np.asarray([u.decode() if isinstance(u, bytes) else u for u in raw], dtype=str)
     try:
-        return raw.astype(str)                     # ASCII: a C-level cast
+        return raw.astype(str)  # ASCII: a C-level cast
     except UnicodeDecodeError:
         return np.strings.decode(raw, "utf-8")
 
@@ -599,23 +711,36 @@ def _decode_uids(raw: np.ndarray) -> np.ndarray:
 def _read_samples(f: h5py.File) -> Samples:
     s = f["samples"]
     eg = s["eval_groups"] if "eval_groups" in s else None
-    return Samples(uid=_decode_uids(s["uid"][()]), split=s["split"][()], y=s["y"][()], a=s["a"][()],
-                   valid=s["valid"][()], class_names=json.loads(f.attrs["class_names_json"]),
-                   attr_names=json.loads(f.attrs["attr_names_json"]), dataset=f.attrs.get("dataset_name", ""),
-                   meta=json.loads(f.attrs.get("dataset_meta_json", "{}")),
-                   eval_groups=None if eg is None else eg[()],
-                   eval_group_names=[] if eg is None else json.loads(eg.attrs["names_json"]))
+    return Samples(
+        uid=_decode_uids(s["uid"][()]),
+        split=s["split"][()],
+        y=s["y"][()],
+        a=s["a"][()],
+        valid=s["valid"][()],
+        class_names=json.loads(f.attrs["class_names_json"]),
+        attr_names=json.loads(f.attrs["attr_names_json"]),
+        dataset=f.attrs.get("dataset_name", ""),
+        meta=json.loads(f.attrs.get("dataset_meta_json", "{}")),
+        eval_groups=None if eg is None else eg[()],
+        eval_group_names=[] if eg is None else json.loads(eg.attrs["names_json"]),
+    )
 
 
-def content_fingerprint(samples: Samples, feats: np.ndarray | h5py.Dataset, block: int = 65536) -> str:
+def content_fingerprint(
+    samples: Samples, feats: np.ndarray | h5py.Dataset, block: int = 65536
+) -> str:
     """SHA-256 over the sample table and the feature bytes: equal files give equal prints."""
     h = hashlib.sha256()
-    for arr in (samples.split.astype(np.uint8), samples.y.astype(np.int16), samples.a.astype(np.int16)):
+    for arr in (
+        samples.split.astype(np.uint8),
+        samples.y.astype(np.int16),
+        samples.a.astype(np.int16),
+    ):
         h.update(arr.tobytes())
     h.update("\n".join(samples.uid.astype(str)).encode())
     h.update(str(np.dtype(feats.dtype)).encode() + repr(tuple(feats.shape)).encode())
     for lo in range(0, feats.shape[0], block):
-        h.update(np.ascontiguousarray(feats[lo:lo + block]).tobytes())
+        h.update(np.ascontiguousarray(feats[lo : lo + block]).tobytes())
     return h.hexdigest()
 
 
@@ -633,18 +758,33 @@ def as_seen(seen, n: int, source="seen") -> np.ndarray | None:
         return None
     arr = np.asarray(seen)
     if arr.ndim != 1 or len(arr) != n:
-        raise EmbedkitError(f"{source}: seen must be a 1-D bool array row-aligned with the embeddings "
-                            f"({n} rows), got shape {arr.shape}")
+        raise EmbedkitError(
+            f"{source}: seen must be a 1-D bool array row-aligned with the embeddings "
+            f"({n} rows), got shape {arr.shape}"
+        )
     if arr.dtype.kind != "b":
         if arr.dtype.kind not in "iu" or not np.isin(arr, (0, 1)).all():
-            raise EmbedkitError(f"{source}: seen must hold booleans (or 0/1), got dtype {arr.dtype}")
+            raise EmbedkitError(
+                f"{source}: seen must hold booleans (or 0/1), got dtype {arr.dtype}"
+            )
     return arr.astype(bool)
 
 
-def write_cache(path, samples: Samples, backbone_key: str, feats: np.ndarray, *, provenance: Mapping | None = None,
-                dtype="float32", logits: np.ndarray | None = None, head: tuple | None = None,
-                seen: np.ndarray | None = None, overwrite: bool = False, allow_nonfinite: bool = False,
-                wait: float = 0.0) -> Path:
+def write_cache(
+    path,
+    samples: Samples,
+    backbone_key: str,
+    feats: np.ndarray,
+    *,
+    provenance: Mapping | None = None,
+    dtype="float32",
+    logits: np.ndarray | None = None,
+    head: tuple | None = None,
+    seen: np.ndarray | None = None,
+    overwrite: bool = False,
+    allow_nonfinite: bool = False,
+    wait: float = 0.0,
+) -> Path:
     """Write one backbone's features for `samples`, creating the file or adding to it.
 
     A new file is written sorted by split under a temporary name and renamed into place. An
@@ -660,16 +800,22 @@ def write_cache(path, samples: Samples, backbone_key: str, feats: np.ndarray, *,
     if feats.ndim != 2:
         raise EmbedkitError(f"embeddings must be a 2-D matrix, got shape {feats.shape}")
     if feats.shape[0] != len(samples):
-        raise EmbedkitError(f"arrays of different lengths: embeddings have {feats.shape[0]} rows, labels {len(samples)}")
+        raise EmbedkitError(
+            f"arrays of different lengths: embeddings have {feats.shape[0]} rows, labels {len(samples)}"
+        )
     if logits is not None and len(logits) != len(samples):
-        raise EmbedkitError(f"arrays of different lengths: logits have {len(logits)} rows, labels {len(samples)}")
+        raise EmbedkitError(
+            f"arrays of different lengths: logits have {len(logits)} rows, labels {len(samples)}"
+        )
     seen = as_seen(seen, len(samples))
     stored = feats.astype(dt, copy=False)
     bad = _nonfinite_rows(stored)
     if bad.size:
         if not allow_nonfinite:
-            raise EmbedkitError(f"non-finite embedding at row {bad[0]} (uid {samples.uid[bad[0]]}) and "
-                                f"{bad.size - 1} more rows; pass --allow-nonfinite to keep them flagged invalid")
+            raise EmbedkitError(
+                f"non-finite embedding at row {bad[0]} (uid {samples.uid[bad[0]]}) and "
+                f"{bad.size - 1} more rows; pass --allow-nonfinite to keep them flagged invalid"
+            )
         samples = replace(samples, valid=samples.valid.copy())
         samples.valid[bad] = False
     order = samples.split_order()
@@ -681,29 +827,51 @@ def write_cache(path, samples: Samples, backbone_key: str, feats: np.ndarray, *,
                 on_disk = _read_samples(f)
             sorted_new = samples.take(order)
             if not on_disk.same_rows(sorted_new):
-                raise EmbedkitError(f"{path}: holds different samples (uid/split/y/a) than the ones being written; "
-                                    f"write to a new file")
+                raise EmbedkitError(
+                    f"{path}: holds different samples (uid/split/y/a) than the ones being written; "
+                    f"write to a new file"
+                )
             with _open_h5(path, "a", wait=_left(deadline)) as f:
-                _add_backbone(f, path, backbone_key, stored[order], provenance or {}, sorted_new,
-                              None if logits is None else np.asarray(logits)[order], head, overwrite,
-                              seen=None if seen is None else seen[order])
+                _add_backbone(
+                    f,
+                    path,
+                    backbone_key,
+                    stored[order],
+                    provenance or {},
+                    sorted_new,
+                    None if logits is None else np.asarray(logits)[order],
+                    head,
+                    overwrite,
+                    seen=None if seen is None else seen[order],
+                )
                 f["samples"]["valid"][...] &= sorted_new.valid
             return path
-        return _write_new(path, samples.take(order), backbone_key, stored[order], provenance or {},
-                          None if logits is None else np.asarray(logits)[order], head,
-                          None if seen is None else seen[order])
+        return _write_new(
+            path,
+            samples.take(order),
+            backbone_key,
+            stored[order],
+            provenance or {},
+            None if logits is None else np.asarray(logits)[order],
+            head,
+            None if seen is None else seen[order],
+        )
 
 
 def _left(deadline: float) -> float:
     return max(0.0, deadline - time.monotonic())
 
 
-def _write_new(path: Path, sorted_new: Samples, backbone_key, feats, provenance, logits, head, seen) -> Path:
+def _write_new(
+    path: Path, sorted_new: Samples, backbone_key, feats, provenance, logits, head, seen
+) -> Path:
     tmp = _tmp_name(path)
     try:
         with h5py.File(tmp, "w") as f:
             _write_samples(f, sorted_new)
-            _add_backbone(f, path, backbone_key, feats, provenance, sorted_new, logits, head, seen=seen)
+            _add_backbone(
+                f, path, backbone_key, feats, provenance, sorted_new, logits, head, seen=seen
+            )
             f.attrs["complete"] = True
         os.replace(tmp, path)
     finally:
@@ -711,19 +879,31 @@ def _write_new(path: Path, sorted_new: Samples, backbone_key, feats, provenance,
     return path
 
 
-def _add_backbone(f: h5py.File, path, key: str, feats, provenance: Mapping, samples: Samples,
-                  logits=None, head=None, overwrite=False, seen=None) -> None:
+def _add_backbone(
+    f: h5py.File,
+    path,
+    key: str,
+    feats,
+    provenance: Mapping,
+    samples: Samples,
+    logits=None,
+    head=None,
+    overwrite=False,
+    seen=None,
+) -> None:
     emb = f.require_group("embeddings")
     if key in emb:
         if emb[key].attrs.get("complete", False) and not overwrite:
-            raise EmbedkitError(f"{path}: backbone key {key!r} already exists; pass --overwrite to replace it")
+            raise EmbedkitError(
+                f"{path}: backbone key {key!r} already exists; pass --overwrite to replace it"
+            )
         del emb[key]
     grp = emb.create_group(key)
     grp.attrs["complete"] = False
     f.flush()
-    d = grp.create_dataset("feats", shape=feats.shape, dtype=feats.dtype)   # contiguous, no filter
+    d = grp.create_dataset("feats", shape=feats.shape, dtype=feats.dtype)  # contiguous, no filter
     for lo in range(0, feats.shape[0], 65536):
-        d[lo:lo + 65536] = feats[lo:lo + 65536]
+        d[lo : lo + 65536] = feats[lo : lo + 65536]
     if logits is not None:
         grp.create_dataset("logits", data=np.asarray(logits, np.float32))
     if head is not None:
@@ -733,9 +913,13 @@ def _add_backbone(f: h5py.File, path, key: str, feats, provenance: Mapping, samp
     if seen is not None:
         grp.create_dataset("seen", data=np.asarray(seen, bool))
     attrs = {k: _to_attr(v) for k, v in dict(provenance).items()}
-    attrs.update(dim=int(feats.shape[1]), dtype=str(feats.dtype), backbone_key=key,
-                 fingerprint=content_fingerprint(samples, d),
-                 finished_at=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"))
+    attrs.update(
+        dim=int(feats.shape[1]),
+        dtype=str(feats.dtype),
+        backbone_key=key,
+        fingerprint=content_fingerprint(samples, d),
+        finished_at=_dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    )
     grp.attrs.update(attrs)
     f.flush()
     grp.attrs["complete"] = True
@@ -750,9 +934,19 @@ class CacheWriter:
     `Cache.open` refuses.
     """
 
-    def __init__(self, path, samples: Samples, backbone_key: str, dim: int, *, dtype="float32",
-                 provenance: Mapping | None = None, n_logits: int | None = None, allow_nonfinite=False,
-                 seen: np.ndarray | None = None):
+    def __init__(
+        self,
+        path,
+        samples: Samples,
+        backbone_key: str,
+        dim: int,
+        *,
+        dtype="float32",
+        provenance: Mapping | None = None,
+        n_logits: int | None = None,
+        allow_nonfinite=False,
+        seen: np.ndarray | None = None,
+    ):
         self.path = Path(path)
         self.samples = replace(samples, valid=samples.valid.copy())
         self.seen = as_seen(seen, len(samples), str(self.path))
@@ -764,26 +958,42 @@ class CacheWriter:
         self.partial = self.path.with_name(self.path.name + ".partial")
         self._f = h5py.File(self.partial, "w")
         rows = max(1, (1 << 20) // (dim * self.dt.itemsize))
-        self._feats = self._f.create_dataset("feats", shape=(0, dim), maxshape=(None, dim), dtype=self.dt,
-                                             chunks=(rows, dim))
-        self._logits = None if not n_logits else self._f.create_dataset(
-            "logits", shape=(0, n_logits), maxshape=(None, n_logits), dtype=np.float32, chunks=(rows, n_logits))
+        self._feats = self._f.create_dataset(
+            "feats", shape=(0, dim), maxshape=(None, dim), dtype=self.dt, chunks=(rows, dim)
+        )
+        self._logits = (
+            None
+            if not n_logits
+            else self._f.create_dataset(
+                "logits",
+                shape=(0, n_logits),
+                maxshape=(None, n_logits),
+                dtype=np.float32,
+                chunks=(rows, n_logits),
+            )
+        )
 
-    def append(self, feats: np.ndarray, logits: np.ndarray | None = None, valid: np.ndarray | None = None) -> None:
+    def append(
+        self, feats: np.ndarray, logits: np.ndarray | None = None, valid: np.ndarray | None = None
+    ) -> None:
         feats = np.asarray(feats).astype(self.dt, copy=False)
         k = feats.shape[0]
         if self.n + k > len(self.samples):
-            raise EmbedkitError(f"{self.path}: more rows appended ({self.n + k}) than samples ({len(self.samples)})")
+            raise EmbedkitError(
+                f"{self.path}: more rows appended ({self.n + k}) than samples ({len(self.samples)})"
+            )
         rows = slice(self.n, self.n + k)
         if valid is not None:
             self.samples.valid[rows] &= np.asarray(valid, bool)
         bad = _nonfinite_rows(feats)
-        bad = bad[self.samples.valid[rows][bad]]          # rows already flagged may hold anything
+        bad = bad[self.samples.valid[rows][bad]]  # rows already flagged may hold anything
         if bad.size:
             uid = self.samples.uid[self.n + bad[0]]
             if not self.allow_nonfinite:
-                raise EmbedkitError(f"non-finite embedding at row {self.n + bad[0]} (uid {uid}); "
-                                    f"pass --allow-nonfinite to keep such rows flagged invalid")
+                raise EmbedkitError(
+                    f"non-finite embedding at row {self.n + bad[0]} (uid {uid}); "
+                    f"pass --allow-nonfinite to keep such rows flagged invalid"
+                )
             self.samples.valid[self.n + bad] = False
         self._feats.resize(self.n + k, axis=0)
         self._feats[rows] = feats
@@ -794,7 +1004,9 @@ class CacheWriter:
 
     def finalize(self, head: tuple | None = None, extra_provenance: Mapping | None = None) -> Path:
         if self.n != len(self.samples):
-            raise EmbedkitError(f"{self.path}: only {self.n} of {len(self.samples)} rows were appended")
+            raise EmbedkitError(
+                f"{self.path}: only {self.n} of {len(self.samples)} rows were appended"
+            )
         self._f.flush()
         self.provenance.update(extra_provenance or {})
         self.provenance["n_invalid"] = int((~self.samples.valid).sum())
@@ -802,8 +1014,17 @@ class CacheWriter:
         try:
             with h5py.File(tmp, "w") as out:
                 _write_samples(out, self.samples)
-                _add_backbone(out, self.path, self.key, self._feats, self.provenance, self.samples,
-                              None if self._logits is None else self._logits[()], head, seen=self.seen)
+                _add_backbone(
+                    out,
+                    self.path,
+                    self.key,
+                    self._feats,
+                    self.provenance,
+                    self.samples,
+                    None if self._logits is None else self._logits[()],
+                    head,
+                    seen=self.seen,
+                )
                 out.attrs["complete"] = True
             os.replace(tmp, self.path)
         finally:
@@ -829,7 +1050,14 @@ def provenance_key(attrs: Mapping) -> str:
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def merge(shards: Iterable, out, *, backbone: str | None = None, overwrite: bool = False, wait: float = 0.0) -> Path:
+def merge(
+    shards: Iterable,
+    out,
+    *,
+    backbone: str | None = None,
+    overwrite: bool = False,
+    wait: float = 0.0,
+) -> Path:
     """Concatenate shard caches (rows in the given order) into one file, or into `out` if it
     already holds the same samples. Shards must share dataset, classes and provenance."""
     shards = [Path(p) for p in shards]
@@ -843,20 +1071,40 @@ def merge(shards: Iterable, out, *, backbone: str | None = None, overwrite: bool
         if key not in c.backbones():
             raise EmbedkitError(f"{c.path}: shard has no backbone {key!r}")
         if provenance_key(c.provenance(key)) != ref_key:
-            diff = sorted(k for k in set(ref) | set(c.provenance(key)) if k not in VOLATILE_ATTRS
-                          and ref.get(k) != c.provenance(key).get(k))
-            raise EmbedkitError(f"{c.path}: shard provenance differs from {caches[0].path} ({', '.join(diff)}); "
-                                f"refusing to merge")
-        if (c.class_names, c.attr_names, c.dataset) != (caches[0].class_names, caches[0].attr_names, caches[0].dataset):
-            raise EmbedkitError(f"{c.path}: shard is of another dataset or label set than {caches[0].path}")
+            diff = sorted(
+                k
+                for k in set(ref) | set(c.provenance(key))
+                if k not in VOLATILE_ATTRS and ref.get(k) != c.provenance(key).get(k)
+            )
+            raise EmbedkitError(
+                f"{c.path}: shard provenance differs from {caches[0].path} ({', '.join(diff)}); "
+                f"refusing to merge"
+            )
+        if (c.class_names, c.attr_names, c.dataset) != (
+            caches[0].class_names,
+            caches[0].attr_names,
+            caches[0].dataset,
+        ):
+            raise EmbedkitError(
+                f"{c.path}: shard is of another dataset or label set than {caches[0].path}"
+            )
     parts = [c.samples() for c in caches]
     s0 = parts[0]
-    samples = Samples(uid=np.concatenate([p.uid for p in parts]), split=np.concatenate([p.split for p in parts]),
-                      y=np.concatenate([p.y for p in parts]), a=np.concatenate([p.a for p in parts]),
-                      valid=np.concatenate([p.valid for p in parts]), class_names=s0.class_names,
-                      attr_names=s0.attr_names, dataset=s0.dataset, meta=s0.meta,
-                      eval_groups=None if s0.eval_groups is None else np.concatenate([p.eval_groups for p in parts]),
-                      eval_group_names=s0.eval_group_names)
+    samples = Samples(
+        uid=np.concatenate([p.uid for p in parts]),
+        split=np.concatenate([p.split for p in parts]),
+        y=np.concatenate([p.y for p in parts]),
+        a=np.concatenate([p.a for p in parts]),
+        valid=np.concatenate([p.valid for p in parts]),
+        class_names=s0.class_names,
+        attr_names=s0.attr_names,
+        dataset=s0.dataset,
+        meta=s0.meta,
+        eval_groups=None
+        if s0.eval_groups is None
+        else np.concatenate([p.eval_groups for p in parts]),
+        eval_group_names=s0.eval_group_names,
+    )
     feats, logits, seen, head = [], [], [], None
     for c in caches:
         with _open_h5(c.path) as f:
@@ -871,15 +1119,33 @@ def merge(shards: Iterable, out, *, backbone: str | None = None, overwrite: bool
     prov = {k: v for k, v in ref.items() if k not in VOLATILE_ATTRS or k == "images_per_s"}
     prov["merged_from"] = len(shards)
     F = np.concatenate(feats)
-    return write_cache(out, samples, key, F, provenance=prov, dtype=F.dtype,
-                       logits=np.concatenate(logits) if len(logits) == len(caches) else None,
-                       # one shard without the record makes the whole backbone "unknown"
-                       seen=np.concatenate(seen) if len(seen) == len(caches) else None,
-                       head=head, overwrite=overwrite, allow_nonfinite=True, wait=wait)
+    return write_cache(
+        out,
+        samples,
+        key,
+        F,
+        provenance=prov,
+        dtype=F.dtype,
+        logits=np.concatenate(logits) if len(logits) == len(caches) else None,
+        # one shard without the record makes the whole backbone "unknown"
+        seen=np.concatenate(seen) if len(seen) == len(caches) else None,
+        head=head,
+        overwrite=overwrite,
+        allow_nonfinite=True,
+        wait=wait,
+    )
 
 
-def write_text(path, backbone_key: str, prompts: Sequence[str], feats: np.ndarray, kind: Sequence[str],
-               index: Sequence[int], attrs: Mapping | None = None, wait: float = 0.0) -> None:
+def write_text(
+    path,
+    backbone_key: str,
+    prompts: Sequence[str],
+    feats: np.ndarray,
+    kind: Sequence[str],
+    index: Sequence[int],
+    attrs: Mapping | None = None,
+    wait: float = 0.0,
+) -> None:
     """Store text-tower embeddings of prompts (`kind` 'class' or 'attr', `index` the class or
     attribute each prompt describes) for zero-shot heads, text projections and edit probes."""
     feats = np.asarray(feats, np.float32)
@@ -899,8 +1165,13 @@ def write_text(path, backbone_key: str, prompts: Sequence[str], feats: np.ndarra
         g.attrs.update({k: _to_attr(v) for k, v in dict(attrs or {}).items()})
 
 
-def write_derived(path, name: str, arrays: Mapping[str, np.ndarray], attrs: Mapping | None = None,
-                  wait: float = 0.0) -> None:
+def write_derived(
+    path,
+    name: str,
+    arrays: Mapping[str, np.ndarray],
+    attrs: Mapping | None = None,
+    wait: float = 0.0,
+) -> None:
     """Store derived arrays (projections, centroids, inferred groups) under /derived/<name>."""
     with writer_lock(path, wait, "derived"), _open_h5(path, "a", wait=wait) as f:
         _check_format(f, path)
@@ -910,6 +1181,9 @@ def write_derived(path, name: str, arrays: Mapping[str, np.ndarray], attrs: Mapp
         g = d.create_group(name)
         for k, v in arrays.items():
             v = np.asarray(v)
-            g.create_dataset(k, data=v.astype(object) if v.dtype.kind == "U" else v,
-                             dtype=STR if v.dtype.kind in "UO" else None)
+            g.create_dataset(
+                k,
+                data=v.astype(object) if v.dtype.kind == "U" else v,
+                dtype=STR if v.dtype.kind in "UO" else None,
+            )
         g.attrs.update({k: _to_attr(v) for k, v in dict(attrs or {}).items()})

@@ -4,6 +4,7 @@ Each subcommand lives in `embedkit/commands/<name>.py` with `add_arguments(parse
 `run(args) -> int`. Only the module of the command being run is imported, so `embedkit info`
 does not pay for importing torch. Any `EmbedkitError` becomes one line on stderr and exit 2.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,10 @@ from embedkit.errors import EmbedkitError
 # name -> (module under embedkit.commands, one-line help)
 COMMANDS = {
     "extract": ("extract", "run a dataset through a frozen backbone into an HDF5 cache"),
-    "import": ("import_", "bring your own embeddings (.npz/.npy, or --from subpopbench|clip-retrieval|dfr) into a cache"),
+    "import": (
+        "import_",
+        "bring your own embeddings (.npz/.npy, or --from subpopbench|clip-retrieval|dfr) into a cache",
+    ),
     "export": ("export", "write one backbone of a cache to an .npz file (or --to subpopbench)"),
     "info": ("info", "provenance, shapes and per-split group counts of a cache"),
     "merge": ("merge", "merge extraction shard files into one cache"),
@@ -27,7 +31,10 @@ COMMANDS = {
     "report": ("report", "tables and PNG figures from a run or sweep folder"),
     "analyze": ("analyze", "FAISS centroids, kNN purity, clusters and directions of a cache"),
     "train-erm": ("train_erm", "train a small ERM backbone on a dataset (checkpoint for extract)"),
-    "lr-study": ("lr_study", "large-learning-rate study: train backbones over an LR grid and compare"),
+    "lr-study": (
+        "lr_study",
+        "large-learning-rate study: train backbones over an LR grid and compare",
+    ),
     "demo": ("demo", "the whole pipeline on the embedded default data"),
 }
 
@@ -39,16 +46,18 @@ def _command_module(name: str):
 def _top_parser() -> argparse.ArgumentParser:
     lines = "\n".join(f"  {n:<10} {h}" for n, (_, h) in COMMANDS.items())
     p = argparse.ArgumentParser(
-        prog="embedkit", formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="embedkit",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Frozen-backbone embedding workbench for worst-group robustness research.",
-        epilog=f"commands:\n{lines}\n\n`embedkit COMMAND --help` documents each command's flags.")
+        epilog=f"commands:\n{lines}\n\n`embedkit COMMAND --help` documents each command's flags.",
+    )
     p.add_argument("--version", action="store_true", help="print the version and exit")
     p.add_argument("command", nargs="?", help="one of the commands below")
     return p
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message):   # one line, exit 2, like every other bad input
+    def error(self, message):  # one line, exit 2, like every other bad input
         sys.stderr.write(f"{self.prog}: error: {message}\n")
         sys.exit(2)
 
@@ -60,13 +69,16 @@ def main(argv: list[str] | None = None) -> int:
         ns = top.parse_args(argv)
         if ns.version:
             from embedkit import __version__
+
             print(__version__)
             return 0
         top.print_help()
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        sys.stderr.write(f"embedkit: error: unknown command {name!r}; run `embedkit --help` for the list\n")
+        sys.stderr.write(
+            f"embedkit: error: unknown command {name!r}; run `embedkit --help` for the list\n"
+        )
         return 2
     parser = _Parser(prog=f"embedkit {name}", description=COMMANDS[name][1])
     module = _command_module(name)
@@ -84,14 +96,21 @@ def main(argv: list[str] | None = None) -> int:
 
 def add_wait_argument(p) -> None:
     """--wait, for every command that writes a cache (embedkit/locking.py)."""
-    p.add_argument("--wait", type=float, default=0, metavar="SECONDS",
-                   help="if another process is writing the same cache, wait up to SECONDS for it "
-                        "(default 0: refuse at once, naming it)")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0,
+        metavar="SECONDS",
+        help="if another process is writing the same cache, wait up to SECONDS for it "
+        "(default 0: refuse at once, naming it)",
+    )
 
 
 def parse_key_values(items: list[str] | None, flag: str) -> dict:
-    """Parse repeated KEY=VALUE flags; values are read as JSON when they parse, else kept as text."""
+    """Parse repeated KEY=VALUE flags; values are read as JSON when they parse, else kept as
+    text."""
     import json
+
     out = {}
     for item in items or []:
         if "=" not in item:

@@ -11,6 +11,7 @@
 Another dataset or backbone runs the same pipeline: `--dataset waterbirds_like --backbone
 torchvision:mobilenet_v2:PATH` skips step 1 and extracts with the given backbone.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,9 +32,20 @@ def _step(log, i: int, n: int, text: str) -> float:
     return time.perf_counter()
 
 
-def run_demo(out="runs/demo", *, dataset: str = DEFAULT_DATASET, root=None, dataset_options: dict | None = None,
-             backbone: str | None = None, cache=None, seeds=(0, 1, 2), methods="all", training: dict | None = None,
-             workers: int = 0, log=print) -> dict:
+def run_demo(
+    out="runs/demo",
+    *,
+    dataset: str = DEFAULT_DATASET,
+    root=None,
+    dataset_options: dict | None = None,
+    backbone: str | None = None,
+    cache=None,
+    seeds=(0, 1, 2),
+    methods="all",
+    training: dict | None = None,
+    workers: int = 0,
+    log=print,
+) -> dict:
     """Run the demo pipeline; returns {'table': rows, 'paths': {...}, 'seconds': float}."""
     from embedkit import runs
     from embedkit.analysis.summary import run_analysis
@@ -42,17 +54,31 @@ def run_demo(out="runs/demo", *, dataset: str = DEFAULT_DATASET, root=None, data
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cache = Path(cache or Path("cache") / ("demo.h5" if dataset == DEFAULT_DATASET else f"demo_{dataset}.h5"))
+    cache = Path(
+        cache or Path("cache") / ("demo.h5" if dataset == DEFAULT_DATASET else f"demo_{dataset}.h5")
+    )
     cache.parent.mkdir(parents=True, exist_ok=True)
     n = 5
-    paths = {"cache": str(cache), "runs": str(out / "runs"), "report": str(out / "report"),
-             "analysis": str(out / "analysis")}
+    paths = {
+        "cache": str(cache),
+        "runs": str(out / "runs"),
+        "report": str(out / "report"),
+        "analysis": str(out / "analysis"),
+    }
 
     if backbone is None:
         from embedkit.erm import train_erm
+
         t = _step(log, 1, n, f"training a small ERM backbone on {dataset} (embedkit train-erm)")
         cfg = {**DEFAULT_TRAINING, **(training or {})}
-        ckpt = train_erm(dataset, root=root, dataset_options=dataset_options, out=out / "backbone.pt", log=log, **cfg)
+        ckpt = train_erm(
+            dataset,
+            root=root,
+            dataset_options=dataset_options,
+            out=out / "backbone.pt",
+            log=log,
+            **cfg,
+        )
         backbone = f"checkpoint:{ckpt}"
         paths["backbone"] = str(ckpt)
         log(f"      done in {time.perf_counter() - t:.1f} s -> {ckpt}")
@@ -60,15 +86,28 @@ def run_demo(out="runs/demo", *, dataset: str = DEFAULT_DATASET, root=None, data
         _step(log, 1, n, f"using the given backbone {backbone} (no training)")
 
     t = _step(log, 2, n, f"extracting embeddings to {cache} (embedkit extract)")
-    extract(dataset, backbone, cache, root=root, dataset_options=dataset_options, workers=workers,
-            overwrite=True, log=log)
+    extract(
+        dataset,
+        backbone,
+        cache,
+        root=root,
+        dataset_options=dataset_options,
+        workers=workers,
+        overwrite=True,
+        log=log,
+    )
     log(f"      done in {time.perf_counter() - t:.1f} s")
 
     t = _step(log, 3, n, f"FAISS analysis of the cache (embedkit analyze) -> {paths['analysis']}")
     run_analysis(cache, paths["analysis"], root=root, log=lambda m: log(f"      {m}"))
     log(f"      done in {time.perf_counter() - t:.1f} s")
 
-    t = _step(log, 4, n, f"fitting every head with seeds {list(seeds)} (embedkit sweep) -> {paths['runs']}")
+    t = _step(
+        log,
+        4,
+        n,
+        f"fitting every head with seeds {list(seeds)} (embedkit sweep) -> {paths['runs']}",
+    )
     runs.sweep(cache, methods, list(seeds), paths["runs"], log=lambda m: log(f"      {m}"))
     log(f"      done in {time.perf_counter() - t:.1f} s")
 
@@ -79,9 +118,13 @@ def run_demo(out="runs/demo", *, dataset: str = DEFAULT_DATASET, root=None, data
     table = demo_table(report["rows"])
     seconds = time.perf_counter() - t0
     log("\n" + format_table(table))
-    log(f"\nWall time {seconds:.0f} s. Outputs: cache {cache}, runs {paths['runs']}, report {paths['report']} "
-        f"(results.md, figures), analysis {paths['analysis']}.")
-    (out / "demo_table.json").write_text(json.dumps({"table": table, "seconds": seconds, "paths": paths}, indent=2))
+    log(
+        f"\nWall time {seconds:.0f} s. Outputs: cache {cache}, runs {paths['runs']}, report {paths['report']} "
+        f"(results.md, figures), analysis {paths['analysis']}."
+    )
+    (out / "demo_table.json").write_text(
+        json.dumps({"table": table, "seconds": seconds, "paths": paths}, indent=2)
+    )
     return {"table": table, "paths": paths, "seconds": seconds}
 
 
@@ -94,28 +137,46 @@ def demo_table(rows: list[dict]) -> list[dict]:
         if row is None or row.get("status") != "ok" or row.get(f"test_{short}_mean") is None:
             return None
         std = row.get(f"test_{short}_std")
-        return f"{100 * row[f'test_{short}_mean']:.1f}" + ("" if std is None else f" ± {100 * std:.1f}")
+        return f"{100 * row[f'test_{short}_mean']:.1f}" + (
+            "" if std is None else f" ± {100 * std:.1f}"
+        )
+
     by_method = {r["method"]: r for r in rows}
     order = {m: i for i, m in enumerate(heads.DEFAULT_SWEEP)}
     table = []
     for r in sorted(rows, key=lambda r: (order.get(r["method"], len(order)), r["run"])):
-        table.append({"method": r["run"], "native_wga": cell(by_method.get("erm_native"), "wga"),
-                      "erm_wga": cell(by_method.get("erm"), "wga"), "wga": cell(r, "wga"),
-                      "mean": cell(r, "plain"), "seeds": r.get("n_seeds", 0), "status": r.get("status"),
-                      "note": r.get("notes") or ""})
+        table.append(
+            {
+                "method": r["run"],
+                "native_wga": cell(by_method.get("erm_native"), "wga"),
+                "erm_wga": cell(by_method.get("erm"), "wga"),
+                "wga": cell(r, "wga"),
+                "mean": cell(r, "plain"),
+                "seeds": r.get("n_seeds", 0),
+                "status": r.get("status"),
+                "note": r.get("notes") or "",
+            }
+        )
     return table
 
 
 def format_table(table: list[dict]) -> str:
-    w = max([12] + [len(r["method"]) for r in table])     # the longest method name sets the column
-    head = (f"{'method':<{w}} {'ERM (own head)':>15} {'ERM (linear)':>13} {'method WGA':>13} {'mean acc':>13}"
-            f" {'seeds':>5}  note")
-    lines = ["Test worst-group accuracy (%), mean ± std over seeds; selection on validation only", head,
-             "-" * len(head)]
+    w = max([12] + [len(r["method"]) for r in table])  # the longest method name sets the column
+    head = (
+        f"{'method':<{w}} {'ERM (own head)':>15} {'ERM (linear)':>13} {'method WGA':>13} {'mean acc':>13}"
+        f" {'seeds':>5}  note"
+    )
+    lines = [
+        "Test worst-group accuracy (%), mean ± std over seeds; selection on validation only",
+        head,
+        "-" * len(head),
+    ]
     for r in table:
         note = r["note"] if r["status"] != "ok" else ("" if not r["note"] else f"({r['note']})")
-        lines.append(f"{r['method']:<{w}} {_fmt(r['native_wga']):>15} {_fmt(r['erm_wga']):>13} {_fmt(r['wga']):>13} "
-                     f"{_fmt(r['mean']):>13} {r['seeds']:>5}  {note}".rstrip())
+        lines.append(
+            f"{r['method']:<{w}} {_fmt(r['native_wga']):>15} {_fmt(r['erm_wga']):>13} {_fmt(r['wga']):>13} "
+            f"{_fmt(r['mean']):>13} {r['seeds']:>5}  {note}".rstrip()
+        )
     return "\n".join(lines)
 
 

@@ -1,5 +1,6 @@
 """Reproducible CPU runs (methods spec 0.4): deterministic kernels and a fixed thread count,
 both restored afterwards. Same seed + same thread count => bitwise-identical results."""
+
 from __future__ import annotations
 
 from contextlib import contextmanager

@@ -3,7 +3,8 @@
     from embedkit import data
     from embedkit.extract import extract
     ds = data.create("cifar10", "../shared/data")
-    extract(ds, "resnet_cifar:20:resnet20-12fca82f.th", "cache/cifar10.h5", batch_size=256, workers=4)
+    extract(ds, "resnet_cifar:20:resnet20-12fca82f.th", "cache/cifar10.h5", batch_size=256,
+    workers=4)
 
 How rows travel (nothing lost, nothing duplicated):
 
@@ -34,6 +35,7 @@ with `strict` the first one stops the run. Per-batch timing separates the time s
 the data path from model time and write time; the summary (and its verdict on the bottleneck) is
 printed and stored in the provenance.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -67,18 +69,20 @@ EXTRACT_FORMAT = "embedkit-extract/1"
 # Layout: which rows each part and each worker owns
 # ----------------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Layout:
     """P contiguous parts of N rows, boundaries on multiples of the batch size B."""
+
     n_rows: int
     batch_size: int
     n_parts: int
 
     @classmethod
-    def plan(cls, n_rows: int, batch_size: int, n_workers: int, part_rows: int) -> "Layout":
+    def plan(cls, n_rows: int, batch_size: int, n_workers: int, part_rows: int) -> Layout:
         n_batches = -(-n_rows // batch_size)
-        per_part = max(1, -(-part_rows // batch_size))                 # batches per part, at most
-        per_worker = max(1, -(-n_batches // (n_workers * per_part)))   # parts per worker
+        per_part = max(1, -(-part_rows // batch_size))  # batches per part, at most
+        per_worker = max(1, -(-n_batches // (n_workers * per_part)))  # parts per worker
         return cls(n_rows, batch_size, min(n_workers * per_worker, n_batches))
 
     @property
@@ -104,8 +108,9 @@ def parse_shard(text) -> tuple[int, int]:
         try:
             i, n = (int(v) for v in str(text).split("/"))
         except ValueError:
-            raise EmbedkitError(f"--shard {text!r}: expected i/n such as 0/4 "
-                                f"(0-based job index / number of jobs)") from None
+            raise EmbedkitError(
+                f"--shard {text!r}: expected i/n such as 0/4 (0-based job index / number of jobs)"
+            ) from None
     if not (n >= 1 and 0 <= i < n):
         raise EmbedkitError(f"--shard {i}/{n}: need n >= 1 and 0 <= i < n")
     return int(i), int(n)
@@ -115,12 +120,14 @@ def parse_shard(text) -> tuple[int, int]:
 # torch.distributed (torchrun): one process per GPU, each with its own parts
 # ----------------------------------------------------------------------------------------------
 
+
 class _Dist:
     """The rank/world of a torchrun launch (gloo carries the two small collectives on CPU and GPU
     machines alike); world 1 without torchrun."""
 
     def __init__(self):
         import torch.distributed as dist
+
         self.dist = dist
         self.owned = False
         if dist.is_available() and dist.is_initialized():
@@ -151,6 +158,7 @@ class _Dist:
 # The data path
 # ----------------------------------------------------------------------------------------------
 
+
 class _Rows(torch.utils.data.Dataset):
     """Position j of the extraction -> (preprocessed row, reason it is unreadable or ''). A row is
     an image (geometry done, uint8) or, for text backbones, a text or (text, pair) tuple."""
@@ -167,8 +175,11 @@ class _Rows(torch.utils.data.Dataset):
             return None, why or "unreadable row"
         try:
             return self.transform(img), ""
-        except (OSError, ValueError) as e:         # a decodable image the preprocessing cannot take
-            return None, f"preprocessing failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+        except (OSError, ValueError) as e:  # a decodable image the preprocessing cannot take
+            return (
+                None,
+                f"preprocessing failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
+            )
 
 
 class _Timer:
@@ -181,10 +192,18 @@ class _Timer:
 
     def summary(self, workers: int, batch_size: int) -> dict:
         wall = max(time.perf_counter() - self.start, 1e-9)
-        return {"rows": self.rows, "batches": self.batches, "wall_s": round(wall, 4),
-                "data_wait_s": round(self.data, 4), "model_s": round(self.model, 4), "write_s": round(self.write, 4),
-                "images_per_s": round(self.rows / wall, 2), "workers": workers, "batch_size": batch_size,
-                "bottleneck": bottleneck(self.data, self.model, self.write)}
+        return {
+            "rows": self.rows,
+            "batches": self.batches,
+            "wall_s": round(wall, 4),
+            "data_wait_s": round(self.data, 4),
+            "model_s": round(self.model, 4),
+            "write_s": round(self.write, 4),
+            "images_per_s": round(self.rows / wall, 2),
+            "workers": workers,
+            "batch_size": batch_size,
+            "bottleneck": bottleneck(self.data, self.model, self.write),
+        }
 
 
 def bottleneck(data_s: float, model_s: float, write_s: float) -> str:
@@ -208,26 +227,36 @@ def format_timing(t: dict, modality: str = "image") -> str:
     """One line of timing. `images_per_s` is the provenance key for rows/s whatever the modality."""
     busy = max(t["data_wait_s"] + t["model_s"] + t["write_s"], 1e-9)
     pct = {k: 100 * t[k] / busy for k in ("data_wait_s", "model_s", "write_s")}
-    data_path = ("the data path (decode/resize): add --workers or pre-resize the images" if modality == "image"
-                 else "the data path (reading/tokenising): add --workers")
-    verdict = {"data": data_path, "model": "the model (compute)", "write": "writing the shard files"}[t["bottleneck"]]
+    data_path = (
+        "the data path (decode/resize): add --workers or pre-resize the images"
+        if modality == "image"
+        else "the data path (reading/tokenising): add --workers"
+    )
+    verdict = {
+        "data": data_path,
+        "model": "the model (compute)",
+        "write": "writing the shard files",
+    }[t["bottleneck"]]
     unit = "images/s" if modality == "image" else "texts/s"
-    return (f"{t['rows']} rows at {t['images_per_s']:.1f} {unit}; per batch: waiting for data "
-            f"{1000 * t['data_wait_s'] / max(t['batches'], 1):.1f} ms ({pct['data_wait_s']:.0f}%), model "
-            f"{1000 * t['model_s'] / max(t['batches'], 1):.1f} ms ({pct['model_s']:.0f}%), write "
-            f"{1000 * t['write_s'] / max(t['batches'], 1):.1f} ms ({pct['write_s']:.0f}%); bottleneck: {verdict}")
+    return (
+        f"{t['rows']} rows at {t['images_per_s']:.1f} {unit}; per batch: waiting for data "
+        f"{1000 * t['data_wait_s'] / max(t['batches'], 1):.1f} ms ({pct['data_wait_s']:.0f}%), model "
+        f"{1000 * t['model_s'] / max(t['batches'], 1):.1f} ms ({pct['model_s']:.0f}%), write "
+        f"{1000 * t['write_s'] / max(t['batches'], 1):.1f} ms ({pct['write_s']:.0f}%); bottleneck: {verdict}"
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Configuration identity (what makes two runs' shards interchangeable)
 # ----------------------------------------------------------------------------------------------
 
+
 def _samples_sha(s: Samples) -> str:
     h = hashlib.sha256()
     for arr in (s.split.astype(np.uint8), s.y.astype(np.int64), s.a.astype(np.int64)):
         h.update(arr.tobytes())
     h.update("\n".join(s.uid.astype(str)).encode())
-    if s.eval_groups is not None:        # absent: the same hash as before eval groups existed
+    if s.eval_groups is not None:  # absent: the same hash as before eval groups existed
         h.update(s.eval_groups.tobytes() + "\n".join(s.eval_group_names).encode())
     return h.hexdigest()
 
@@ -247,20 +276,26 @@ def _part_done(path: Path, key: str, config_hash: str, rows: tuple[int, int]) ->
         return False
     try:
         prov = Cache.open(path).provenance(key)
-    except EmbedkitError:          # an interrupted or foreign file: compute the part again
+    except EmbedkitError:  # an interrupted or foreign file: compute the part again
         return False
-    return (prov.get("extractor_config_hash") == config_hash
-            and (prov.get("row_start"), prov.get("row_stop")) == rows)
+    return (
+        prov.get("extractor_config_hash") == config_hash
+        and (prov.get("row_start"), prov.get("row_stop")) == rows
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Prompts for the text tower
 # ----------------------------------------------------------------------------------------------
 
-def prompt_rows(prompt_sets, class_names, attr_names) -> tuple[list[str], list[str], list[int], list[str]]:
+
+def prompt_rows(
+    prompt_sets, class_names, attr_names
+) -> tuple[list[str], list[str], list[int], list[str]]:
     """(prompts, kind, index, set names) from `TAG | PROMPT` prompt sets (names of built-in sets
     or files): a tag naming a class gives kind 'class', one naming an attribute kind 'attr'."""
     from embedkit.analysis.edits import load_prompt_set
+
     prompts, kinds, index, names = [], [], [], []
     for item in prompt_sets:
         ps = load_prompt_set(item)
@@ -273,8 +308,10 @@ def prompt_rows(prompt_sets, class_names, attr_names) -> tuple[list[str], list[s
                 kinds.append("attr")
                 index.append(attr_names.index(tag))
             else:
-                raise EmbedkitError(f"prompt set {item}: tag {tag!r} is neither a class ({', '.join(class_names)}) "
-                                    f"nor an attribute ({', '.join(attr_names)}) of the dataset")
+                raise EmbedkitError(
+                    f"prompt set {item}: tag {tag!r} is neither a class ({', '.join(class_names)}) "
+                    f"nor an attribute ({', '.join(attr_names)}) of the dataset"
+                )
             prompts.append(prompt)
     return prompts, kinds, index, names
 
@@ -283,10 +320,12 @@ def prompt_rows(prompt_sets, class_names, attr_names) -> tuple[list[str], list[s
 # The extractor
 # ----------------------------------------------------------------------------------------------
 
+
 @dataclass
 class ExtractResult:
     """What one call did. `path` is the cache when it was written (None while other shard jobs
     still have parts to do)."""
+
     path: Path | None
     key: str
     n_rows: int
@@ -302,6 +341,7 @@ class ExtractResult:
 def _resolve_dataset(dataset, root, dataset_options):
     if isinstance(dataset, str):
         from embedkit import data
+
         return data.create(dataset, root, **(dataset_options or {}))
     return dataset
 
@@ -310,18 +350,41 @@ def _select_rows(samples: Samples, splits) -> tuple[np.ndarray, Samples]:
     codes = sorted({split_code(s) for s in splits})
     sel = np.flatnonzero(np.isin(samples.split, codes))
     if sel.size == 0:
-        raise EmbedkitError(f"dataset {samples.dataset}: no rows in split(s) {', '.join(SPLITS[c] for c in codes)}")
+        raise EmbedkitError(
+            f"dataset {samples.dataset}: no rows in split(s) {', '.join(SPLITS[c] for c in codes)}"
+        )
     sub = samples.take(sel)
     order = sub.split_order()
     return sel[order], sub.take(order)
 
 
-def extract(dataset, backbone, out, *, splits=SPLITS, batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None,
-            device="auto", precision: str = "fp32", dtype: str | None = None, layer: str | None = None,
-            allow_random_init: bool = False, backbone_options: dict | None = None, shard=(0, 1), resume: bool = True,
-            strict: bool = False, allow_nonfinite: bool = False, prompts=(), part_rows: int = DEFAULT_PART_ROWS,
-            overwrite: bool = False, keep_shards: bool = False, root=None, dataset_options: dict | None = None,
-            log=None, wait: float = 0.0) -> ExtractResult:
+def extract(
+    dataset,
+    backbone,
+    out,
+    *,
+    splits=SPLITS,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int | None = None,
+    device="auto",
+    precision: str = "fp32",
+    dtype: str | None = None,
+    layer: str | None = None,
+    allow_random_init: bool = False,
+    backbone_options: dict | None = None,
+    shard=(0, 1),
+    resume: bool = True,
+    strict: bool = False,
+    allow_nonfinite: bool = False,
+    prompts=(),
+    part_rows: int = DEFAULT_PART_ROWS,
+    overwrite: bool = False,
+    keep_shards: bool = False,
+    root=None,
+    dataset_options: dict | None = None,
+    log=None,
+    wait: float = 0.0,
+) -> ExtractResult:
     """Extract `dataset` (an ImageDataset, or a name with `root`/`dataset_options`) through
     `backbone` (a SPEC string or a Backbone) into the cache `out`. See the module docstring for
     the sharding, resume and merge rules; `shard=(i, n)` is job i of an n-job array, and under
@@ -330,6 +393,7 @@ def extract(dataset, backbone, out, *, splits=SPLITS, batch_size: int = DEFAULT_
     """
     from embedkit import backbones as _bb
     from embedkit.backbones.base import Backbone, resolve_device
+
     log = log or (lambda msg: print(msg, file=sys.stderr))
     out = Path(out)
     shard_i, n_shards = parse_shard(shard)
@@ -345,47 +409,77 @@ def extract(dataset, backbone, out, *, splits=SPLITS, batch_size: int = DEFAULT_
             torch.cuda.set_device(dev)
         if dev.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        bb = backbone if isinstance(backbone, Backbone) else _bb.create(
-            backbone, device=dev, allow_random_init=allow_random_init, layer=layer, precision=precision,
-            options=backbone_options)
+        bb = (
+            backbone
+            if isinstance(backbone, Backbone)
+            else _bb.create(
+                backbone,
+                device=dev,
+                allow_random_init=allow_random_init,
+                layer=layer,
+                precision=precision,
+                options=backbone_options,
+            )
+        )
         ds = _resolve_dataset(dataset, root, dataset_options)
-        if ds.meta.get("note") and dist.rank == 0:     # e.g. the columns the csv adapter picked
+        if ds.meta.get("note") and dist.rank == 0:  # e.g. the columns the csv adapter picked
             log(f"dataset {ds.name}: {ds.meta['note']}")
         rows, samples = _select_rows(ds.samples(), splits)
         if getattr(ds, "root", None) not in (None, ""):
             # Figures rebuild the adapter from the cache to show thumbnails: record its folder.
             samples.meta = {**samples.meta, "root": str(Path(ds.root).resolve())}
-        dtype = {"fp16": "float16", "fp32": "float32"}.get(dtype or bb.default_dtype, dtype or bb.default_dtype)
+        dtype = {"fp16": "float16", "fp32": "float32"}.get(
+            dtype or bb.default_dtype, dtype or bb.default_dtype
+        )
         if dtype not in ("float16", "float32"):
             raise EmbedkitError(f"--dtype {dtype!r}: choose float16 or float32")
         modality = getattr(ds, "modality", "image")
         if modality != bb.modality:
-            raise EmbedkitError(f"dataset {ds.name} yields {modality} rows but backbone {bb.key} takes {bb.modality}: "
-                                f"choose a {modality} backbone (`embedkit backbones` lists them)")
+            raise EmbedkitError(
+                f"dataset {ds.name} yields {modality} rows but backbone {bb.key} takes {bb.modality}: "
+                f"choose a {modality} backbone (`embedkit backbones` lists them)"
+            )
         if prompts and not bb.has_text:
-            raise EmbedkitError(f"--prompts needs a backbone with a text tower (openclip:...), not {bb.key}")
-        prompt_data = prompt_rows(prompts, samples.class_names, samples.attr_names) if prompts else None
+            raise EmbedkitError(
+                f"--prompts needs a backbone with a text tower (openclip:...), not {bb.key}"
+            )
+        prompt_data = (
+            prompt_rows(prompts, samples.class_names, samples.attr_names) if prompts else None
+        )
         seen, seen_note = _seen_rows(bb, samples)
         workers = _default_workers(bb.device, bb.modality) if workers is None else int(workers)
 
-        config = {"format": EXTRACT_FORMAT, "dataset": samples.dataset,
-                  "dataset_meta": json.loads(json.dumps(samples.meta, sort_keys=True, default=str)),
-                  "samples_sha256": _samples_sha(samples), "n_rows": len(samples),
-                  "splits": [SPLITS[c] for c in sorted(set(samples.split.tolist()))],
-                  "backbone": bb.provenance(), "dtype": dtype, "batch_size": batch_size,
-                  "device_type": bb.device.type}
+        config = {
+            "format": EXTRACT_FORMAT,
+            "dataset": samples.dataset,
+            "dataset_meta": json.loads(json.dumps(samples.meta, sort_keys=True, default=str)),
+            "samples_sha256": _samples_sha(samples),
+            "n_rows": len(samples),
+            "splits": [SPLITS[c] for c in sorted(set(samples.split.tolist()))],
+            "backbone": bb.provenance(),
+            "dtype": dtype,
+            "batch_size": batch_size,
+            "device_type": bb.device.type,
+        }
         config_hash = _config_hash(config)
         n_workers = n_shards * dist.world
         worker = shard_i * dist.world + dist.rank
         err = None
-        try:                               # before any part is touched, and before _check_out
-            locks.enter_context(writer_lock(
-                out.with_name(f"{out.name}.extract-{bb.key}-{worker}of{n_workers}"), wait, "extract",
-                label=f"{out} (extraction of {bb.key}, worker {worker} of {n_workers})"))
+        try:  # before any part is touched, and before _check_out
+            locks.enter_context(
+                writer_lock(
+                    out.with_name(f"{out.name}.extract-{bb.key}-{worker}of{n_workers}"),
+                    wait,
+                    "extract",
+                    label=f"{out} (extraction of {bb.key}, worker {worker} of {n_workers})",
+                )
+            )
         except EmbedkitError as e:
             err = e
         if not dist.all_ok(err is None):
-            raise err or EmbedkitError("another rank of this torchrun is blocked by another writer; see its message")
+            raise err or EmbedkitError(
+                "another rank of this torchrun is blocked by another writer; see its message"
+            )
         early = _check_out(out, bb.key, samples, config_hash, overwrite)
         if early is not None:
             if dist.rank == 0:
@@ -412,17 +506,40 @@ def extract(dataset, backbone, out, *, splits=SPLITS, batch_size: int = DEFAULT_
                     path.unlink(missing_ok=True)
                     todo.append(p)
             if result.parts_skipped and dist.rank == 0:
-                log(f"resume: {len(result.parts_skipped)} finished part(s) of {layout.n_parts} kept in {shard_dir}")
-            prov = {**bb.provenance(), "extractor_config_hash": config_hash, "extract_config_json": {
-                k: v for k, v in config.items() if k != "backbone"}, "device": bb.device.type,
-                "embedkit_extract": EXTRACT_FORMAT, **({"seen_source": seen_note} if seen_note else {})}
+                log(
+                    f"resume: {len(result.parts_skipped)} finished part(s) of {layout.n_parts} kept in {shard_dir}"
+                )
+            prov = {
+                **bb.provenance(),
+                "extractor_config_hash": config_hash,
+                "extract_config_json": {k: v for k, v in config.items() if k != "backbone"},
+                "device": bb.device.type,
+                "embedkit_extract": EXTRACT_FORMAT,
+                **({"seen_source": seen_note} if seen_note else {}),
+            }
             if seen is None and seen_note and dist.rank == 0:
                 log(f"extract {bb.key}: rows seen in training unknown: {seen_note}")
             if todo:
-                _run_parts(ds, rows, samples, seen, bb, layout, todo, shard_dir, prov, result, batch_size=batch_size,
-                           workers=workers, dtype=dtype, strict=strict, allow_nonfinite=allow_nonfinite,
-                           show=dist.rank == 0, log=log)
-        except BaseException as e:        # every rank must reach the collective below
+                _run_parts(
+                    ds,
+                    rows,
+                    samples,
+                    seen,
+                    bb,
+                    layout,
+                    todo,
+                    shard_dir,
+                    prov,
+                    result,
+                    batch_size=batch_size,
+                    workers=workers,
+                    dtype=dtype,
+                    strict=strict,
+                    allow_nonfinite=allow_nonfinite,
+                    show=dist.rank == 0,
+                    log=log,
+                )
+        except BaseException as e:  # every rank must reach the collective below
             err = e
         if not dist.all_ok(err is None):
             if err is not None:
@@ -430,7 +547,19 @@ def extract(dataset, backbone, out, *, splits=SPLITS, batch_size: int = DEFAULT_
             raise EmbedkitError("another rank of this torchrun failed; see its message above")
         try:
             if dist.rank == 0:
-                _finish(out, shard_dir, layout, bb, config_hash, result, prompt_data, overwrite, keep_shards, log, wait)
+                _finish(
+                    out,
+                    shard_dir,
+                    layout,
+                    bb,
+                    config_hash,
+                    result,
+                    prompt_data,
+                    overwrite,
+                    keep_shards,
+                    log,
+                    wait,
+                )
         except BaseException as e:
             err = e
         if not dist.all_ok(err is None):
@@ -444,10 +573,12 @@ def extract(dataset, backbone, out, *, splits=SPLITS, batch_size: int = DEFAULT_
 
 
 def _seen_rows(bb, samples: Samples) -> tuple[np.ndarray | None, str]:
-    """(rows of `samples` the backbone was trained on, or None when unknown; where that comes from)."""
+    """(rows of `samples` the backbone was trained on, or None when unknown; where that comes
+    from)."""
     if not str(getattr(bb, "spec", "")).startswith("checkpoint:") and bb.seen_record is None:
-        return None, ""                  # published weights: their training rows are not ours to know
+        return None, ""  # published weights: their training rows are not ours to know
     from embedkit.backbones.checkpoint import seen_mask
+
     return seen_mask(bb.seen_record, samples.dataset, samples.uid)
 
 
@@ -460,25 +591,50 @@ def _default_workers(dev: torch.device, modality: str = "image") -> int:
     return 0 if modality == "text" else max(0, min(4, cores - 1))
 
 
-def _check_out(out: Path, key: str, samples: Samples, config_hash: str, overwrite: bool) -> str | None:
+def _check_out(
+    out: Path, key: str, samples: Samples, config_hash: str, overwrite: bool
+) -> str | None:
     """Refuse early (not after hours of extraction) what the final merge would refuse."""
     if not out.exists():
         return None
     cache = Cache.open(out)
     if not cache.samples().same_rows(samples):
-        raise EmbedkitError(f"{out}: holds different samples (uid/split/y/a) than this extraction; "
-                            f"write to a new file")
+        raise EmbedkitError(
+            f"{out}: holds different samples (uid/split/y/a) than this extraction; "
+            f"write to a new file"
+        )
     if key in cache.backbones() and not overwrite:
         if cache.provenance(key).get("extractor_config_hash") == config_hash:
             return f"{out} already holds {key} from the same configuration; nothing to do (--overwrite to redo)"
-        raise EmbedkitError(f"{out}: backbone key {key!r} already exists from another configuration; "
-                            f"pass --overwrite to replace it")
+        raise EmbedkitError(
+            f"{out}: backbone key {key!r} already exists from another configuration; "
+            f"pass --overwrite to replace it"
+        )
     return None
 
 
-def _run_parts(ds, rows, samples, seen, bb, layout, todo, shard_dir, prov, result, *, batch_size, workers, dtype,
-               strict, allow_nonfinite, show, log):
+def _run_parts(
+    ds,
+    rows,
+    samples,
+    seen,
+    bb,
+    layout,
+    todo,
+    shard_dir,
+    prov,
+    result,
+    *,
+    batch_size,
+    workers,
+    dtype,
+    strict,
+    allow_nonfinite,
+    show,
+    log,
+):
     from tqdm import tqdm
+
     batches, owner = [], []
     for p in todo:
         lo, hi = layout.rows(p)
@@ -486,13 +642,24 @@ def _run_parts(ds, rows, samples, seen, bb, layout, todo, shard_dir, prov, resul
             batches.append(list(range(b, min(b + batch_size, hi))))
             owner.append(p)
     loader = torch.utils.data.DataLoader(
-        _Rows(ds, rows, bb.transform.geometry), batch_sampler=batches, num_workers=workers, collate_fn=bb.collate_fn,
-        pin_memory=bb.device.type == "cuda", prefetch_factor=4 if workers else None)
+        _Rows(ds, rows, bb.transform.geometry),
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=bb.collate_fn,
+        pin_memory=bb.device.type == "cuda",
+        prefetch_factor=4 if workers else None,
+    )
     n_logits = bb.num_classes if bb.erm_head() is not None else None
     head = bb.erm_head()
     unit = "img" if bb.modality == "image" else "text"
-    bar = tqdm(total=sum(len(b) for b in batches), unit=unit, desc=f"extract {bb.key}", disable=None if show else True,
-               dynamic_ncols=True, smoothing=0.05)
+    bar = tqdm(
+        total=sum(len(b) for b in batches),
+        unit=unit,
+        desc=f"extract {bb.key}",
+        disable=None if show else True,
+        dynamic_ncols=True,
+        smoothing=0.05,
+    )
     writer, timer, run_timer, part = None, None, _Timer(), None
     try:
         t_wait = time.perf_counter()
@@ -501,9 +668,17 @@ def _run_parts(ds, rows, samples, seen, bb, layout, todo, shard_dir, prov, resul
             if owner[k] != part:
                 part = owner[k]
                 lo, hi = layout.rows(part)
-                writer = CacheWriter(shard_dir / layout.part_name(part), samples.take(np.arange(lo, hi)), bb.key,
-                                     bb.dim, dtype=dtype, provenance=prov, n_logits=n_logits,
-                                     allow_nonfinite=allow_nonfinite, seen=None if seen is None else seen[lo:hi])
+                writer = CacheWriter(
+                    shard_dir / layout.part_name(part),
+                    samples.take(np.arange(lo, hi)),
+                    bb.key,
+                    bb.dim,
+                    dtype=dtype,
+                    provenance=prov,
+                    n_logits=n_logits,
+                    allow_nonfinite=allow_nonfinite,
+                    seen=None if seen is None else seen[lo:hi],
+                )
                 timer = _Timer()
                 timer.start = t_wait
             pos = np.asarray(batches[k])
@@ -511,13 +686,15 @@ def _run_parts(ds, rows, samples, seen, bb, layout, todo, shard_dir, prov, resul
             if bad.any():
                 j = int(np.flatnonzero(bad)[0])
                 if strict:
-                    raise EmbedkitError(f"row {pos[j]} (uid {samples.uid[pos[j]]}): {reasons[j]} "
-                                        f"(--strict stops at the first unreadable image)")
+                    raise EmbedkitError(
+                        f"row {pos[j]} (uid {samples.uid[pos[j]]}): {reasons[j]} "
+                        f"(--strict stops at the first unreadable image)"
+                    )
                 result.n_invalid += int(bad.sum())
-                for j in np.flatnonzero(bad)[:max(0, 5 - len(result.invalid_examples))]:
+                for j in np.flatnonzero(bad)[: max(0, 5 - len(result.invalid_examples))]:
                     result.invalid_examples.append(f"{samples.uid[pos[j]]}: {reasons[j]}")
             feats, logits = bb.features(bb.prepare(x))
-            feats = feats.cpu().numpy()              # .cpu() waits for the GPU: model time is real
+            feats = feats.cpu().numpy()  # .cpu() waits for the GPU: model time is real
             logits = None if logits is None or n_logits is None else logits.cpu().numpy()
             t_model = time.perf_counter()
             if bad.any():
@@ -536,10 +713,18 @@ def _run_parts(ds, rows, samples, seen, bb, layout, todo, shard_dir, prov, resul
             if writer.n == len(writer.samples):
                 lo, hi = layout.rows(part)
                 timing = timer.summary(loader.num_workers, batch_size)
-                writer.finalize(head=head, extra_provenance={
-                    "row_start": lo, "row_stop": hi, "shard": f"{part}/{layout.n_parts}", "timing_json": timing,
-                    "images_per_s": timing["images_per_s"], "bottleneck": timing["bottleneck"],
-                    "device_name": _device_name(bb.device)})
+                writer.finalize(
+                    head=head,
+                    extra_provenance={
+                        "row_start": lo,
+                        "row_stop": hi,
+                        "shard": f"{part}/{layout.n_parts}",
+                        "timing_json": timing,
+                        "images_per_s": timing["images_per_s"],
+                        "bottleneck": timing["bottleneck"],
+                        "device_name": _device_name(bb.device),
+                    },
+                )
                 result.parts_done.append(part)
                 writer = None
             t_wait = time.perf_counter()
@@ -551,22 +736,44 @@ def _run_parts(ds, rows, samples, seen, bb, layout, todo, shard_dir, prov, resul
     if show:
         log(f"extract {bb.key}: {format_timing(result.timing, bb.modality)}")
     if result.n_invalid:
-        log(f"extract {bb.key}: {result.n_invalid} unreadable image(s) flagged invalid in /samples/valid "
-            f"(e.g. {result.invalid_examples[0]})")
+        log(
+            f"extract {bb.key}: {result.n_invalid} unreadable image(s) flagged invalid in /samples/valid "
+            f"(e.g. {result.invalid_examples[0]})"
+        )
 
 
-def _finish(out, shard_dir, layout, bb, config_hash, result, prompt_data, overwrite, keep_shards, log, wait=0.0):
+def _finish(
+    out,
+    shard_dir,
+    layout,
+    bb,
+    config_hash,
+    result,
+    prompt_data,
+    overwrite,
+    keep_shards,
+    log,
+    wait=0.0,
+):
     """Merge the parts into `out` once all exist (the last shard job to finish does it)."""
     paths = [shard_dir / layout.part_name(p) for p in range(layout.n_parts)]
-    missing = [p for p, path in enumerate(paths) if not _part_done(path, bb.key, config_hash, layout.rows(p))]
+    missing = [
+        p
+        for p, path in enumerate(paths)
+        if not _part_done(path, bb.key, config_hash, layout.rows(p))
+    ]
     if missing:
-        result.message = (f"{layout.n_parts - len(missing)} of {layout.n_parts} parts are done in {shard_dir}; "
-                          f"the job that finishes the last part merges them into {out}")
+        result.message = (
+            f"{layout.n_parts - len(missing)} of {layout.n_parts} parts are done in {shard_dir}; "
+            f"the job that finishes the last part merges them into {out}"
+        )
         log(result.message)
         return
     with contextlib.ExitStack() as held:
-        try:                             # the last two jobs to finish may both get here
-            held.enter_context(writer_lock(shard_dir / "merge", 0, "merge", label=f"merge of {shard_dir}"))
+        try:  # the last two jobs to finish may both get here
+            held.enter_context(
+                writer_lock(shard_dir / "merge", 0, "merge", label=f"merge of {shard_dir}")
+            )
         except LockBusy as e:
             result.message = f"another job is merging the parts into {out} ({e})"
             log(result.message)
@@ -574,14 +781,29 @@ def _finish(out, shard_dir, layout, bb, config_hash, result, prompt_data, overwr
         merge_wait = max(float(wait or 0), MERGE_WAIT_S)
         try:
             held.enter_context(writer_lock(out, merge_wait, "merge"))
-            _merge_parts(out, paths, shard_dir, layout, bb, prompt_data, overwrite, keep_shards, result, log,
-                         merge_wait)
+            _merge_parts(
+                out,
+                paths,
+                shard_dir,
+                layout,
+                bb,
+                prompt_data,
+                overwrite,
+                keep_shards,
+                result,
+                log,
+                merge_wait,
+            )
         except LockBusy as e:
-            raise EmbedkitError(f"{e}; the {layout.n_parts} finished part(s) are kept in {shard_dir}: "
-                                f"run the same command again to merge them") from None
+            raise EmbedkitError(
+                f"{e}; the {layout.n_parts} finished part(s) are kept in {shard_dir}: "
+                f"run the same command again to merge them"
+            ) from None
 
 
-def _merge_parts(out, paths, shard_dir, layout, bb, prompt_data, overwrite, keep_shards, result, log, wait):
+def _merge_parts(
+    out, paths, shard_dir, layout, bb, prompt_data, overwrite, keep_shards, result, log, wait
+):
     timings, invalid = [], 0
     for path in paths:
         prov = Cache.open(path).provenance(bb.key)
@@ -589,9 +811,18 @@ def _merge_parts(out, paths, shard_dir, layout, bb, prompt_data, overwrite, keep
         invalid += int(prov.get("n_invalid", 0))
     merge(paths, out, backbone=bb.key, overwrite=overwrite, wait=wait)
     timing = _merge_timing(timings)
-    _annotate(out, bb.key, {"timing_json": timing, "images_per_s": timing["images_per_s"],
-                            "bottleneck": timing["bottleneck"], "n_invalid": invalid, "n_parts": layout.n_parts,
-                            "device_name": _device_name(bb.device)})
+    _annotate(
+        out,
+        bb.key,
+        {
+            "timing_json": timing,
+            "images_per_s": timing["images_per_s"],
+            "bottleneck": timing["bottleneck"],
+            "n_invalid": invalid,
+            "n_parts": layout.n_parts,
+            "device_name": _device_name(bb.device),
+        },
+    )
     if prompt_data is not None:
         _write_prompts(out, bb, prompt_data, wait)
     if not keep_shards:
@@ -601,24 +832,40 @@ def _merge_parts(out, paths, shard_dir, layout, bb, prompt_data, overwrite, keep
                 d.rmdir()
     result.path = out
     result.timing = result.timing or timing
-    result.message = (f"wrote {out} [{bb.key}]: {len(Cache.open(out).samples())} rows, dim {bb.dim}, "
-                      f"{invalid} invalid" + (f", {len(prompt_data[0])} prompts" if prompt_data else ""))
+    result.message = (
+        f"wrote {out} [{bb.key}]: {len(Cache.open(out).samples())} rows, dim {bb.dim}, "
+        f"{invalid} invalid" + (f", {len(prompt_data[0])} prompts" if prompt_data else "")
+    )
     log(result.message)
 
 
 def _write_prompts(out, bb, prompt_data, wait=0.0) -> None:
     prompts, kinds, index, names = prompt_data
     prov = bb.provenance()
-    write_text(out, bb.key, prompts, bb.encode_text(prompts), kinds, index, attrs={
-        "normalised": False, "prompt_sets_json": names, "model_name": prov.get("model_name", ""),
-        "weights_sha256": prov.get("weights_sha256", ""), "random_init": bool(prov.get("random_init"))}, wait=wait)
+    write_text(
+        out,
+        bb.key,
+        prompts,
+        bb.encode_text(prompts),
+        kinds,
+        index,
+        attrs={
+            "normalised": False,
+            "prompt_sets_json": names,
+            "model_name": prov.get("model_name", ""),
+            "weights_sha256": prov.get("weights_sha256", ""),
+            "random_init": bool(prov.get("random_init")),
+        },
+        wait=wait,
+    )
 
 
 def _annotate(path: Path, key: str, attrs: dict) -> None:
     """Whole-run provenance (timing over all parts) on the merged backbone group; `merge` keeps
     only what all shards share."""
     from embedkit.cache import _open_h5
-    with writer_lock(path), _open_h5(path, "a") as f:     # inside the merge's own lock: re-entered
+
+    with writer_lock(path), _open_h5(path, "a") as f:  # inside the merge's own lock: re-entered
         g = f["embeddings"][key]
         for k, v in attrs.items():
             g.attrs[k] = json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v

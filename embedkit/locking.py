@@ -16,6 +16,7 @@ with a warning, as HDF5 itself does with HDF5_USE_FILE_LOCKING=FALSE.
 A process outside embedkit that holds the HDF5 file open (a notebook's `h5py.File`) takes no
 embedkit lock; `hdf5_holders` names it from /proc/locks where Linux provides it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,7 +34,7 @@ from pathlib import Path
 from embedkit.errors import EmbedkitError
 
 POLL_S = 0.25
-_HELD: dict[str, list] = {}      # lock path -> [fd, depth]: a process re-entering its own lock
+_HELD: dict[str, list] = {}  # lock path -> [fd, depth]: a process re-entering its own lock
 
 
 class LockBusy(EmbedkitError):
@@ -61,8 +62,10 @@ def _short(text: str) -> str:
 def holder_text(info: dict | None) -> str:
     if not info:
         return "a process that has not yet written its name into the lock"
-    return (f"pid {info.get('pid')} on {info.get('host')} ({info.get('command')!r}, started "
-            f"{info.get('started')})")
+    return (
+        f"pid {info.get('pid')} on {info.get('host')} ({info.get('command')!r}, started "
+        f"{info.get('started')})"
+    )
 
 
 def read_holder(path) -> dict | None:
@@ -80,7 +83,7 @@ def writer_lock(path, wait: float = 0.0, what: str = "write", label: str | None 
     guards, default the path)."""
     lp = lock_path(path)
     key = str(lp.resolve())
-    if key in _HELD:                             # our own lock: nested writes of one command
+    if key in _HELD:  # our own lock: nested writes of one command
         _HELD[key][1] += 1
         try:
             yield
@@ -95,7 +98,9 @@ def writer_lock(path, wait: float = 0.0, what: str = "write", label: str | None 
         try:
             fd = os.open(lp, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
-            raise EmbedkitError(f"{lp}: cannot create the lock file for {Path(path).name} ({e.strerror})") from None
+            raise EmbedkitError(
+                f"{lp}: cannot create the lock file for {Path(path).name} ({e.strerror})"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -103,9 +108,11 @@ def writer_lock(path, wait: float = 0.0, what: str = "write", label: str | None 
             fd = None
             holder = holder_text(read_holder(path))
             if time.monotonic() >= deadline:
-                raise LockBusy(f"{label or path}: another writer holds it: {holder}; "
-                               f"{'waited %gs; ' % wait if wait else ''}wait for it to finish or pass "
-                               f"--wait SECONDS") from None
+                raise LockBusy(
+                    f"{label or path}: another writer holds it: {holder}; "
+                    f"{'waited %gs; ' % wait if wait else ''}wait for it to finish or pass "
+                    f"--wait SECONDS"
+                ) from None
             if not told:
                 say_waiting(label or path, holder, wait)
                 told = True
@@ -115,18 +122,25 @@ def writer_lock(path, wait: float = 0.0, what: str = "write", label: str | None 
             os.close(fd)
             if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
                 raise
-            warnings.warn(f"{lp}: this filesystem has no file locks ({e.strerror}); writing {path} unlocked")
+            warnings.warn(
+                f"{lp}: this filesystem has no file locks ({e.strerror}); writing {path} unlocked"
+            )
             yield
             return
         try:
             same = os.stat(lp).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
             same = False
-        if not same:                             # removed by its last holder after we opened it
+        if not same:  # removed by its last holder after we opened it
             os.close(fd)
             fd = None
-    info = {"pid": os.getpid(), "host": platform.node(), "command": _command(), "what": what,
-            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    info = {
+        "pid": os.getpid(),
+        "host": platform.node(),
+        "command": _command(),
+        "what": what,
+        "started": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+    }
     os.ftruncate(fd, 0)
     os.write(fd, json.dumps(info).encode())
     _HELD[key] = [fd, 1]
@@ -135,13 +149,17 @@ def writer_lock(path, wait: float = 0.0, what: str = "write", label: str | None 
     finally:
         del _HELD[key]
         with contextlib.suppress(FileNotFoundError):
-            lp.unlink()                          # while still locked: no one can hold the old inode
+            lp.unlink()  # while still locked: no one can hold the old inode
         os.close(fd)
 
 
 def say_waiting(what, holder: str, wait: float) -> None:
     """One line on stderr when a writer starts to wait, so a quiet terminal is explained."""
-    print(f"embedkit: waiting up to {wait:g}s for {what}: held by {holder}", file=sys.stderr, flush=True)
+    print(
+        f"embedkit: waiting up to {wait:g}s for {what}: held by {holder}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def hdf5_holders(path) -> list[str]:
@@ -168,11 +186,16 @@ def hdf5_holders(path) -> list[str]:
 def _describe_pid(pid: int) -> str:
     host = platform.node()
     try:
-        cmd = _short(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        cmd = _short(
+            Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        )
         ticks = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
-                    if line.startswith("btime"))
-        started = _dt.datetime.fromtimestamp(boot + ticks / os.sysconf("SC_CLK_TCK"), _dt.timezone.utc)
+        boot = next(
+            int(line.split()[1])
+            for line in Path("/proc/stat").read_text().splitlines()
+            if line.startswith("btime")
+        )
+        started = _dt.datetime.fromtimestamp(boot + ticks / os.sysconf("SC_CLK_TCK"), _dt.UTC)
         when = started.isoformat(timespec="seconds")
     except (OSError, ValueError, IndexError, StopIteration):
         return f"pid {pid} on {host}"

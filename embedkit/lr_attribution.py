@@ -12,6 +12,7 @@ pixel before the share is taken.
 The spurious region comes from the dataset: `meta["spurious_columns"]` (Double-MNIST, the dim
 half) or `meta["spurious_rows"]` (dominoes, the MNIST half on top).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,12 +33,20 @@ def spurious_mask(meta: dict, height: int, width: int) -> np.ndarray:
         lo, hi = meta["spurious_rows"]
         mask[lo:hi] = True
     else:
-        raise EmbedkitError("dataset meta names no spurious region (spurious_columns or spurious_rows)")
+        raise EmbedkitError(
+            "dataset meta names no spurious region (spurious_columns or spurious_rows)"
+        )
     return mask
 
 
-def attributions(model, images: torch.Tensor, y, preprocess: dict, method: str = "input_x_gradient",
-                 batch_size: int = 256) -> np.ndarray:
+def attributions(
+    model,
+    images: torch.Tensor,
+    y,
+    preprocess: dict,
+    method: str = "input_x_gradient",
+    batch_size: int = 256,
+) -> np.ndarray:
     """Absolute attribution maps [N, H, W] (channels summed) of uint8 images [N, 3, H, W] for
     the logits of classes `y`, under a checkpoint's `preprocess`."""
     if method not in METHODS:
@@ -48,9 +57,9 @@ def attributions(model, images: torch.Tensor, y, preprocess: dict, method: str =
     model = model.eval()
     out = []
     for i in range(0, len(images), batch_size):
-        x = images[i:i + batch_size].to(torch.float32).div(255.0).requires_grad_(True)
+        x = images[i : i + batch_size].to(torch.float32).div(255.0).requires_grad_(True)
         logits = model((x - mean) / std)
-        picked = logits.gather(1, y[i:i + batch_size, None]).sum()
+        picked = logits.gather(1, y[i : i + batch_size, None]).sum()
         (grad,) = torch.autograd.grad(picked, x)
         a = (x * grad) if method == "input_x_gradient" else grad
         out.append(a.detach().abs().sum(dim=1).numpy())
@@ -65,7 +74,9 @@ def spurious_share(maps: np.ndarray, mask: np.ndarray) -> np.ndarray:
         return inside / total
 
 
-def core_utilisation(model, images, y, preprocess: dict, mask: np.ndarray, method: str = "input_x_gradient") -> dict:
+def core_utilisation(
+    model, images, y, preprocess: dict, mask: np.ndarray, method: str = "input_x_gradient"
+) -> dict:
     """{`spur_share`, `core_util` = 1 - share} averaged over images, with the method recorded."""
     share = spurious_share(attributions(model, images, y, preprocess, method), mask)
     m = float(np.nanmean(share)) if np.isfinite(share).any() else float("nan")

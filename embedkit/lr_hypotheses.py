@@ -17,6 +17,7 @@ lies on the other side, `inconclusive` otherwise (or with fewer than 3 learning 
 Nothing here reads test data to choose anything: the metrics were computed by the study; this
 module only summarises them.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,30 +31,54 @@ SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclu
 class Claim:
     key: str
     text: str
-    metrics: tuple          # ((metric, +1 if higher LR should raise it, -1 if lower), ...); the first is primary
+    metrics: (
+        tuple  # ((metric, +1 if higher LR should raise it, -1 if lower), ...); the first is primary
+    )
 
 
 # Spec 11.1, one line each; metric names as the study's rows spell them.
 BACKBONE_CLAIMS = (
-    Claim("robustness", "higher LR gives robustness to spurious correlations",
-          (("erm_wga", +1), ("erm_acc_bc", +1), ("bestval_wga", +1), ("dfr_wga", +1))),
-    Claim("compressibility", "higher LR gives more compressible networks",
-          (("net_comp_0.1", +1), ("prune_max_sparsity", +1))),
-    Claim("core_features", "higher LR uses the core feature more",
-          (("core_util", +1), ("erm_spur_align", -1))),
-    Claim("class_separation", "higher LR separates classes better (and biases less)",
-          (("csep", +1), ("bsep", -1))),
+    Claim(
+        "robustness",
+        "higher LR gives robustness to spurious correlations",
+        (("erm_wga", +1), ("erm_acc_bc", +1), ("bestval_wga", +1), ("dfr_wga", +1)),
+    ),
+    Claim(
+        "compressibility",
+        "higher LR gives more compressible networks",
+        (("net_comp_0.1", +1), ("prune_max_sparsity", +1)),
+    ),
+    Claim(
+        "core_features",
+        "higher LR uses the core feature more",
+        (("core_util", +1), ("erm_spur_align", -1)),
+    ),
+    Claim(
+        "class_separation",
+        "higher LR separates classes better (and biases less)",
+        (("csep", +1), ("bsep", -1)),
+    ),
     Claim("activation_sparsity", "higher LR gives sparser activations", (("act_sparsity", +1),)),
-    Claim("mechanism", "v2 mechanism: bias-conflicting rows carry more of the loss (confident mispredictions)",
-          (("eff_bcr", +1), ("erm_bbc", +1))),
+    Claim(
+        "mechanism",
+        "v2 mechanism: bias-conflicting rows carry more of the loss (confident mispredictions)",
+        (("eff_bcr", +1), ("erm_bbc", +1)),
+    ),
 )
 HEAD_CLAIMS = (
-    Claim("robustness", "higher LR gives robustness to spurious correlations",
-          (("final_wga", +1), ("final_acc_bc", +1), ("best_wga", +1))),
+    Claim(
+        "robustness",
+        "higher LR gives robustness to spurious correlations",
+        (("final_wga", +1), ("final_acc_bc", +1), ("best_wga", +1)),
+    ),
     Claim("compressibility", "higher LR gives more compressible heads", (("comp_0.1", +1),)),
     Claim("core_features", "higher LR reads the spurious direction less", (("spur_align", -1),)),
     Claim("class_separation", "higher LR separates classes better", (("csep", +1), ("bsep", -1))),
-    Claim("activation_sparsity", "higher LR gives sparser hidden activations (MLP heads)", (("act_sparsity", +1),)),
+    Claim(
+        "activation_sparsity",
+        "higher LR gives sparser hidden activations (MLP heads)",
+        (("act_sparsity", +1),),
+    ),
 )
 
 
@@ -76,13 +101,18 @@ def spearman(x, y) -> float:
         return float("nan")
     rx, ry = _ranks(x), _ranks(y)
     rx, ry = rx - rx.mean(), ry - ry.mean()
-    den = np.sqrt((rx ** 2).sum() * (ry ** 2).sum())
+    den = np.sqrt((rx**2).sum() * (ry**2).sum())
     return float((rx * ry).sum() / den) if den > 0 else float("nan")
 
 
 def _finished(rows, metric):
-    return [r for r in rows if r.get("status", "ok") == "ok" and r.get(metric) is not None
-            and np.isfinite(float(r[metric]))]
+    return [
+        r
+        for r in rows
+        if r.get("status", "ok") == "ok"
+        and r.get(metric) is not None
+        and np.isfinite(float(r[metric]))
+    ]
 
 
 def _seed_resamples(seeds, n_boot: int, rng):
@@ -100,14 +130,27 @@ def _verdict(lo: float, hi: float, sign: int) -> str:
     return INCONCLUSIVE
 
 
-def trend_test(rows, metric: str, sign: int, x: str = "lr", n_boot: int = 2000, seed: int = 0,
-               level: float = 0.95) -> dict:
+def trend_test(
+    rows,
+    metric: str,
+    sign: int,
+    x: str = "lr",
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
     """Spearman's rho of `x` (the learning rate) against `metric` over the finished runs, its
     bootstrap interval over seeds and the verdict for the predicted `sign`."""
     done = _finished(rows, metric)
-    out = {"metric": metric, "sign": sign, "n_runs": len(done),
-           "n_diverged": sum(1 for r in rows if r.get("status") == "diverged"),
-           "n_lrs": len({r[x] for r in done}), "rho": float("nan"), "ci": [float("nan"), float("nan")]}
+    out = {
+        "metric": metric,
+        "sign": sign,
+        "n_runs": len(done),
+        "n_diverged": sum(1 for r in rows if r.get("status") == "diverged"),
+        "n_lrs": len({r[x] for r in done}),
+        "rho": float("nan"),
+        "ci": [float("nan"), float("nan")],
+    }
     if out["n_lrs"] < 3 or len(done) < 3:
         out["verdict"] = INCONCLUSIVE
         out["why"] = "fewer than 3 learning rates with finished runs"
@@ -117,7 +160,7 @@ def trend_test(rows, metric: str, sign: int, x: str = "lr", n_boot: int = 2000, 
     seeds = np.array([r["seed"] for r in done])
     out["rho"] = spearman(xs, vs)
     rng = np.random.default_rng(seed)
-    memo: dict = {}         # few seeds give few distinct resamples: compute each one once
+    memo: dict = {}  # few seeds give few distinct resamples: compute each one once
     boots = []
     for pick in _seed_resamples(seeds, n_boot, rng):
         key = tuple(sorted(pick.tolist()))
@@ -141,31 +184,50 @@ def _config_means(rows, metric, key):
     return out
 
 
-def comparator_test(lr_rows, comp_rows, metric: str, sign: int, n_boot: int = 2000, seed: int = 0,
-                    level: float = 0.95) -> dict:
+def comparator_test(
+    lr_rows,
+    comp_rows,
+    metric: str,
+    sign: int,
+    n_boot: int = 2000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict:
     """Best learning rate against the best comparator setting (each by its seed mean, in the
     claim's direction `sign`), the difference best LR - best comparator with a bootstrap interval
     over the seeds both have, and the verdict (supported = LR better)."""
     lrs = _config_means(lr_rows, metric, "lr")
     comps = _config_means(comp_rows, metric, "config")
-    out = {"metric": metric, "sign": sign, "best_lr": None, "best_comparator": None,
-           "diff": float("nan"), "ci": [float("nan"), float("nan")]}
+    out = {
+        "metric": metric,
+        "sign": sign,
+        "best_lr": None,
+        "best_comparator": None,
+        "diff": float("nan"),
+        "ci": [float("nan"), float("nan")],
+    }
     if not lrs or not comps:
         out["verdict"], out["why"] = INCONCLUSIVE, "no finished runs on one side"
         return out
     best_lr = max(lrs, key=lambda c: sign * np.mean(list(lrs[c].values())))
     best_c = max(comps, key=lambda c: sign * np.mean(list(comps[c].values())))
     a, b = lrs[best_lr], comps[best_c]
-    out.update(best_lr=best_lr, best_comparator=best_c, lr_mean=float(np.mean(list(a.values()))),
-               comparator_mean=float(np.mean(list(b.values()))))
+    out.update(
+        best_lr=best_lr,
+        best_comparator=best_c,
+        lr_mean=float(np.mean(list(a.values()))),
+        comparator_mean=float(np.mean(list(b.values()))),
+    )
     out["diff"] = out["lr_mean"] - out["comparator_mean"]
     seeds = sorted(set(a) & set(b))
     if len(seeds) < 2:
         out["verdict"], out["why"] = INCONCLUSIVE, "fewer than 2 seeds on both sides"
         return out
     rng = np.random.default_rng(seed)
-    diffs = [np.mean([a[s] for s in pick]) - np.mean([b[s] for s in pick])
-             for pick in _seed_resamples(seeds, n_boot, rng)]
+    diffs = [
+        np.mean([a[s] for s in pick]) - np.mean([b[s] for s in pick])
+        for pick in _seed_resamples(seeds, n_boot, rng)
+    ]
     q = (1 - level) / 2
     out["ci"] = [float(np.quantile(diffs, q)), float(np.quantile(diffs, 1 - q))]
     out["verdict"] = _verdict(*out["ci"], sign)
@@ -180,7 +242,12 @@ def evaluate_claims(rows, claims=BACKBONE_CLAIMS, comparator_rows=None, **kw) ->
     for claim in claims:
         present = [(m, s) for m, s in claim.metrics if _finished(rows, m)]
         for k, (m, s) in enumerate(present):
-            res = {"claim": claim.key, "text": claim.text, "primary": k == 0, "trend": trend_test(rows, m, s, **kw)}
+            res = {
+                "claim": claim.key,
+                "text": claim.text,
+                "primary": k == 0,
+                "trend": trend_test(rows, m, s, **kw),
+            }
             if comparator_rows:
                 res["vs_comparators"] = comparator_test(rows, comparator_rows, m, s, **kw)
             out.append(res)
@@ -193,10 +260,13 @@ def _fmt(v, spec=".3f") -> str:
 
 def summary_markdown(results: list[dict], title: str) -> str:
     """The verdict table: one line per (claim, metric), primary metrics in bold."""
-    lines = [f"### {title}", "",
-             "| claim | metric (predicted sign) | Spearman rho [95% CI over seeds] | runs (diverged) | trend verdict "
-             "| best LR vs best comparator (diff [CI]) | comparator verdict |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"### {title}",
+        "",
+        "| claim | metric (predicted sign) | Spearman rho [95% CI over seeds] | runs (diverged) | trend verdict "
+        "| best LR vs best comparator (diff [CI]) | comparator verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         t = r["trend"]
         metric = f"{t['metric']} ({'+' if t['sign'] > 0 else '−'})"
@@ -205,12 +275,16 @@ def summary_markdown(results: list[dict], title: str) -> str:
         trend = f"{_fmt(t['rho'], '+.2f')} [{_fmt(t['ci'][0], '+.2f')}, {_fmt(t['ci'][1], '+.2f')}]"
         c = r.get("vs_comparators")
         if c and c.get("best_lr") is not None:
-            comp = (f"lr {c['best_lr']:g}: {_fmt(c['lr_mean'])} vs {c['best_comparator']}: "
-                    f"{_fmt(c['comparator_mean'])} ({_fmt(c['diff'], '+.3f')} [{_fmt(c['ci'][0], '+.3f')}, "
-                    f"{_fmt(c['ci'][1], '+.3f')}])")
+            comp = (
+                f"lr {c['best_lr']:g}: {_fmt(c['lr_mean'])} vs {c['best_comparator']}: "
+                f"{_fmt(c['comparator_mean'])} ({_fmt(c['diff'], '+.3f')} [{_fmt(c['ci'][0], '+.3f')}, "
+                f"{_fmt(c['ci'][1], '+.3f')}])"
+            )
             cv = c["verdict"]
         else:
             comp, cv = "—", "—"
-        lines.append(f"| {r['claim']} | {metric} | {trend} | {t['n_runs']} ({t['n_diverged']}) | {t['verdict']} "
-                     f"| {comp} | {cv} |")
+        lines.append(
+            f"| {r['claim']} | {metric} | {trend} | {t['n_runs']} ({t['n_diverged']}) | {t['verdict']} "
+            f"| {comp} | {cv} |"
+        )
     return "\n".join(lines)

@@ -21,6 +21,7 @@ QUICK: Double-MNIST (4,000 train rows), MLP 5 x 256 with plain SGD at 4 learning
 500 steps; 279 s of CPU time on one thread (measured; about 5 minutes on an idle core). FULL: the
 spec's grids, 1,188 jobs (a GPU job or a SLURM array).
 """
+
 from __future__ import annotations
 
 import copy
@@ -38,17 +39,43 @@ SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 
 QUICK = {
     "name": "quick",
-    "datasets": {"double_mnist": {"dataset": "double_mnist",
-                                  "options": {"n_train": 4000, "n_val": 400, "n_test": 4000, "train_corr": 0.9}}},
-    "series": [{"arch": "mlp:5x256", "optimizer": "sgd", "momentum": 0.0, "lrs": [0.01, 0.03, 0.1, 0.3],
-                "comparator_lr": 0.03}],
+    "datasets": {
+        "double_mnist": {
+            "dataset": "double_mnist",
+            "options": {"n_train": 4000, "n_val": 400, "n_test": 4000, "train_corr": 0.9},
+        }
+    },
+    "series": [
+        {
+            "arch": "mlp:5x256",
+            "optimizer": "sgd",
+            "momentum": 0.0,
+            "lrs": [0.01, 0.03, 0.1, 0.3],
+            "comparator_lr": 0.03,
+        }
+    ],
     "seeds": [0, 1],
     "train": {"steps": 500, "batch_size": 128, "weight_decay": 0.0, "checkpoint_steps": [100, 250]},
-    "comparators": {"batch_size": [32, 64], "weight_decay": [1e-3, 1e-2], "dropout": [0.1, 0.3],
-                    "l1": [1e-5, 1e-4]},
-    "heads": {"models": ["linear", "mlp"], "momenta": [0.9], "weight_decays": [0.0], "hidden": 256,
-              "lrs": [0.01, 0.03, 0.1, 0.3, 1.0], "steps": 1000, "eval_every": 100, "batch_size": 128},
-    "dfr_seeds": [0], "sparsities": list(SPARSITIES), "n_eff_bcr": 1000, "n_attribution": 500,
+    "comparators": {
+        "batch_size": [32, 64],
+        "weight_decay": [1e-3, 1e-2],
+        "dropout": [0.1, 0.3],
+        "l1": [1e-5, 1e-4],
+    },
+    "heads": {
+        "models": ["linear", "mlp"],
+        "momenta": [0.9],
+        "weight_decays": [0.0],
+        "hidden": 256,
+        "lrs": [0.01, 0.03, 0.1, 0.3, 1.0],
+        "steps": 1000,
+        "eval_every": 100,
+        "batch_size": 128,
+    },
+    "dfr_seeds": [0],
+    "sparsities": list(SPARSITIES),
+    "n_eff_bcr": 1000,
+    "n_attribution": 500,
     "attribution": "input_x_gradient",
 }
 
@@ -56,19 +83,53 @@ QUICK = {
 def _full() -> dict:
     series = []
     for arch in ("mlp:5x2000", "small_cnn", "resnet18"):
-        series += [{"arch": arch, "optimizer": "sgd", "momentum": 0.0, "lrs": SGD_GRID, "comparator_lr": 1e-2},
-                   {"arch": arch, "optimizer": "sgd", "momentum": 0.9, "lrs": SGD_GRID},
-                   {"arch": arch, "optimizer": "adam", "lrs": ADAM_GRID}]
-    datasets = {f"double_mnist_rho{r}": {"dataset": "double_mnist", "options": {"train_corr": r}}
-                for r in (0.9, 0.95, 0.99)}
+        series += [
+            {
+                "arch": arch,
+                "optimizer": "sgd",
+                "momentum": 0.0,
+                "lrs": SGD_GRID,
+                "comparator_lr": 1e-2,
+            },
+            {"arch": arch, "optimizer": "sgd", "momentum": 0.9, "lrs": SGD_GRID},
+            {"arch": arch, "optimizer": "adam", "lrs": ADAM_GRID},
+        ]
+    datasets = {
+        f"double_mnist_rho{r}": {"dataset": "double_mnist", "options": {"train_corr": r}}
+        for r in (0.9, 0.95, 0.99)
+    }
     datasets["dominoes"] = {"dataset": "dominoes", "options": {}}
-    return {**copy.deepcopy(QUICK), "name": "full", "datasets": datasets, "series": series, "seeds": [0, 1, 2],
-            "train": {"steps": 10000, "batch_size": 128, "weight_decay": 0.0, "checkpoint_steps": [500, 2000, 5000]},
-            "comparators": {"batch_size": [32, 64, 256, 512], "weight_decay": [1e-4, 1e-3, 1e-2],
-                            "dropout": [0.1, 0.3, 0.5], "l1": [1e-6, 1e-5, 1e-4]},
-            "heads": {"models": ["linear", "mlp"], "momenta": [0.0, 0.9], "weight_decays": [0.0, 1e-4],
-                      "hidden": 512, "lrs": SGD_GRID, "steps": 20000, "eval_every": 1000, "batch_size": 128},
-            "dfr_seeds": [0, 1, 2], "n_attribution": 2000}
+    return {
+        **copy.deepcopy(QUICK),
+        "name": "full",
+        "datasets": datasets,
+        "series": series,
+        "seeds": [0, 1, 2],
+        "train": {
+            "steps": 10000,
+            "batch_size": 128,
+            "weight_decay": 0.0,
+            "checkpoint_steps": [500, 2000, 5000],
+        },
+        "comparators": {
+            "batch_size": [32, 64, 256, 512],
+            "weight_decay": [1e-4, 1e-3, 1e-2],
+            "dropout": [0.1, 0.3, 0.5],
+            "l1": [1e-6, 1e-5, 1e-4],
+        },
+        "heads": {
+            "models": ["linear", "mlp"],
+            "momenta": [0.0, 0.9],
+            "weight_decays": [0.0, 1e-4],
+            "hidden": 512,
+            "lrs": SGD_GRID,
+            "steps": 20000,
+            "eval_every": 1000,
+            "batch_size": 128,
+        },
+        "dfr_seeds": [0, 1, 2],
+        "n_attribution": 2000,
+    }
 
 
 CONFIGS = {"quick": QUICK, "full": _full()}
@@ -96,19 +157,36 @@ def jobs(config: dict) -> list[dict]:
         for si, s in enumerate(config["series"]):
             for lr in s["lrs"]:
                 for seed in config["seeds"]:
-                    out.append({"arm": "B", "data": dkey, "series": si, "lr": float(lr), "seed": seed,
-                                "name": f"B_{dkey}_{series_name(s)}_lr{lr:g}_s{seed}"})
+                    out.append(
+                        {
+                            "arm": "B",
+                            "data": dkey,
+                            "series": si,
+                            "lr": float(lr),
+                            "seed": seed,
+                            "name": f"B_{dkey}_{series_name(s)}_lr{lr:g}_s{seed}",
+                        }
+                    )
             if s.get("comparator_lr") is None:
                 continue
             for comp, values in config["comparators"].items():
                 if comp == "dropout" and not s["arch"].startswith("mlp"):
-                    continue            # only the MLP has dropout layers
+                    continue  # only the MLP has dropout layers
                 for v in values:
                     for seed in config["seeds"]:
-                        out.append({"arm": "C", "data": dkey, "series": si, "lr": float(s["comparator_lr"]),
-                                    "seed": seed, "comparator": comp, "value": v,
-                                    "config": f"{COMPARATOR_FLAGS[comp]}={v:g}",
-                                    "name": f"C_{dkey}_{series_name(s)}_{COMPARATOR_FLAGS[comp]}{v:g}_s{seed}"})
+                        out.append(
+                            {
+                                "arm": "C",
+                                "data": dkey,
+                                "series": si,
+                                "lr": float(s["comparator_lr"]),
+                                "seed": seed,
+                                "comparator": comp,
+                                "value": v,
+                                "config": f"{COMPARATOR_FLAGS[comp]}={v:g}",
+                                "name": f"C_{dkey}_{series_name(s)}_{COMPARATOR_FLAGS[comp]}{v:g}_s{seed}",
+                            }
+                        )
     return out
 
 
@@ -126,24 +204,39 @@ def _dataset(config, dkey, root):
     if key not in _DATA:
         from embedkit import data
         from embedkit.erm import load_images
+
         ds = data.create(spec["dataset"], root=root, **spec.get("options", {}))
         s = ds.samples()
         rng = np.random.default_rng(0)
         test, val, train = (np.flatnonzero(s.split == c) for c in (2, 1, 0))
         n = min(int(config["n_eff_bcr"]), train.size)
         pick = np.sort(rng.choice(train, n, replace=False))
-        attr = test[np.sort(rng.choice(test.size, min(int(config["n_attribution"]), test.size), replace=False))]
-        _DATA.clear()       # one dataset at a time: the full grid's datasets do not all fit in memory
-        _DATA[key] = {"ds": ds, "test_images": load_images(ds, test), "val_images": load_images(ds, val),
-                      "train_pick": pick, "train_images": load_images(ds, pick), "attr_rows": attr,
-                      "attr_images": load_images(ds, attr)}
+        attr = test[
+            np.sort(
+                rng.choice(test.size, min(int(config["n_attribution"]), test.size), replace=False)
+            )
+        ]
+        _DATA.clear()  # one dataset at a time: the full grid's datasets do not all fit in memory
+        _DATA[key] = {
+            "ds": ds,
+            "test_images": load_images(ds, test),
+            "val_images": load_images(ds, val),
+            "train_pick": pick,
+            "train_images": load_images(ds, pick),
+            "attr_rows": attr,
+            "attr_images": load_images(ds, attr),
+        }
     return _DATA[key]
 
 
 def _train_kwargs(config, job) -> dict:
     s = config["series"][job["series"]]
-    kw = {"arch": s["arch"], "optimizer": s["optimizer"], "momentum": float(s.get("momentum", 0.0)),
-          **config["train"]}
+    kw = {
+        "arch": s["arch"],
+        "optimizer": s["optimizer"],
+        "momentum": float(s.get("momentum", 0.0)),
+        **config["train"],
+    }
     if job["arm"] == "C":
         kw[job["comparator"]] = job["value"]
     return kw
@@ -157,6 +250,7 @@ def bestval_checkpoint(paths, val_images, val, test_images, test) -> dict:
     every checkpoint."""
     from embedkit.erm import load_checkpoint, predict_logits
     from embedkit.metrics import evaluate_split
+
     best = None
     for p in paths:
         model, ck = load_checkpoint(p)
@@ -166,12 +260,19 @@ def bestval_checkpoint(paths, val_images, val, test_images, test) -> dict:
             best = (score, ck["train"]["steps"], model, ck)
     score, step, model, ck = best
     rep = evaluate_split(predict_logits(model, test_images, ck["preprocess"]), test)
-    return {"bestval_step": step, "bestval_val_wga": score[0], "bestval_val_gba": score[1],
-            "bestval_wga": rep["worst_group_acc"], "bestval_gba": rep["group_balanced_acc"],
-            "bestval_rule": "val_wga, ties: val_gba, then earliest"}
+    return {
+        "bestval_step": step,
+        "bestval_val_wga": score[0],
+        "bestval_val_gba": score[1],
+        "bestval_wga": rep["worst_group_acc"],
+        "bestval_gba": rep["group_balanced_acc"],
+        "bestval_rule": "val_wga, ties: val_gba, then earliest",
+    }
 
 
-def run_job(config, job: dict, out, *, root=None, device: str = "cpu", threads: int | None = 1, log=print) -> dict:
+def run_job(
+    config, job: dict, out, *, root=None, device: str = "cpu", threads: int | None = 1, log=print
+) -> dict:
     """Train, extract and measure one job; writes and returns its row (skipped when its row.json
     exists: a restarted array task resumes)."""
     from embedkit.cache import Cache
@@ -190,41 +291,96 @@ def run_job(config, job: dict, out, *, root=None, device: str = "cpu", threads: 
     d = _dataset(config, job["data"], root)
     ds = d["ds"]
     s = config["series"][job["series"]]
-    base = {k: job.get(k) for k in ("arm", "data", "lr", "seed", "comparator", "value", "config", "name")}
-    base.update(series=series_name(s), arch=s["arch"], optimizer=s["optimizer"], momentum=s.get("momentum"))
+    base = {
+        k: job.get(k)
+        for k in ("arm", "data", "lr", "seed", "comparator", "value", "config", "name")
+    }
+    base.update(
+        series=series_name(s), arch=s["arch"], optimizer=s["optimizer"], momentum=s.get("momentum")
+    )
     kw = _train_kwargs(config, job)
     ckpt = run_dir / "model.pt"
     t0 = time.perf_counter()
     with cpu_threads(threads):
         try:
-            train_erm(ds, lr=job["lr"], seed=job["seed"], out=ckpt, device=device, threads=threads, log=None, **kw)
+            train_erm(
+                ds,
+                lr=job["lr"],
+                seed=job["seed"],
+                out=ckpt,
+                device=device,
+                threads=threads,
+                log=None,
+                **kw,
+            )
         except TrainingDiverged as e:
-            row = {**base, "status": "diverged", "diverged_at_step": e.step, "seconds": time.perf_counter() - t0}
+            row = {
+                **base,
+                "status": "diverged",
+                "diverged_at_step": e.step,
+                "seconds": time.perf_counter() - t0,
+            }
             row_file.write_text(json.dumps(row))
             log(f"[lr-protocol] {job['name']}: diverged at step {e.step}")
             return row
-        res = extract(ds, f"checkpoint:{ckpt}", run_dir / "cache.h5", batch_size=512, workers=0, device=device,
-                      overwrite=True, log=lambda m: None)
+        res = extract(
+            ds,
+            f"checkpoint:{ckpt}",
+            run_dir / "cache.h5",
+            batch_size=512,
+            workers=0,
+            device=device,
+            overwrite=True,
+            log=lambda m: None,
+        )
         samples = ds.samples()
-        row = {**base, **backbone_row(
-            ckpt, run_dir / "cache.h5", res.key, test_images=d["test_images"], train_images=d["train_images"],
-            train_b=samples.a[d["train_pick"]], train_y=samples.y[d["train_pick"]],
-            dfr_seeds=config["dfr_seeds"], sparsities=config["sparsities"])}
+        row = {
+            **base,
+            **backbone_row(
+                ckpt,
+                run_dir / "cache.h5",
+                res.key,
+                test_images=d["test_images"],
+                train_images=d["train_images"],
+                train_b=samples.a[d["train_pick"]],
+                train_y=samples.y[d["train_pick"]],
+                dfr_seeds=config["dfr_seeds"],
+                sparsities=config["sparsities"],
+            ),
+        }
         from embedkit.erm import load_checkpoint
+
         model, ck = load_checkpoint(ckpt)
         images = d["attr_images"]
         mask = spurious_mask(ds.meta, images.shape[2], images.shape[3])
-        row.update(core_utilisation(model, images, samples.y[d["attr_rows"]], ck["preprocess"], mask,
-                                    config["attribution"]))
+        row.update(
+            core_utilisation(
+                model,
+                images,
+                samples.y[d["attr_rows"]],
+                ck["preprocess"],
+                mask,
+                config["attribution"],
+            )
+        )
         cache = Cache.open(run_dir / "cache.h5")
         paths = [step_path(ckpt, k) for k in ck["train"]["checkpoint_steps"]] + [ckpt]
-        row.update(bestval_checkpoint(paths, d["val_images"], cache.split("val", backbone=res.key),
-                                      d["test_images"], cache.split("test", backbone=res.key)))
+        row.update(
+            bestval_checkpoint(
+                paths,
+                d["val_images"],
+                cache.split("val", backbone=res.key),
+                d["test_images"],
+                cache.split("test", backbone=res.key),
+            )
+        )
     row["seconds"] = time.perf_counter() - t0
     row_file.write_text(json.dumps(row, default=float))
-    log(f"[lr-protocol] {job['name']}: WGA {row['erm_wga']:.3f} acc_bc {row.get('erm_acc_bc', float('nan')):.3f} "
+    log(
+        f"[lr-protocol] {job['name']}: WGA {row['erm_wga']:.3f} acc_bc {row.get('erm_acc_bc', float('nan')):.3f} "
         f"comp0.1 {row['net_comp_0.1']:.3f} sparsity {row['act_sparsity']:.3f} csep {row['csep']:.3f} "
-        f"core util {row['core_util']:.3f} ({row['seconds']:.0f} s)")
+        f"core util {row['core_util']:.3f} ({row['seconds']:.0f} s)"
+    )
     return row
 
 
@@ -232,14 +388,20 @@ def run_job(config, job: dict, out, *, root=None, device: str = "cpu", threads: 
 # Merge: arm A, tables, hypotheses, figures
 # ----------------------------------------------------------------------------------------------
 
+
 def reference_job(config, dkey, si) -> dict | None:
     """Arm A's fixed cache: the series' backbone at its comparator LR (else its smallest), seed
     of the first seed."""
     s = config["series"][si]
     lr = float(s.get("comparator_lr") or min(s["lrs"]))
     for j in jobs(config):
-        if j["arm"] == "B" and j["data"] == dkey and j["series"] == si and j["lr"] == lr and \
-                j["seed"] == config["seeds"][0]:
+        if (
+            j["arm"] == "B"
+            and j["data"] == dkey
+            and j["series"] == si
+            and j["lr"] == lr
+            and j["seed"] == config["seeds"][0]
+        ):
             return j
     return None
 
@@ -248,6 +410,7 @@ def arm_a(config, out, rows, log=print) -> list[dict]:
     """Heads at every LR of config['heads'] on the reference backbone's cache of each (dataset,
     series) with comparators; one head_study per (model, momentum, weight decay)."""
     from embedkit.lr_study import head_study
+
     log = log or (lambda m: None)
     h = config["heads"]
     out_rows = []
@@ -258,24 +421,44 @@ def arm_a(config, out, rows, log=print) -> list[dict]:
                 continue
             row = next((r for r in rows if r["name"] == ref["name"]), None)
             if row is None or row["status"] != "ok":
-                log(f"[lr-protocol] arm A: reference run {ref['name']} missing or diverged; skipped")
+                log(
+                    f"[lr-protocol] arm A: reference run {ref['name']} missing or diverged; skipped"
+                )
                 continue
             cache = Path(out) / "runs" / ref["name"] / "cache.h5"
             for model in h["models"]:
                 for mom in h["momenta"]:
                     for wd in h["weight_decays"]:
                         variant = f"{model}-m{mom:g}-wd{wd:g}"
-                        res = head_study(cache, h["lrs"], Path(out) / "armA" / f"{dkey}_{variant}",
-                                         backbone=row["backbone"], model=model, hidden=h["hidden"], momentum=mom,
-                                         weight_decay=wd, steps=h["steps"], eval_every=h["eval_every"],
-                                         batch_size=h["batch_size"], seeds=config["seeds"],
-                                         sparsities=config["sparsities"], plot=False, log=None)
+                        res = head_study(
+                            cache,
+                            h["lrs"],
+                            Path(out) / "armA" / f"{dkey}_{variant}",
+                            backbone=row["backbone"],
+                            model=model,
+                            hidden=h["hidden"],
+                            momentum=mom,
+                            weight_decay=wd,
+                            steps=h["steps"],
+                            eval_every=h["eval_every"],
+                            batch_size=h["batch_size"],
+                            seeds=config["seeds"],
+                            sparsities=config["sparsities"],
+                            plot=False,
+                            log=None,
+                        )
                         for r in res["rows"]:
-                            out_rows.append({**r, "arm": "A", "data": dkey, "variant": variant,
-                                             "backbone_run": ref["name"]})
+                            out_rows.append(
+                                {
+                                    **r,
+                                    "arm": "A",
+                                    "data": dkey,
+                                    "variant": variant,
+                                    "backbone_run": ref["name"],
+                                }
+                            )
                         log(f"[lr-protocol] arm A {dkey} {variant}: {len(res['rows'])} heads")
     return out_rows
-
 
 
 def merge(config, out, *, log=print, heads: bool = True) -> dict:
@@ -297,18 +480,31 @@ def merge(config, out, *, log=print, heads: bool = True) -> dict:
             missing.append(j["name"])
     head_rows = arm_a(config, out, rows, log=log) if heads else []
     sections, results, files = [], {}, {}
-    title = f"LR study ({config['name']}): {', '.join(config['datasets'])}; seeds {config['seeds']}; " \
-            f"{config['train']['steps']} steps of batch {config['train']['batch_size']}"
-    sections.append(f"# {title}\n\nRuns: {len(rows)} of {len(all_jobs)} backbone jobs"
-                    + (f" (missing: {', '.join(missing)})" if missing else "") + f"; {len(head_rows)} heads.")
+    title = (
+        f"LR study ({config['name']}): {', '.join(config['datasets'])}; seeds {config['seeds']}; "
+        f"{config['train']['steps']} steps of batch {config['train']['batch_size']}"
+    )
+    sections.append(
+        f"# {title}\n\nRuns: {len(rows)} of {len(all_jobs)} backbone jobs"
+        + (f" (missing: {', '.join(missing)})" if missing else "")
+        + f"; {len(head_rows)} heads."
+    )
     # Arm B: one table per (dataset, series) inside the arm's section, one figure for the arm.
     b_series, c_series = {}, {}
     lines_b, lines_c = [], []
     for dkey in config["datasets"]:
         for si, s in enumerate(config["series"]):
             tag = f"{dkey} / {series_name(s)}"
-            b = [r for r in rows if r["arm"] == "B" and r["data"] == dkey and r["series"] == series_name(s)]
-            c = [r for r in rows if r["arm"] == "C" and r["data"] == dkey and r["series"] == series_name(s)]
+            b = [
+                r
+                for r in rows
+                if r["arm"] == "B" and r["data"] == dkey and r["series"] == series_name(s)
+            ]
+            c = [
+                r
+                for r in rows
+                if r["arm"] == "C" and r["data"] == dkey and r["series"] == series_name(s)
+            ]
             if b:
                 summ = T.summarize(b, "lr", T.BACKBONE_METRICS)
                 b_series[tag] = summ
@@ -317,11 +513,21 @@ def merge(config, out, *, log=print, heads: bool = True) -> dict:
                 results[f"B {tag}"] = res
             if c:
                 base_lr = float(s["comparator_lr"])
-                at_base = [{**r, "config": f"lr={base_lr:g} (no comparator)"} for r in b if r["lr"] == base_lr]
+                at_base = [
+                    {**r, "config": f"lr={base_lr:g} (no comparator)"}
+                    for r in b
+                    if r["lr"] == base_lr
+                ]
                 summ_c = T.summarize(at_base + c, "config", T.BACKBONE_METRICS)
                 c_series[tag] = summ_c
-                lines_c.append(T.markdown(summ_c, "config", T.BACKBONE_METRICS,
-                                          f"{tag}: comparators at lr {base_lr:g}, same budget"))
+                lines_c.append(
+                    T.markdown(
+                        summ_c,
+                        "config",
+                        T.BACKBONE_METRICS,
+                        f"{tag}: comparators at lr {base_lr:g}, same budget",
+                    )
+                )
     a_series, lines_a = {}, []
     for dkey in config["datasets"]:
         for variant in dict.fromkeys(r["variant"] for r in head_rows if r["data"] == dkey):
@@ -333,10 +539,19 @@ def merge(config, out, *, log=print, heads: bool = True) -> dict:
             results[f"A {tag}"] = H.evaluate_claims(a, H.HEAD_CLAIMS)
     panels_b, panels_a = T.BACKBONE_PANELS, T.HEAD_PANELS
     for arm, text, series, panels, comps in (
-            ("A", lines_a, a_series, panels_a, None), ("B", lines_b, b_series, panels_b, None),
-            ("C", lines_c, b_series, panels_b, {k: [ln for ln in v if ln["config"].startswith(("bs", "wd", "dropout",
-                                                                                                 "l1"))]
-                                                 for k, v in c_series.items()})):
+        ("A", lines_a, a_series, panels_a, None),
+        ("B", lines_b, b_series, panels_b, None),
+        (
+            "C",
+            lines_c,
+            b_series,
+            panels_b,
+            {
+                k: [ln for ln in v if ln["config"].startswith(("bs", "wd", "dropout", "l1"))]
+                for k, v in c_series.items()
+            },
+        ),
+    ):
         if not text:
             continue
         png = out / f"arm{arm}.png"
@@ -345,23 +560,64 @@ def merge(config, out, *, log=print, heads: bool = True) -> dict:
         src = a_series if arm == "A" else (b_series if arm == "B" else c_series)
         write_csv([{"series": k, **ln} for k, v in src.items() for ln in v], csv)
         files[f"arm{arm}_png"], files[f"arm{arm}_csv"] = str(png), str(csv)
-        name = {"A": "A. heads on a fixed cache", "B": "B. small backbones", "C": "C. comparators at matched budget"}
-        sections.append(f"## Arm {name[arm]}\n\n" + "\n\n".join(text) + f"\n\n![arm {arm}]({png.name})")
-    sections.append("## Claims of spec 11.1 as hypotheses\n\n" + "\n\n".join(
-        H.summary_markdown(res, key) for key, res in results.items()))
+        name = {
+            "A": "A. heads on a fixed cache",
+            "B": "B. small backbones",
+            "C": "C. comparators at matched budget",
+        }
+        sections.append(
+            f"## Arm {name[arm]}\n\n" + "\n\n".join(text) + f"\n\n![arm {arm}]({png.name})"
+        )
+    sections.append(
+        "## Claims of spec 11.1 as hypotheses\n\n"
+        + "\n\n".join(H.summary_markdown(res, key) for key, res in results.items())
+    )
     report = "\n\n".join(sections) + "\n"
     (out / "lr_protocol.md").write_text(report)
     write_csv(rows + head_rows, out / "runs.csv")
-    (out / "lr_protocol.json").write_text(json.dumps(_finite({
-        "config": config, "missing": missing, "runs": rows, "heads": head_rows,
-        "tables": {"A": a_series, "B": b_series, "C": c_series}, "hypotheses": results}), indent=1, default=str))
-    files.update(md=str(out / "lr_protocol.md"), json=str(out / "lr_protocol.json"), runs_csv=str(out / "runs.csv"))
-    return {"rows": rows, "heads": head_rows, "missing": missing, "hypotheses": results, "report": report,
-            "tables": {"A": a_series, "B": b_series, "C": c_series}, "files": files}
+    (out / "lr_protocol.json").write_text(
+        json.dumps(
+            _finite(
+                {
+                    "config": config,
+                    "missing": missing,
+                    "runs": rows,
+                    "heads": head_rows,
+                    "tables": {"A": a_series, "B": b_series, "C": c_series},
+                    "hypotheses": results,
+                }
+            ),
+            indent=1,
+            default=str,
+        )
+    )
+    files.update(
+        md=str(out / "lr_protocol.md"),
+        json=str(out / "lr_protocol.json"),
+        runs_csv=str(out / "runs.csv"),
+    )
+    return {
+        "rows": rows,
+        "heads": head_rows,
+        "missing": missing,
+        "hypotheses": results,
+        "report": report,
+        "tables": {"A": a_series, "B": b_series, "C": c_series},
+        "files": files,
+    }
 
 
-def run_protocol(config, out, *, job: int | None = None, merge_only: bool = False, root=None, device: str = "cpu",
-                 threads: int | None = 1, log=print) -> dict:
+def run_protocol(
+    config,
+    out,
+    *,
+    job: int | None = None,
+    merge_only: bool = False,
+    root=None,
+    device: str = "cpu",
+    threads: int | None = 1,
+    log=print,
+) -> dict:
     """All jobs then the merge; or only job `job` (a SLURM array task); or only the merge."""
     config = get_config(config)
     log = log or (lambda m: None)
@@ -372,7 +628,11 @@ def run_protocol(config, out, *, job: int | None = None, merge_only: bool = Fals
     if job is not None:
         if not 0 <= job < len(todo):
             raise EmbedkitError(f"--job {job}: this protocol has jobs 0..{len(todo) - 1}")
-        return {"row": run_job(config, todo[job], out, root=root, device=device, threads=threads, log=log)}
+        return {
+            "row": run_job(
+                config, todo[job], out, root=root, device=device, threads=threads, log=log
+            )
+        }
     t0 = time.perf_counter()
     if not merge_only:
         for k, j in enumerate(todo):
@@ -383,7 +643,11 @@ def run_protocol(config, out, *, job: int | None = None, merge_only: bool = Fals
     return res
 
 
-REPLACED = ("datasets", "series", "comparators")     # collections of entries: an override replaces them
+REPLACED = (
+    "datasets",
+    "series",
+    "comparators",
+)  # collections of entries: an override replaces them
 
 
 def with_overrides(config, overrides: dict | None) -> dict:

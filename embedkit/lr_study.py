@@ -21,6 +21,7 @@ Entry points: `backbone_study` (spec 11.3 B: one small backbone per learning rat
 `embedkit.erm.train_erm` and extracted through `embedkit.extract`) and `head_study` (11.3 A: heads
 on a fixed cache with the shared SGD trainer); `embedkit lr-study` runs either.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,6 +35,7 @@ PRUNE_SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
 # ----------------------------------------------------------------------------------------------
 # Compressibility (spec 11.2)
 # ----------------------------------------------------------------------------------------------
+
 
 def n_kept(kappa: float, d: int) -> int:
     """Entries T_kappa keeps out of d: d - floor((1 - kappa) d), advcomp's `get_idx` rule."""
@@ -51,7 +53,7 @@ def compressibility(w, kappa: float, q: float = 2) -> np.ndarray:
     rows = np.atleast_2d(w)
     k = n_kept(kappa, rows.shape[1])
     # The residual w - T_kappa(w) is w with its k largest magnitudes zeroed: the d - k smallest.
-    small = np.sort(rows, axis=1)[:, :rows.shape[1] - k]
+    small = np.sort(rows, axis=1)[:, : rows.shape[1] - k]
     with np.errstate(invalid="ignore", divide="ignore"):
         out = 1.0 - np.linalg.norm(small, ord=q, axis=1) / np.linalg.norm(rows, ord=q, axis=1)
     return out[0] if w.ndim == 1 else out
@@ -77,14 +79,16 @@ def pq_index(z, p: float = 1, q: float = 2) -> np.ndarray:
     rows = np.atleast_2d(z)
     d = rows.shape[1]
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = 1.0 - d ** (1 / q - 1 / p) * (np.linalg.norm(rows, ord=p, axis=1)
-                                            / np.linalg.norm(rows, ord=q, axis=1))
+        out = 1.0 - d ** (1 / q - 1 / p) * (
+            np.linalg.norm(rows, ord=p, axis=1) / np.linalg.norm(rows, ord=q, axis=1)
+        )
     return out[0] if z.ndim == 1 else out
 
 
 # ----------------------------------------------------------------------------------------------
 # Activations (spec 11.2)
 # ----------------------------------------------------------------------------------------------
+
 
 def activation_sparsity(Z) -> float:
     """Fraction of exactly-zero entries of post-ReLU activations Z [N, D]."""
@@ -123,7 +127,12 @@ def class_separation(Z, labels, n_labels: int | None = None) -> dict:
         sums.append(_unit_sum(ri) if len(ri) else None)
     present = [i for i in range(n_labels) if counts[i] > 0]
     if not present:
-        return {"sep": float("nan"), "d_w": float("nan"), "d_b": float("nan"), "n_zero_rows": int((~nonzero).sum())}
+        return {
+            "sep": float("nan"),
+            "d_w": float("nan"),
+            "d_b": float("nan"),
+            "n_zero_rows": int((~nonzero).sum()),
+        }
 
     def dist(i, j):
         return 1.0 - float(sums[i] @ sums[j]) / (counts[i] * counts[j])
@@ -139,7 +148,9 @@ def selectivity(Z, labels, n_labels: int, eps: float = 1e-6) -> float:
     activations of r = |Z|, over neurons with a non-zero index (advcomp's csi / bsi)."""
     r = np.abs(np.asarray(Z, np.float64))
     labels = np.asarray(labels)
-    means = np.stack([r[labels == i].mean(axis=0) for i in range(n_labels) if (labels == i).any()], axis=1)
+    means = np.stack(
+        [r[labels == i].mean(axis=0) for i in range(n_labels) if (labels == i).any()], axis=1
+    )
     top = means.max(axis=1)
     rest = (means.sum(axis=1) - top) / (means.shape[1] - 1)
     si = (top - rest) / (top + rest + eps)
@@ -150,6 +161,7 @@ def selectivity(Z, labels, n_labels: int, eps: float = 1e-6) -> float:
 # ----------------------------------------------------------------------------------------------
 # Bias-aware accuracies and losses (spec 11.2, advcomp `evaluate`)
 # ----------------------------------------------------------------------------------------------
+
 
 def bias_accuracies(y, pred, b) -> dict:
     """acc_ba on {y = b}, acc_bc on {y != b}, and bbc: among misclassified bias-conflicting rows,
@@ -162,8 +174,11 @@ def bias_accuracies(y, pred, b) -> dict:
     def frac(mask, hit):
         return float(hit[mask].mean()) if mask.any() else float("nan")
 
-    return {"acc_ba": frac(aligned, pred == y), "acc_bc": frac(conflict, pred == y),
-            "bbc": frac(wrong_bc, pred == b)}
+    return {
+        "acc_ba": frac(aligned, pred == y),
+        "acc_bc": frac(conflict, pred == y),
+        "bbc": frac(wrong_bc, pred == b),
+    }
 
 
 def nll(logits, y) -> np.ndarray:
@@ -185,7 +200,10 @@ def confidence(logits) -> dict:
     z = np.asarray(logits, np.float64)
     e = np.exp(z - z.max(axis=1, keepdims=True))
     p = e / e.sum(axis=1, keepdims=True)
-    return {"max_softmax": float(p.max(axis=1).mean()), "logit_norm": float(np.linalg.norm(z, axis=1).mean())}
+    return {
+        "max_softmax": float(p.max(axis=1).mean()),
+        "logit_norm": float(np.linalg.norm(z, axis=1).mean()),
+    }
 
 
 def spurious_alignment(W, split) -> float:
@@ -197,8 +215,11 @@ def spurious_alignment(W, split) -> float:
     backbone's fc and a refitted head. Higher = the head reads more of the spurious direction.
     NaN without two attribute values in some class."""
     from embedkit.analysis.directions import attribute_pair_directions, group_means
+
     known = split.a >= 0
-    mu, counts = group_means(split.Z[known], split.y[known], split.a[known], split.n_classes, split.n_attrs)
+    mu, counts = group_means(
+        split.Z[known], split.y[known], split.a[known], split.n_classes, split.n_attrs
+    )
     try:
         dirs, _ = attribute_pair_directions(mu, counts, normalize=True)
     except EmbedkitError:
@@ -222,12 +243,14 @@ def bias_labels(split) -> np.ndarray | None:
 # Magnitude pruning (spec 11.2, [W] protocol: global unstructured, no fine-tuning)
 # ----------------------------------------------------------------------------------------------
 
+
 def prune_global(model, sparsity: float):
     """A copy of `model` with the `sparsity` fraction of smallest-magnitude entries of every
     parameter with ndim > 1 (pooled over the whole network) set to zero."""
     import copy
 
     import torch
+
     pruned = copy.deepcopy(model)
     if sparsity <= 0:
         return pruned
@@ -244,7 +267,7 @@ def prune_global(model, sparsity: float):
     with torch.no_grad():
         for p in weights:
             n = p.numel()
-            p.mul_(keep[start:start + n].view_as(p).to(p.dtype))
+            p.mul_(keep[start : start + n].view_as(p).to(p.dtype))
             start += n
     return pruned
 
@@ -252,6 +275,7 @@ def prune_global(model, sparsity: float):
 # ----------------------------------------------------------------------------------------------
 # Tables and the plot
 # ----------------------------------------------------------------------------------------------
+
 
 def _mean_std(values) -> tuple[float, float]:
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], np.float64)
@@ -276,6 +300,7 @@ def summarize(rows: list[dict], columns: list[str]) -> list[dict]:
 
 def write_csv(rows: list[dict], path) -> None:
     import csv
+
     keys = list(dict.fromkeys(k for r in rows for k in r))
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
@@ -286,6 +311,7 @@ def write_csv(rows: list[dict], path) -> None:
 
 def markdown_table(summary: list[dict], columns: list[tuple[str, str]]) -> str:
     """`columns` = [(key, header)]; a cell reads 'mean' or 'mean ± std' when several seeds ran."""
+
     def cell(line, key):
         m, s = line[key], line[key + "_std"]
         if not np.isfinite(m):
@@ -294,12 +320,18 @@ def markdown_table(summary: list[dict], columns: list[tuple[str, str]]) -> str:
 
     head = "| lr | runs | diverged | " + " | ".join(h for _, h in columns) + " |"
     rule = "|" + "---|" * (3 + len(columns))
-    body = [f"| {line['lr']:g} | {line['runs']} | {line['diverged']} | "
-            + " | ".join(cell(line, k) for k, _ in columns) + " |" for line in summary]
+    body = [
+        f"| {line['lr']:g} | {line['runs']} | {line['diverged']} | "
+        + " | ".join(cell(line, k) for k, _ in columns)
+        + " |"
+        for line in summary
+    ]
     return "\n".join([head, rule, *body])
 
 
-def plot(summary: list[dict], panels: list[tuple[str, list[tuple[str, str]]]], path, title: str = "") -> None:
+def plot(
+    summary: list[dict], panels: list[tuple[str, list[tuple[str, str]]]], path, title: str = ""
+) -> None:
     """One panel per (title, [(key, label)]) against the learning rate on a log axis. Drawn
     without pyplot (viz.canvas), so a notebook's inline backend is left alone."""
     from embedkit.viz.canvas import new_figure, save
@@ -319,7 +351,7 @@ def plot(summary: list[dict], panels: list[tuple[str, list[tuple[str, str]]]], p
         ax.set_title(panel_title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    for ax in axes.ravel()[len(panels):]:
+    for ax in axes.ravel()[len(panels) :]:
         ax.axis("off")
     if title:
         fig.suptitle(title)
@@ -331,18 +363,36 @@ def plot(summary: list[dict], panels: list[tuple[str, list[tuple[str, str]]]], p
 # B. Small backbones, one per learning rate (spec 11.3 B, the paper's regime)
 # ----------------------------------------------------------------------------------------------
 
-BACKBONE_COLUMNS = [("erm_wga", "ERM WGA"), ("erm_mean", "ERM mean"), ("dfr_wga", "DFR WGA"),
-                    ("dfr_mean", "DFR mean"), ("net_comp_0.1", "net comp 0.1"), ("act_sparsity", "act sparsity"),
-                    ("csep", "csep"), ("bsep", "bsep"), ("erm_acc_bc", "ERM acc_bc"),
-                    ("erm_spur_align", "ERM spur align"), ("prune_max_sparsity", "prunable")]
-BACKBONE_PANELS = [("worst-group accuracy (test)", [("erm_wga", "ERM head"), ("dfr_wga", "DFR")]),
-                   ("mean accuracy (test)", [("erm_mean", "ERM head"), ("dfr_mean", "DFR")]),
-                   ("compressibility (weights)", [(f"net_comp_{k}", f"kappa {k}") for k in KAPPAS]),
-                   ("activations (test)", [("act_sparsity", "sparsity"), ("act_comp_0.1", "comp 0.1")]),
-                   ("separation (test)", [("csep", "csep (class)"), ("bsep", "bsep (bias)")]),
-                   ("bias (test)", [("erm_acc_bc", "ERM acc_bc"), ("erm_bbc", "ERM bbc"),
-                                    ("eff_bcr", "eff_bcr (train)"),
-                                    ("erm_spur_align", "ERM spur align"), ("dfr_spur_align", "DFR spur align")])]
+BACKBONE_COLUMNS = [
+    ("erm_wga", "ERM WGA"),
+    ("erm_mean", "ERM mean"),
+    ("dfr_wga", "DFR WGA"),
+    ("dfr_mean", "DFR mean"),
+    ("net_comp_0.1", "net comp 0.1"),
+    ("act_sparsity", "act sparsity"),
+    ("csep", "csep"),
+    ("bsep", "bsep"),
+    ("erm_acc_bc", "ERM acc_bc"),
+    ("erm_spur_align", "ERM spur align"),
+    ("prune_max_sparsity", "prunable"),
+]
+BACKBONE_PANELS = [
+    ("worst-group accuracy (test)", [("erm_wga", "ERM head"), ("dfr_wga", "DFR")]),
+    ("mean accuracy (test)", [("erm_mean", "ERM head"), ("dfr_mean", "DFR")]),
+    ("compressibility (weights)", [(f"net_comp_{k}", f"kappa {k}") for k in KAPPAS]),
+    ("activations (test)", [("act_sparsity", "sparsity"), ("act_comp_0.1", "comp 0.1")]),
+    ("separation (test)", [("csep", "csep (class)"), ("bsep", "bsep (bias)")]),
+    (
+        "bias (test)",
+        [
+            ("erm_acc_bc", "ERM acc_bc"),
+            ("erm_bbc", "ERM bbc"),
+            ("eff_bcr", "eff_bcr (train)"),
+            ("erm_spur_align", "ERM spur align"),
+            ("dfr_spur_align", "DFR spur align"),
+        ],
+    ),
+]
 
 
 def parse_lrs(text) -> list[float]:
@@ -351,7 +401,9 @@ def parse_lrs(text) -> list[float]:
     try:
         lrs = sorted({float(v) for v in items if str(v).strip()})
     except ValueError:
-        raise EmbedkitError(f"--lrs {text!r}: expected comma-separated numbers such as 0.01,0.03,0.1") from None
+        raise EmbedkitError(
+            f"--lrs {text!r}: expected comma-separated numbers such as 0.01,0.03,0.1"
+        ) from None
     if not lrs or lrs[0] <= 0:
         raise EmbedkitError(f"--lrs {text!r}: give one or more positive learning rates")
     return lrs
@@ -365,6 +417,7 @@ def head_metrics(logits, split, prefix: str) -> dict:
     """WGA, mean and group-balanced accuracy of logits on a split, plus the bias-aware
     accuracies and the confidence statistics of spec 11.2."""
     from embedkit.metrics import evaluate_split
+
     rep = evaluate_split(logits, split)
     out = {"wga": rep["worst_group_acc"], "mean": rep["mean_acc"], "gba": rep["group_balanced_acc"]}
     b = bias_labels(split)
@@ -381,13 +434,22 @@ def representation_metrics(H, split, kappas=KAPPAS) -> dict:
     for k in kappas:
         out[f"act_comp_{k}"] = activation_compressibility(H, k)
     cs = class_separation(H, split.y, split.n_classes)
-    out.update(csep=cs["sep"], csep_dw=cs["d_w"], csep_db=cs["d_b"], zero_rows=cs["n_zero_rows"],
-               csi=selectivity(H, split.y, split.n_classes))
+    out.update(
+        csep=cs["sep"],
+        csep_dw=cs["d_w"],
+        csep_db=cs["d_b"],
+        zero_rows=cs["n_zero_rows"],
+        csi=selectivity(H, split.y, split.n_classes),
+    )
     known = split.a >= 0
     if known.any():
         bs = class_separation(H[known], split.a[known], split.n_attrs)
-        out.update(bsep=bs["sep"], bsep_dw=bs["d_w"], bsep_db=bs["d_b"],
-                   bsi=selectivity(H[known], split.a[known], split.n_attrs))
+        out.update(
+            bsep=bs["sep"],
+            bsep_dw=bs["d_w"],
+            bsep_db=bs["d_b"],
+            bsi=selectivity(H[known], split.a[known], split.n_attrs),
+        )
     return out
 
 
@@ -399,6 +461,7 @@ def pruning_curve(model, images, preprocess: dict, split, sparsities=PRUNE_SPARS
     network, not a compressed one."""
     from embedkit.erm import predict_logits
     from embedkit.metrics import evaluate_split
+
     base = evaluate_split(predict_logits(model, images, preprocess), split)["mean_acc"]
     out, best, intact = {"prune_mean_0": base}, 0.0, True
     for s in sorted(sparsities):
@@ -411,8 +474,19 @@ def pruning_curve(model, images, preprocess: dict, split, sparsities=PRUNE_SPARS
     return out
 
 
-def backbone_row(ckpt_path, cache_path, key: str, *, test_images=None, train_images=None, train_b=None,
-                 train_y=None, dfr_seeds=(0,), kappas=KAPPAS, sparsities=PRUNE_SPARSITIES) -> dict:
+def backbone_row(
+    ckpt_path,
+    cache_path,
+    key: str,
+    *,
+    test_images=None,
+    train_images=None,
+    train_b=None,
+    train_y=None,
+    dfr_seeds=(0,),
+    kappas=KAPPAS,
+    sparsities=PRUNE_SPARSITIES,
+) -> dict:
     """Every spec 11.2 metric of one trained backbone whose embeddings are in `cache_path` under
     `key`: its ERM head (the backbone's own fc, stored logits) and DFR on its features, on test;
     weight compressibility; activation statistics on the test embeddings; eff_bcr in train mode
@@ -427,17 +501,22 @@ def backbone_row(ckpt_path, cache_path, key: str, *, test_images=None, train_ima
     cache = Cache.open(cache_path)
     train, val, test = (cache.split(s, backbone=key) for s in ("train", "val", "test"))
     t = ckpt["train"]
-    row = {"status": "ok", "backbone": key, "train_seconds": t["seconds"], "train_loss": t["final_loss"],
-           "train_acc": t["final_acc"]}
+    row = {
+        "status": "ok",
+        "backbone": key,
+        "train_seconds": t["seconds"],
+        "train_loss": t["final_loss"],
+        "train_acc": t["final_acc"],
+    }
     row.update(head_metrics(test.logits, test, "erm"))
     dfr = []
-    for s in dfr_seeds:          # none: DFR is skipped
+    for s in dfr_seeds:  # none: DFR is skipped
         head = heads.create("dfr", seed=s).fit(train, val)
         rep = evaluate_split(head.decision_function(test.Z), test)
         dfr.append((rep["worst_group_acc"], rep["mean_acc"], rep["group_balanced_acc"]))
     if dfr:
         row["dfr_wga"], row["dfr_mean"], row["dfr_gba"] = (float(v) for v in np.mean(dfr, axis=0))
-        row["dfr_spur_align"] = spurious_alignment(head.coef_, val)     # the last DFR seed's head
+        row["dfr_spur_align"] = spurious_alignment(head.coef_, val)  # the last DFR seed's head
     row["erm_spur_align"] = spurious_alignment(model.fc.weight.detach().numpy(), val)
     params = [p.detach().numpy() for p in model.parameters() if p.ndim > 1]
     for k in kappas:
@@ -446,17 +525,36 @@ def backbone_row(ckpt_path, cache_path, key: str, *, test_images=None, train_ima
     row["net_pqi"] = float(pq_index(np.concatenate([w.ravel() for w in params])))
     row.update(representation_metrics(test.Z, test, kappas))
     if train_images is not None and train_b is not None:
-        logits = predict_logits(model, train_images, ckpt["preprocess"], batch_size=int(t["batch_size"]),
-                                train_mode=True)
+        logits = predict_logits(
+            model,
+            train_images,
+            ckpt["preprocess"],
+            batch_size=int(t["batch_size"]),
+            train_mode=True,
+        )
         row["eff_bcr"] = eff_bcr(logits, train_y, train_b)
     if test_images is not None and sparsities:
         row.update(pruning_curve(model, test_images, ckpt["preprocess"], test, sparsities))
     return row
 
 
-def backbone_study(dataset, lrs, out_dir, *, seeds=(0,), root=None, dataset_options=None, dfr_seeds=(0,),
-                   kappas=KAPPAS, sparsities=PRUNE_SPARSITIES, n_eff_bcr: int = 1000, extract_batch_size: int = 256,
-                   device: str = "cpu", log=print, **train_kwargs) -> dict:
+def backbone_study(
+    dataset,
+    lrs,
+    out_dir,
+    *,
+    seeds=(0,),
+    root=None,
+    dataset_options=None,
+    dfr_seeds=(0,),
+    kappas=KAPPAS,
+    sparsities=PRUNE_SPARSITIES,
+    n_eff_bcr: int = 1000,
+    extract_batch_size: int = 256,
+    device: str = "cpu",
+    log=print,
+    **train_kwargs,
+) -> dict:
     """Train one ERM backbone per (learning rate, seed) with `embedkit.erm.train_erm`, extract
     each into `out_dir/cache.h5` through the extractor (one backbone key per run, so the cache
     carries each one's provenance), and measure every run with `backbone_row`. A run whose loss
@@ -475,6 +573,7 @@ def backbone_study(dataset, lrs, out_dir, *, seeds=(0,), root=None, dataset_opti
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     if isinstance(dataset, str):
         from embedkit import data
+
         ds = data.create(dataset, root=root, **(dataset_options or {}))
     else:
         ds = dataset
@@ -487,8 +586,16 @@ def backbone_study(dataset, lrs, out_dir, *, seeds=(0,), root=None, dataset_opti
     test_images = load_images(ds, test_rows) if sparsities and test_rows.size else None
     train_rows = np.flatnonzero(samples.split == 0)
     n = min(int(n_eff_bcr), train_rows.size)
-    pick = np.sort(np.random.default_rng(0).choice(train_rows, n, replace=False)) if n else train_rows[:0]
-    with_b = n > 0 and len(samples.attr_names) == len(samples.class_names) and (samples.a[pick] >= 0).all()
+    pick = (
+        np.sort(np.random.default_rng(0).choice(train_rows, n, replace=False))
+        if n
+        else train_rows[:0]
+    )
+    with_b = (
+        n > 0
+        and len(samples.attr_names) == len(samples.class_names)
+        and (samples.a[pick] >= 0).all()
+    )
     train_images = load_images(ds, pick) if with_b else None
 
     rows = []
@@ -501,28 +608,74 @@ def backbone_study(dataset, lrs, out_dir, *, seeds=(0,), root=None, dataset_opti
                 base = {"lr": lr, "seed": seed, "checkpoint": str(ckpt)}
                 log(f"[lr-study] {name}: training")
                 try:
-                    train_erm(ds, lr=lr, seed=seed, out=ckpt, device=device,
-                              log=lambda m, p=name: log(f"  [{p}] {m}"), **train_kwargs)
+                    train_erm(
+                        ds,
+                        lr=lr,
+                        seed=seed,
+                        out=ckpt,
+                        device=device,
+                        log=lambda m, p=name: log(f"  [{p}] {m}"),
+                        **train_kwargs,
+                    )
                 except TrainingDiverged as e:
                     log(f"[lr-study] {name}: diverged at epoch {e.epoch}, step {e.step}")
                     rows.append({**base, "status": "diverged", "diverged_at_step": e.step})
                     continue
-                res = extract(ds, f"checkpoint:{ckpt}", cache_path, batch_size=extract_batch_size, workers=0,
-                              device=device, overwrite=True, log=lambda m: log(f"  [{name}] {m}"))
-                rows.append({**base, **backbone_row(
-                    ckpt, cache_path, res.key, test_images=test_images, train_images=train_images,
-                    train_b=samples.a[pick] if with_b else None, train_y=samples.y[pick],
-                    dfr_seeds=dfr_seeds, kappas=kappas, sparsities=sparsities)})
+                res = extract(
+                    ds,
+                    f"checkpoint:{ckpt}",
+                    cache_path,
+                    batch_size=extract_batch_size,
+                    workers=0,
+                    device=device,
+                    overwrite=True,
+                    log=lambda m: log(f"  [{name}] {m}"),
+                )
+                rows.append(
+                    {
+                        **base,
+                        **backbone_row(
+                            ckpt,
+                            cache_path,
+                            res.key,
+                            test_images=test_images,
+                            train_images=train_images,
+                            train_b=samples.a[pick] if with_b else None,
+                            train_y=samples.y[pick],
+                            dfr_seeds=dfr_seeds,
+                            kappas=kappas,
+                            sparsities=sparsities,
+                        ),
+                    }
+                )
                 r = rows[-1]
-                log(f"[lr-study] {name}: ERM WGA {r['erm_wga']:.3f} mean {r['erm_mean']:.3f} | DFR WGA "
+                log(
+                    f"[lr-study] {name}: ERM WGA {r['erm_wga']:.3f} mean {r['erm_mean']:.3f} | DFR WGA "
                     f"{r['dfr_wga']:.3f} | net comp 0.1 {r.get('net_comp_0.1', float('nan')):.3f} | "
-                    f"act sparsity {r['act_sparsity']:.3f} | csep {r['csep']:.3f}")
-    config = {"kind": "backbone", "dataset": ds.name, "dataset_options": dict(dataset_options or {}),
-              "dataset_meta": getattr(ds, "meta", {}), "lrs": lrs, "seeds": list(seeds),
-              "dfr_seeds": list(dfr_seeds), "kappas": list(kappas), "sparsities": list(sparsities or ()),
-              "n_eff_bcr": n, "train": dict(train_kwargs), "cache": str(cache_path)}
-    return write_outputs(rows, config, out, BACKBONE_COLUMNS, BACKBONE_PANELS,
-                         title=f"LR study: {ds.name}, {train_kwargs.get('arch', 'small_cnn')} backbones")
+                    f"act sparsity {r['act_sparsity']:.3f} | csep {r['csep']:.3f}"
+                )
+    config = {
+        "kind": "backbone",
+        "dataset": ds.name,
+        "dataset_options": dict(dataset_options or {}),
+        "dataset_meta": getattr(ds, "meta", {}),
+        "lrs": lrs,
+        "seeds": list(seeds),
+        "dfr_seeds": list(dfr_seeds),
+        "kappas": list(kappas),
+        "sparsities": list(sparsities or ()),
+        "n_eff_bcr": n,
+        "train": dict(train_kwargs),
+        "cache": str(cache_path),
+    }
+    return write_outputs(
+        rows,
+        config,
+        out,
+        BACKBONE_COLUMNS,
+        BACKBONE_PANELS,
+        title=f"LR study: {ds.name}, {train_kwargs.get('arch', 'small_cnn')} backbones",
+    )
 
 
 def _finite(obj):
@@ -539,42 +692,87 @@ def _finite(obj):
 def write_outputs(rows, config, out, columns, panels, title: str) -> dict:
     import json
     from pathlib import Path
+
     out = Path(out)
-    keys = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in ("lr", "seed", "status")]
-    numeric = [k for k in keys if any(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool)
-                                      for r in rows)]
+    keys = [
+        k for k in dict.fromkeys(k for r in rows for k in r) if k not in ("lr", "seed", "status")
+    ]
+    numeric = [
+        k
+        for k in keys
+        if any(isinstance(r.get(k), (int, float)) and not isinstance(r.get(k), bool) for r in rows)
+    ]
     summary = summarize(rows, numeric)
     shown = [(k, h) for k, h in columns if k in numeric]
-    files = {"runs_csv": out / "runs.csv", "csv": out / "lr_study.csv", "md": out / "lr_study.md",
-             "png": out / "lr_study.png", "json": out / "lr_study.json"}
+    files = {
+        "runs_csv": out / "runs.csv",
+        "csv": out / "lr_study.csv",
+        "md": out / "lr_study.md",
+        "png": out / "lr_study.png",
+        "json": out / "lr_study.json",
+    }
     write_csv(rows, files["runs_csv"])
     write_csv(summary, files["csv"])
     table = markdown_table(summary, shown)
     files["md"].write_text(f"# {title}\n\n{table}\n")
     if panels is not None:
-        plot(summary, [(t, [(k, lab) for k, lab in s if k in numeric]) for t, s in panels
-                       if any(k in numeric for k, _ in s)], files["png"], title)
+        plot(
+            summary,
+            [
+                (t, [(k, lab) for k, lab in s if k in numeric])
+                for t, s in panels
+                if any(k in numeric for k, _ in s)
+            ],
+            files["png"],
+            title,
+        )
     else:
         del files["png"]
-    files["json"].write_text(json.dumps(_finite({"config": config, "runs": rows, "summary": summary}),
-                                        indent=1, default=str))
-    return {"rows": rows, "summary": summary, "table": table, "files": {k: str(v) for k, v in files.items()}}
+    files["json"].write_text(
+        json.dumps(
+            _finite({"config": config, "runs": rows, "summary": summary}), indent=1, default=str
+        )
+    )
+    return {
+        "rows": rows,
+        "summary": summary,
+        "table": table,
+        "files": {k: str(v) for k, v in files.items()},
+    }
 
 
 # ----------------------------------------------------------------------------------------------
 # A. Heads on a fixed cache (spec 11.3 A)
 # ----------------------------------------------------------------------------------------------
 
-HEAD_COLUMNS = [("final_wga", "final WGA"), ("final_mean", "final mean"), ("best_wga", "best-val WGA"),
-                ("best_mean", "best-val mean"), ("comp_0.1", "weight comp 0.1"), ("act_sparsity", "hidden sparsity"),
-                ("csep", "csep"), ("bsep", "bsep"), ("final_acc_bc", "acc_bc"), ("spur_align", "spur align")]
-HEAD_PANELS = [("worst-group accuracy (test)", [("final_wga", "final step"), ("best_wga", "best-val step")]),
-               ("mean accuracy (test)", [("final_mean", "final step"), ("best_mean", "best-val step")]),
-               ("compressibility (head weights)", [(f"comp_{k}", f"kappa {k}") for k in KAPPAS]),
-               ("hidden activations (MLP)", [("act_sparsity", "sparsity"), ("act_comp_0.1", "comp 0.1")]),
-               ("separation (test)", [("csep", "csep (class)"), ("bsep", "bsep (bias)")]),
-               ("bias (test)", [("final_acc_bc", "acc_bc"), ("final_bbc", "bbc"), ("final_max_softmax", "max softmax"),
-                                ("spur_align", "spur align (val u)")])]
+HEAD_COLUMNS = [
+    ("final_wga", "final WGA"),
+    ("final_mean", "final mean"),
+    ("best_wga", "best-val WGA"),
+    ("best_mean", "best-val mean"),
+    ("comp_0.1", "weight comp 0.1"),
+    ("act_sparsity", "hidden sparsity"),
+    ("csep", "csep"),
+    ("bsep", "bsep"),
+    ("final_acc_bc", "acc_bc"),
+    ("spur_align", "spur align"),
+]
+HEAD_PANELS = [
+    ("worst-group accuracy (test)", [("final_wga", "final step"), ("best_wga", "best-val step")]),
+    ("mean accuracy (test)", [("final_mean", "final step"), ("best_mean", "best-val step")]),
+    ("compressibility (head weights)", [(f"comp_{k}", f"kappa {k}") for k in KAPPAS]),
+    ("hidden activations (MLP)", [("act_sparsity", "sparsity"), ("act_comp_0.1", "comp 0.1")]),
+    ("separation (test)", [("csep", "csep (class)"), ("bsep", "bsep (bias)")]),
+    (
+        "bias (test)",
+        [
+            ("final_acc_bc", "acc_bc"),
+            ("final_bbc", "bbc"),
+            ("final_max_softmax", "max softmax"),
+            ("spur_align", "spur align (val u)"),
+        ],
+    ),
+]
 
 
 def head_activations(state, Z) -> np.ndarray:
@@ -593,6 +791,7 @@ def prune_head(state, sparsity: float):
     """A copy of a head (`HeadState`) with the `sparsity` fraction of smallest-magnitude entries of
     its weight matrices (pooled, as `prune_global`) set to zero; biases untouched."""
     from embedkit.heads.trainer import HeadState
+
     names = [n for n in ("coef", "W1", "W2") if n in state.arrays]
     flat = np.concatenate([np.abs(state.arrays[n]).ravel() for n in names])
     n_zero = int(round(sparsity * flat.size))
@@ -601,7 +800,7 @@ def prune_head(state, sparsity: float):
     arrays, start = dict(state.arrays), 0
     for n in names:
         w = state.arrays[n]
-        arrays[n] = w * keep[start:start + w.size].reshape(w.shape)
+        arrays[n] = w * keep[start : start + w.size].reshape(w.shape)
         start += w.size
     return HeadState(state.kind, arrays)
 
@@ -609,6 +808,7 @@ def prune_head(state, sparsity: float):
 def head_pruning_curve(state, split, sparsities=PRUNE_SPARSITIES) -> dict:
     """`pruning_curve` for a head on cached features (same keys, same 1-point rule)."""
     from embedkit.metrics import evaluate_split
+
     base = evaluate_split(state.logits(split.Z), split)["mean_acc"]
     out, best, intact = {"prune_mean_0": base}, 0.0, True
     for s in sorted(sparsities or ()):
@@ -622,10 +822,26 @@ def head_pruning_curve(state, split, sparsities=PRUNE_SPARSITIES) -> dict:
     return out
 
 
-def head_study(cache_path, lrs, out_dir, *, backbone: str | None = None, model: str = "linear", hidden: int = 512,
-               momentum: float = 0.9, weight_decay: float = 0.0, steps: int = 2000, eval_every: int = 200,
-               batch_size: int = 128, seeds=(0,), standardize: bool = False, kappas=KAPPAS,
-               sparsities=PRUNE_SPARSITIES, plot: bool = True, log=print) -> dict:
+def head_study(
+    cache_path,
+    lrs,
+    out_dir,
+    *,
+    backbone: str | None = None,
+    model: str = "linear",
+    hidden: int = 512,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    steps: int = 2000,
+    eval_every: int = 200,
+    batch_size: int = 128,
+    seeds=(0,),
+    standardize: bool = False,
+    kappas=KAPPAS,
+    sparsities=PRUNE_SPARSITIES,
+    plot: bool = True,
+    log=print,
+) -> dict:
     """Train linear (or MLP) heads at every learning rate of `lrs` on a fixed cache with the
     shared SGD trainer (`embedkit.heads.trainer.fit_grid`, all LRs in one vectorised run per seed,
     same init and batches for every LR) and report, per LR: test WGA / mean at the last step and at
@@ -652,12 +868,30 @@ def head_study(cache_path, lrs, out_dir, *, backbone: str | None = None, model: 
     rows = []
     for seed in seeds:
         s = spawn_seeds(seed)
-        log(f"[lr-study] heads ({model}) seed {seed}: {len(lrs)} learning rates x {steps} steps on {train.backbone}")
+        log(
+            f"[lr-study] heads ({model}) seed {seed}: {len(lrs)} learning rates x {steps} steps on {train.backbone}"
+        )
         # The study's table reports test at each config's own val-selected step: the runner-style
         # monitor records test per evaluation (selection reads val only).
-        res = fit_grid(train.Z, train.y, grid, val=val, monitor=Monitor({"test": test}), rule=rule, steps=steps, eval_every=eval_every,
-                       batch_size=batch_size, model=model, hidden=hidden, standardize=standardize,
-                       momentum=momentum, init_seed=s["init"], sampler_seed=s["sampler"], device="cpu", threads=1)
+        res = fit_grid(
+            train.Z,
+            train.y,
+            grid,
+            val=val,
+            monitor=Monitor({"test": test}),
+            rule=rule,
+            steps=steps,
+            eval_every=eval_every,
+            batch_size=batch_size,
+            model=model,
+            hidden=hidden,
+            standardize=standardize,
+            momentum=momentum,
+            init_seed=s["init"],
+            sampler_seed=s["sampler"],
+            device="cpu",
+            threads=1,
+        )
         for k, cfg in enumerate(res.configs):
             row = {"lr": cfg["lr"], "seed": seed}
             state = res.final[k]
@@ -666,8 +900,12 @@ def head_study(cache_path, lrs, out_dir, *, backbone: str | None = None, model: 
                 continue
             recs = [r for r in res.history if r["config_id"] == k]
             best = selection.select(recs, rule)
-            row.update(status="ok", best_step=best["step"], best_wga=best["test"]["worst_group_acc"],
-                       best_mean=best["test"]["mean_acc"])
+            row.update(
+                status="ok",
+                best_step=best["step"],
+                best_wga=best["test"]["worst_group_acc"],
+                best_mean=best["test"]["mean_acc"],
+            )
             row.update(head_metrics(state.logits(test.Z), test, "final"))
             weights = [v for name, v in state.arrays.items() if name in ("coef", "W1", "W2")]
             for kappa in kappas:
@@ -680,15 +918,36 @@ def head_study(cache_path, lrs, out_dir, *, backbone: str | None = None, model: 
                 row["spur_align"] = spurious_alignment(state.arrays["coef"], val)
             H = head_activations(state, test.Z)
             rep = representation_metrics(H, test, kappas)
-            if state.kind == "linear":      # logits are never exactly zero: no sparsity to report
+            if state.kind == "linear":  # logits are never exactly zero: no sparsity to report
                 rep = {n: v for n, v in rep.items() if not n.startswith("act_")}
             row.update(rep)
             rows.append(row)
-            log(f"[lr-study] lr {cfg['lr']:g} seed {seed}: final WGA {row['final_wga']:.3f}, best-val WGA "
-                f"{row['best_wga']:.3f}, comp 0.1 {row.get('comp_0.1', float('nan')):.3f}, csep {row['csep']:.3f}")
-    config = {"kind": "head", "cache": str(cache_path), "backbone": train.backbone, "model": model,
-              "hidden": hidden if model == "mlp" else None, "momentum": momentum, "weight_decay": weight_decay,
-              "steps": steps, "eval_every": eval_every, "batch_size": batch_size, "standardize": standardize,
-              "selection_rule": rule, "lrs": lrs, "seeds": list(seeds), "kappas": list(kappas)}
-    return write_outputs(rows, config, out, HEAD_COLUMNS, HEAD_PANELS if plot else None,
-                         title=f"LR study: {model} heads on {Path(cache_path).name} [{train.backbone}]")
+            log(
+                f"[lr-study] lr {cfg['lr']:g} seed {seed}: final WGA {row['final_wga']:.3f}, best-val WGA "
+                f"{row['best_wga']:.3f}, comp 0.1 {row.get('comp_0.1', float('nan')):.3f}, csep {row['csep']:.3f}"
+            )
+    config = {
+        "kind": "head",
+        "cache": str(cache_path),
+        "backbone": train.backbone,
+        "model": model,
+        "hidden": hidden if model == "mlp" else None,
+        "momentum": momentum,
+        "weight_decay": weight_decay,
+        "steps": steps,
+        "eval_every": eval_every,
+        "batch_size": batch_size,
+        "standardize": standardize,
+        "selection_rule": rule,
+        "lrs": lrs,
+        "seeds": list(seeds),
+        "kappas": list(kappas),
+    }
+    return write_outputs(
+        rows,
+        config,
+        out,
+        HEAD_COLUMNS,
+        HEAD_PANELS if plot else None,
+        title=f"LR study: {model} heads on {Path(cache_path).name} [{train.backbone}]",
+    )

@@ -6,6 +6,7 @@ Key names follow the run record of DESIGN section 3: `worst_group_acc`, `mean_ac
 short names map onto them through `SPEC_KEYS`. Every report names which mean is which in
 `mean_kinds` (spec section 3: rows with different mean kinds never share a column).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,10 +16,22 @@ ECE_BINS = 15
 
 # The spec's names (metrics-and-selection.md section 2) -> keys in a `group_report`.
 SPEC_KEYS = {
-    "wga": "worst_group_acc", "mean_acc": "mean_acc", "mean_acc_trainw": "weighted_mean_acc",
-    "gba": "group_balanced_acc", "bal_class_acc": "balanced_class_acc", "worst_class_acc": "worst_class_acc",
-    "class_gap": "class_gap", "avg_prec": "avg_prec", "worst_prec": "worst_prec", "avg_f1": "avg_f1",
-    "worst_f1": "worst_f1", "auroc": "auroc", "auprc": "auprc", "ece": "ece", "brier": "brier", "nll": "nll",
+    "wga": "worst_group_acc",
+    "mean_acc": "mean_acc",
+    "mean_acc_trainw": "weighted_mean_acc",
+    "gba": "group_balanced_acc",
+    "bal_class_acc": "balanced_class_acc",
+    "worst_class_acc": "worst_class_acc",
+    "class_gap": "class_gap",
+    "avg_prec": "avg_prec",
+    "worst_prec": "worst_prec",
+    "avg_f1": "avg_f1",
+    "worst_f1": "worst_f1",
+    "auroc": "auroc",
+    "auprc": "auprc",
+    "ece": "ece",
+    "brier": "brier",
+    "nll": "nll",
     "wga_eval_groups": "worst_eval_group_acc",
 }
 # mean kind (spec section 3) -> the report key holding that mean.
@@ -32,6 +45,7 @@ def _nan_to_none(x):
 # ----------------------------------------------------------------------------------------------
 # Accuracy by group and class
 # ----------------------------------------------------------------------------------------------
+
 
 def per_group_accuracy(y, pred, g, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
     """(acc_g [G] with NaN for empty groups, n_g [G]). Rows with g = -1 are ignored."""
@@ -66,7 +80,9 @@ def class_precisions(y, pred, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     (flagged in `no_prediction`) when c is never predicted."""
     y, pred = np.asarray(y), np.asarray(pred)
     n_pred = np.bincount(pred, minlength=n_classes)[:n_classes]
-    hits = np.bincount(pred, weights=(pred == y).astype(np.float64), minlength=n_classes)[:n_classes]
+    hits = np.bincount(pred, weights=(pred == y).astype(np.float64), minlength=n_classes)[
+        :n_classes
+    ]
     none = n_pred == 0
     return np.where(none, 0.0, hits / np.maximum(n_pred, 1)), none
 
@@ -86,8 +102,11 @@ def acc_bias_aligned(y, pred, b) -> dict:
     y, pred, b = np.asarray(y), np.asarray(pred), np.asarray(b)
     ba, bc = y == b, y != b
     wrong = bc & (pred != y)
-    return {"acc_ba": _mean_or_none(pred[ba] == y[ba]), "acc_bc": _mean_or_none(pred[bc] == y[bc]),
-            "bbc": _mean_or_none(pred[wrong] == b[wrong])}
+    return {
+        "acc_ba": _mean_or_none(pred[ba] == y[ba]),
+        "acc_bc": _mean_or_none(pred[bc] == y[bc]),
+        "bbc": _mean_or_none(pred[wrong] == b[wrong]),
+    }
 
 
 def _mean_or_none(x):
@@ -123,6 +142,7 @@ def attr_acc(a, pred_a) -> float | None:
 # Scores and calibration
 # ----------------------------------------------------------------------------------------------
 
+
 def ece(probs, y, n_bins: int = ECE_BINS) -> float:
     """Expected calibration error over M equal-width bins of the confidence κ = max_c p_c:
     Σ_b (|B_b|/n) |acc(B_b) − mean κ on B_b|. Bin b holds (b−1)/M < κ ≤ b/M (κ = 0 in bin 1).
@@ -133,7 +153,9 @@ def ece(probs, y, n_bins: int = ECE_BINS) -> float:
     conf = probs.max(axis=1)
     hit = (probs.argmax(axis=1) == y).astype(np.float64)
     b = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
-    gap = np.bincount(b, weights=hit, minlength=n_bins) - np.bincount(b, weights=conf, minlength=n_bins)
+    gap = np.bincount(b, weights=hit, minlength=n_bins) - np.bincount(
+        b, weights=conf, minlength=n_bins
+    )
     return float(np.abs(gap).sum() / len(y))
 
 
@@ -157,7 +179,7 @@ def _roc_pr_points(score, pos):
     sort serves both AUROC and average precision."""
     order = np.argsort(-score)
     s, t = score[order], pos[order].astype(np.float64)
-    last = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]   # end of each tied block
+    last = np.r_[np.flatnonzero(np.diff(s) != 0), len(s) - 1]  # end of each tied block
     tp = np.cumsum(t)[last]
     return tp, (last + 1) - tp
 
@@ -184,7 +206,11 @@ def ranking_scores(probs, y) -> tuple[float, float]:
     probs, y = np.asarray(probs, np.float64), np.asarray(y)
     if probs.shape[1] == 2:
         return _binary_scores(probs[:, 1], y == 1)
-    vals = [_binary_scores(probs[:, c], y == c) for c in range(probs.shape[1]) if 0 < (y == c).sum() < len(y)]
+    vals = [
+        _binary_scores(probs[:, c], y == c)
+        for c in range(probs.shape[1])
+        if 0 < (y == c).sum() < len(y)
+    ]
     return tuple(float(np.mean(v)) for v in zip(*vals)) if vals else (float("nan"), float("nan"))
 
 
@@ -200,21 +226,26 @@ def auprc(probs, y) -> float:
 # Weights and inferred groups
 # ----------------------------------------------------------------------------------------------
 
+
 def ess(w) -> float:
     """Effective sample size 1 / Σ w_i² of weights normalised to Σ w = 1."""
     w = np.asarray(w, np.float64)
     w = w / w.sum()
-    return float(1.0 / np.sum(w ** 2))
+    return float(1.0 / np.sum(w**2))
 
 
 def ari(true_groups, inferred) -> float:
     from sklearn.metrics import adjusted_rand_score
+
     return float(adjusted_rand_score(np.asarray(true_groups), np.asarray(inferred)))
 
 
 def purity(true_groups, inferred) -> float:
     """Σ over inferred groups of the count of their majority true group, divided by n."""
-    t, k = np.unique(true_groups, return_inverse=True)[1], np.unique(inferred, return_inverse=True)[1]
+    t, k = (
+        np.unique(true_groups, return_inverse=True)[1],
+        np.unique(inferred, return_inverse=True)[1],
+    )
     table = np.zeros((k.max() + 1, t.max() + 1), np.int64)
     np.add.at(table, (k, t), 1)
     return float(table.max(axis=1).sum() / len(t))
@@ -224,13 +255,16 @@ def minority_precision_recall(true_minority, inferred_minority) -> dict:
     """Precision and recall of an inferred minority mask against the true one."""
     t, p = np.asarray(true_minority, bool), np.asarray(inferred_minority, bool)
     tp = float((t & p).sum())
-    return {"minority_precision": tp / p.sum() if p.any() else None,
-            "minority_recall": tp / t.sum() if t.any() else None}
+    return {
+        "minority_precision": tp / p.sum() if p.any() else None,
+        "minority_recall": tp / t.sum() if t.any() else None,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
 # Uncertainty (spec section 5)
 # ----------------------------------------------------------------------------------------------
+
 
 def seed_summary(values) -> dict:
     """Mean, sample std (ddof = 1) and standard error std/√n over seeds; std and se are None for
@@ -238,8 +272,12 @@ def seed_summary(values) -> dict:
     v = np.asarray([x for x in values if x is not None], np.float64)
     n = len(v)
     std = float(v.std(ddof=1)) if n > 1 else None
-    return {"mean": float(v.mean()) if n else None, "std": std,
-            "se": std / np.sqrt(n) if std is not None else None, "n": n}
+    return {
+        "mean": float(v.mean()) if n else None,
+        "std": std,
+        "se": std / np.sqrt(n) if std is not None else None,
+        "n": n,
+    }
 
 
 def wilson_interval(hits: int, n: int, z: float = 1.959963984540054) -> tuple[float, float] | None:
@@ -253,8 +291,17 @@ def wilson_interval(hits: int, n: int, z: float = 1.959963984540054) -> tuple[fl
     return float(max(0.0, centre - half)), float(min(1.0, centre + half))
 
 
-def bootstrap_ci(y, pred, g, metric=None, *, n_boot: int = 1000, seed: int = 0, level: float = 0.95,
-                 n_groups: int | None = None) -> dict:
+def bootstrap_ci(
+    y,
+    pred,
+    g,
+    metric=None,
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    n_groups: int | None = None,
+) -> dict:
     """Percentile bootstrap interval of `metric(y, pred, g)` (default: worst-group accuracy),
     resampling rows with replacement **within each group at its own size** (rows with g = -1
     form one more stratum), so every resample keeps the group sizes."""
@@ -269,16 +316,34 @@ def bootstrap_ci(y, pred, g, metric=None, *, n_boot: int = 1000, seed: int = 0, 
         vals[b] = metric(y[idx], pred[idx], g[idx])
     alpha = (1 - level) / 2
     lo, hi = np.nanquantile(vals, [alpha, 1 - alpha])
-    return {"point": float(metric(y, pred, g)), "lo": float(lo), "hi": float(hi), "level": level,
-            "n_boot": n_boot, "seed": seed, "stratified_by": "group"}
+    return {
+        "point": float(metric(y, pred, g)),
+        "lo": float(lo),
+        "hi": float(hi),
+        "level": level,
+        "n_boot": n_boot,
+        "seed": seed,
+        "stratified_by": "group",
+    }
 
 
 # ----------------------------------------------------------------------------------------------
 # One split's report
 # ----------------------------------------------------------------------------------------------
 
-def group_report(y, pred, g, *, n_groups: int | None = None, n_classes: int | None = None,
-                 train_counts=None, group_names=None, probs=None, ece_bins: int = ECE_BINS) -> dict:
+
+def group_report(
+    y,
+    pred,
+    g,
+    *,
+    n_groups: int | None = None,
+    n_classes: int | None = None,
+    train_counts=None,
+    group_names=None,
+    probs=None,
+    ece_bins: int = ECE_BINS,
+) -> dict:
     """Every group metric of one split as a JSON-able dict.
 
     `train_counts` (n_g on the train split of the same dataset variant) gives the
@@ -288,13 +353,15 @@ def group_report(y, pred, g, *, n_groups: int | None = None, n_classes: int | No
     and a group has no visible row, `partial_groups` is True (spec section 4.4).
     """
     y, pred, g = np.asarray(y), np.asarray(pred), np.asarray(g)
-    n_classes = int(max(y.max(initial=0), pred.max(initial=0))) + 1 if n_classes is None else n_classes
+    n_classes = (
+        int(max(y.max(initial=0), pred.max(initial=0))) + 1 if n_classes is None else n_classes
+    )
     n_groups = (int(g.max(initial=-1)) + 1) if n_groups is None else n_groups
     acc, n = per_group_accuracy(y, pred, g, n_groups)
     present = n > 0
     names = list(group_names) if group_names is not None else [str(i) for i in range(n_groups)]
     rec = class_recalls(y, pred, n_classes)
-    cls = np.isfinite(rec)                       # classes present in y
+    cls = np.isfinite(rec)  # classes present in y
     prec, no_pred = class_precisions(y, pred, n_classes)
     f1 = class_f1(y, pred, n_classes)
     hidden = int((g < 0).sum())
@@ -311,9 +378,16 @@ def group_report(y, pred, g, *, n_groups: int | None = None, n_classes: int | No
         "no_prediction_classes": [int(c) for c in np.flatnonzero(no_pred & cls)],
         "avg_f1": float(np.mean(f1[cls])) if cls.any() else None,
         "worst_f1": float(np.min(f1[cls])) if cls.any() else None,
-        "per_group": {names[i]: {"acc": None if not present[i] else float(acc[i]), "n": int(n[i]),
-                                 "ci95": wilson_interval(int(round(acc[i] * n[i])), int(n[i])) if present[i] else None}
-                      for i in range(n_groups)},
+        "per_group": {
+            names[i]: {
+                "acc": None if not present[i] else float(acc[i]),
+                "n": int(n[i]),
+                "ci95": wilson_interval(int(round(acc[i] * n[i])), int(n[i]))
+                if present[i]
+                else None,
+            }
+            for i in range(n_groups)
+        },
         "per_class_recall": [_nan_to_none(r) for r in rec],
         "empty_groups": [names[i] for i in range(n_groups) if not present[i]],
         "small_groups": [names[i] for i in range(n_groups) if 0 < n[i] < SMALL_GROUP],
@@ -331,13 +405,26 @@ def group_report(y, pred, g, *, n_groups: int | None = None, n_classes: int | No
             out["weighted_mean_acc"] = float(np.sum(pi / pi.sum() * np.nan_to_num(acc)))
     if probs is not None and len(y):
         probs = np.asarray(probs, np.float64)
-        if not np.isfinite(probs).all():        # a diverged head: say so rather than score NaNs
-            out.update(ece=None, ece_bins=int(ece_bins), brier=None, nll=None, auroc=None, auprc=None,
-                       nonfinite_probs=True)
+        if not np.isfinite(probs).all():  # a diverged head: say so rather than score NaNs
+            out.update(
+                ece=None,
+                ece_bins=int(ece_bins),
+                brier=None,
+                nll=None,
+                auroc=None,
+                auprc=None,
+                nonfinite_probs=True,
+            )
             return out
         roc, pr = ranking_scores(probs, y)
-        out.update(ece=ece(probs, y, ece_bins), ece_bins=int(ece_bins), brier=brier(probs, y), nll=nll(probs, y),
-                   auroc=_nan_to_none(roc), auprc=_nan_to_none(pr))
+        out.update(
+            ece=ece(probs, y, ece_bins),
+            ece_bins=int(ece_bins),
+            brier=brier(probs, y),
+            nll=nll(probs, y),
+            auroc=_nan_to_none(roc),
+            auprc=_nan_to_none(pr),
+        )
     return out
 
 
@@ -352,8 +439,16 @@ def evaluate_split(logits, split) -> dict:
         pred = logits.argmax(axis=1)
     else:
         pred = logits
-    out = group_report(split.y, pred, split.g, n_groups=split.n_groups, n_classes=split.n_classes,
-                       train_counts=split.train_group_counts, group_names=split.group_names, probs=probs)
+    out = group_report(
+        split.y,
+        pred,
+        split.g,
+        n_groups=split.n_groups,
+        n_classes=split.n_classes,
+        train_counts=split.train_group_counts,
+        group_names=split.group_names,
+        probs=probs,
+    )
     if getattr(split, "eval_groups", None) is not None:
         out.update(eval_group_report(split.y, pred, split.eval_groups, split.eval_group_names))
     return out
@@ -369,6 +464,10 @@ def eval_group_report(y, pred, eval_groups, names) -> dict:
     acc = [float(hit[eg[:, j]].mean()) if n[j] else None for j in range(eg.shape[1])]
     present = [j for j in range(eg.shape[1]) if n[j]]
     worst = min(present, key=lambda j: acc[j]) if present else None
-    return {"worst_eval_group_acc": wga_eval_groups(y, pred, eg),
-            "worst_eval_group": None if worst is None else str(names[worst]),
-            "per_eval_group": {str(names[j]): {"acc": acc[j], "n": int(n[j])} for j in range(eg.shape[1])}}
+    return {
+        "worst_eval_group_acc": wga_eval_groups(y, pred, eg),
+        "worst_eval_group": None if worst is None else str(names[worst]),
+        "per_eval_group": {
+            str(names[j]): {"acc": acc[j], "n": int(n[j])} for j in range(eg.shape[1])
+        },
+    }

@@ -5,7 +5,8 @@ One run = one method, one parameter set, one seed and one label budget, in its o
     OUT/<method>[-<params sha8>][-budget<b>]/seed<k>/
         record.json     the run record (schema below), written after everything else
         history.jsonl   the head's evaluation records {config_id, config, step, val, test}
-        artifacts.npz   the head's arrays (`artifacts_`), its linear weights and the row sets by role
+        artifacts.npz   the head's arrays (`artifacts_`), its linear weights and the row sets by
+        role
         prompts.json    the prompt log (zero-shot and text-projection heads)
         done            empty marker written last; a sweep skips directories that have it
 
@@ -18,6 +19,7 @@ split and passes to `fit`; the head hands it a way to score its candidates. `swe
 many methods and seeds and writes the results table; unmet needs, missing head modules and
 refusals become table rows with their reason.
 """
+
 from __future__ import annotations
 
 import csv
@@ -39,9 +41,13 @@ from embedkit.selection import apply_label_budget, check_leak, regime, reserve_v
 
 FORMAT = "embedkit-run"
 FORMAT_VERSION = 1
-RICHNESS = {"R3": 0, "R2": 1, "R1": 2}       # label regimes by the labels they make visible
-TABLE_METRICS = (("worst_group_acc", "wga"), ("mean_acc", "plain"), ("weighted_mean_acc", "trainw"),
-                 ("group_balanced_acc", "gba"))
+RICHNESS = {"R3": 0, "R2": 1, "R1": 2}  # label regimes by the labels they make visible
+TABLE_METRICS = (
+    ("worst_group_acc", "wga"),
+    ("mean_acc", "plain"),
+    ("weighted_mean_acc", "trainw"),
+    ("group_balanced_acc", "gba"),
+)
 
 
 class UnmetNeeds(EmbedkitError):
@@ -51,6 +57,7 @@ class UnmetNeeds(EmbedkitError):
 # ----------------------------------------------------------------------------------------------
 # Small helpers
 # ----------------------------------------------------------------------------------------------
+
 
 def jsonable(x):
     """numpy scalars/arrays to Python, NaN/inf to None, tuples to lists, dict keys to str."""
@@ -78,8 +85,13 @@ def params_tag(params: dict) -> str:
     return hashlib.sha256(json.dumps(jsonable(params), sort_keys=True).encode()).hexdigest()[:8]
 
 
-def run_name(method: str, params: dict | None = None, label_budget: float = 1.0, val_reserved: float = 0.0,
-             groups: str | None = None) -> str:
+def run_name(
+    method: str,
+    params: dict | None = None,
+    label_budget: float = 1.0,
+    val_reserved: float = 0.0,
+    groups: str | None = None,
+) -> str:
     name = method + (f"-{params_tag(params)}" if params else "")
     name += f"-budget{label_budget:g}" if label_budget < 1.0 else ""
     name += f"-reserved{val_reserved:g}" if val_reserved > 0 else ""
@@ -87,14 +99,24 @@ def run_name(method: str, params: dict | None = None, label_budget: float = 1.0,
 
 
 def run_dir(out_dir, method, params, seed, label_budget=1.0, val_reserved=0.0, groups=None) -> Path:
-    return Path(out_dir) / run_name(method, params, label_budget, val_reserved, groups) / f"seed{int(seed)}"
+    return (
+        Path(out_dir)
+        / run_name(method, params, label_budget, val_reserved, groups)
+        / f"seed{int(seed)}"
+    )
 
 
 def _versions() -> dict:
     import sklearn
+
     from embedkit import __version__
-    return {"embedkit": __version__, "numpy": np.__version__, "scikit-learn": sklearn.__version__,
-            "python": sys.version.split()[0]}
+
+    return {
+        "embedkit": __version__,
+        "numpy": np.__version__,
+        "scikit-learn": sklearn.__version__,
+        "python": sys.version.split()[0],
+    }
 
 
 def load_splits(cache_path, backbone=None):
@@ -106,6 +128,7 @@ def load_splits(cache_path, backbone=None):
 # ----------------------------------------------------------------------------------------------
 # Needs
 # ----------------------------------------------------------------------------------------------
+
 
 def unmet_needs(head, train, val, regime_: str) -> str | None:
     """Why `head` cannot run on these splits (None if it can): label regime, attributes on
@@ -134,6 +157,7 @@ def unmet_needs(head, train, val, regime_: str) -> str | None:
 # One run
 # ----------------------------------------------------------------------------------------------
 
+
 def bind_backbones(head, cache, val) -> None:
     """Hand a head that reads other backbones of the same rows (SELF's early checkpoint: its
     `early_keys()`) their val splits; keys the cache lacks are left out for `unmet` to report."""
@@ -149,9 +173,21 @@ def _evaluate(head, split) -> dict | None:
     return metrics.evaluate_split(head.decision_function(split.Z), split)
 
 
-def fit_record(cache_path, method: str, params: dict | None, seed: int, out_dir, backbone: str | None = None,
-               label_budget: float = 1.0, *, allow_overlap: bool = False, val_reserved: float = 0.0,
-               test_history: bool = True, splits=None, groups: str | None = None) -> dict:
+def fit_record(
+    cache_path,
+    method: str,
+    params: dict | None,
+    seed: int,
+    out_dir,
+    backbone: str | None = None,
+    label_budget: float = 1.0,
+    *,
+    allow_overlap: bool = False,
+    val_reserved: float = 0.0,
+    test_history: bool = True,
+    splits=None,
+    groups: str | None = None,
+) -> dict:
     """Fit `method` with `params` and `seed` on the cache, evaluate, write the run directory and
     return the record. `splits` = (cache, train, val, test) from `load_splits` to reuse loaded
     arrays across runs. `groups` (jtt / eiil / george): the head sees inferred pseudo-attributes on
@@ -159,6 +195,7 @@ def fit_record(cache_path, method: str, params: dict | None, seed: int, out_dir,
     (`groups`, regime R3) and the tables mark it."""
     from embedkit import heads
     from embedkit.heads.monitor import Monitor
+
     params = dict(params or {})
     # Parameters are checked (by the head's PARAMS, in its constructor) before anything is loaded.
     heads.create(method, seed=seed, **params)
@@ -173,9 +210,10 @@ def fit_record(cache_path, method: str, params: dict | None, seed: int, out_dir,
     inferred = None
     if groups:
         from embedkit.analysis.infer import infer_groups
+
         inferred = infer_groups(groups, train, seen, seed=head.seeds["infer"])
         train, seen = inferred.apply(train, "train"), inferred.apply(seen, "val")
-        reg = regime(train, seen)          # the pseudo-labels' regime decides what can run
+        reg = regime(train, seen)  # the pseudo-labels' regime decides what can run
     bind_backbones(head, cache, seen)
     why = unmet_needs(head, train, seen, reg)
     if why:
@@ -189,21 +227,30 @@ def fit_record(cache_path, method: str, params: dict | None, seed: int, out_dir,
     if reserved is not None:
         split_metrics["val_reserved"] = _evaluate(head, reserved)
 
-    rows = {role: np.sort(np.asarray(head.rows_.get(role, []), np.int64)) for role in ("fit", "tune", "select")}
+    rows = {
+        role: np.sort(np.asarray(head.rows_.get(role, []), np.int64))
+        for role in ("fit", "tune", "select")
+    }
     rows["report"] = np.sort(test.rows)
     if reserved is not None:
         rows["reserved"] = np.sort(reserved.rows)
     # Rows a head fitted or tuned on may not be read by its final selection (spec 4.4).
-    flags = check_leak(np.union1d(rows["fit"], rows["tune"]), rows["select"], rows["report"], allow_overlap)
+    flags = check_leak(
+        np.union1d(rows["fit"], rows["tune"]), rows["select"], rows["report"], allow_overlap
+    )
     sel = dict(head.selected_ or {})
-    read = getattr(head, "selection_rows_", None)           # the rows `selection.split` names
+    read = getattr(head, "selection_rows_", None)  # the rows `selection.split` names
     sel_rows = np.sort(np.asarray([] if read is None else read, np.int64))
     sel_flags = sel.pop("flags", {}) or {}
-    flags.update(oracle=bool(sel_flags.get("oracle", False)),
-                 partial_groups=bool(sel_flags.get("partial_groups", False) or
-                                     (split_metrics["val"] or {}).get("partial_groups", False)),
-                 reconstructed=bool(getattr(head, "reconstructed", False)),
-                 rows_declared=all(role in head.rows_ for role in ("fit", "tune", "select")))
+    flags.update(
+        oracle=bool(sel_flags.get("oracle", False)),
+        partial_groups=bool(
+            sel_flags.get("partial_groups", False)
+            or (split_metrics["val"] or {}).get("partial_groups", False)
+        ),
+        reconstructed=bool(getattr(head, "reconstructed", False)),
+        rows_declared=all(role in head.rows_ for role in ("fit", "tune", "select")),
+    )
 
     d = run_dir(out_dir, method, params, seed, label_budget, val_reserved, groups)
     d.mkdir(parents=True, exist_ok=True)
@@ -223,30 +270,64 @@ def fit_record(cache_path, method: str, params: dict | None, seed: int, out_dir,
     info = dict(head.info_ or {})
     prompts = info.pop("prompts", None)
     if prompts is not None:
-        prompts = {**prompts, "cache_provenance": {k: prov.get(k) for k in (
-            "library", "model", "pretrained", "weights_sha256", "preprocess", "layer", "normalised", "precision")
-            if k in prov}}
+        prompts = {
+            **prompts,
+            "cache_provenance": {
+                k: prov.get(k)
+                for k in (
+                    "library",
+                    "model",
+                    "pretrained",
+                    "weights_sha256",
+                    "preprocess",
+                    "layer",
+                    "normalised",
+                    "precision",
+                )
+                if k in prov
+            },
+        }
         (d / "prompts.json").write_text(json.dumps(jsonable(prompts), indent=2, sort_keys=True))
 
     hp = head.get_params()
     record = {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
         "run_id": f"{run_name(method, params, label_budget, val_reserved, groups)}/seed{int(seed)}",
-        "method": method, "params": {k: v for k, v in hp.items() if k != "seed"}, "params_given": params,
-        "seed": int(seed), "seeds": head.seeds,
-        "cache": {"path": str(Path(cache.path).resolve()), "path_rel": _relpath(cache.path, out_dir),
-                  "backbone_key": train.backbone, "fingerprint": prov.get("fingerprint", ""),
-                  "dtype": prov.get("dtype"), "dataset": cache.dataset},
-        "selection": {"rule": sel.get("rule"), "split": sel.get("split"), "score": sel.get("score"),
-                      "config_id": sel.get("config_id"), "config": sel.get("config"), "step": sel.get("step"),
-                      "tie": sel.get("tie"), "grid_size": sel.get("grid_size"), "refit": bool(sel.get("refit", False)),
-                      "rows": {"n": int(len(sel_rows)), "sha256": rows_sha(sel_rows)}},
+        "method": method,
+        "params": {k: v for k, v in hp.items() if k != "seed"},
+        "params_given": params,
+        "seed": int(seed),
+        "seeds": head.seeds,
+        "cache": {
+            "path": str(Path(cache.path).resolve()),
+            "path_rel": _relpath(cache.path, out_dir),
+            "backbone_key": train.backbone,
+            "fingerprint": prov.get("fingerprint", ""),
+            "dtype": prov.get("dtype"),
+            "dataset": cache.dataset,
+        },
+        "selection": {
+            "rule": sel.get("rule"),
+            "split": sel.get("split"),
+            "score": sel.get("score"),
+            "config_id": sel.get("config_id"),
+            "config": sel.get("config"),
+            "step": sel.get("step"),
+            "tie": sel.get("tie"),
+            "grid_size": sel.get("grid_size"),
+            "refit": bool(sel.get("refit", False)),
+            "rows": {"n": int(len(sel_rows)), "sha256": rows_sha(sel_rows)},
+        },
         "fit_seconds": fit_seconds,
         "metrics": split_metrics,
         "mean_kinds": dict(metrics.MEAN_KINDS),
-        "label_budget": float(label_budget), "val_reserved": float(val_reserved),
-        # With inferred groups no true attribute reaches the head: the run is R3 whatever the budget.
-        "regime": "R3" if inferred else reg, "groups": inferred.record() if inferred else None,
+        "label_budget": float(label_budget),
+        "val_reserved": float(val_reserved),
+        # With inferred groups no true attribute reaches the head: the run is R3 whatever the
+        # budget.
+        "regime": "R3" if inferred else reg,
+        "groups": inferred.record() if inferred else None,
         "val_used_for_training": bool(np.intersect1d(rows["fit"], val.rows).size),
         "rows": {r: {"n": int(len(v)), "sha256": rows_sha(v)} for r, v in rows.items()},
         "flags": flags,
@@ -254,11 +335,11 @@ def fit_record(cache_path, method: str, params: dict | None, seed: int, out_dir,
         "history": {"file": "history.jsonl", "n": len(history)},
         "prompts": prompts,
         "versions": _versions(),
-        "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     record = jsonable(record)
     tmp = d / "record.json.tmp"
-    tmp.write_text(json.dumps(record, indent=2))         # insertion order keeps groups in g order
+    tmp.write_text(json.dumps(record, indent=2))  # insertion order keeps groups in g order
     tmp.replace(d / "record.json")
     (d / "done").touch()
     return record
@@ -266,9 +347,10 @@ def fit_record(cache_path, method: str, params: dict | None, seed: int, out_dir,
 
 def _relpath(path, start) -> str:
     import os
+
     try:
         return os.path.relpath(Path(path).resolve(), Path(start).resolve())
-    except ValueError:          # another drive (Windows)
+    except ValueError:  # another drive (Windows)
         return str(path)
 
 
@@ -292,8 +374,10 @@ def finished(d, fingerprint: str) -> dict | None:
         return None
     rec = load_record(d)
     if rec["cache"].get("fingerprint") != fingerprint:
-        raise EmbedkitError(f"{d}: holds a run of another cache ({rec['cache'].get('path')}); "
-                            f"use another --out folder or --force")
+        raise EmbedkitError(
+            f"{d}: holds a run of another cache ({rec['cache'].get('path')}); "
+            f"use another --out folder or --force"
+        )
     return rec
 
 
@@ -301,28 +385,52 @@ def finished(d, fingerprint: str) -> dict | None:
 # Sweeps
 # ----------------------------------------------------------------------------------------------
 
-def _skip_entry(d: Path, method, params, seed, budget, reserved, status, reason, groups=None) -> dict:
-    entry = {"format": FORMAT, "method": method, "params_given": params, "seed": int(seed),
-             "label_budget": float(budget), "val_reserved": float(reserved), "status": status, "reason": reason,
-             "run_id": f"{run_name(method, params, budget, reserved, groups)}/seed{int(seed)}"}
+
+def _skip_entry(
+    d: Path, method, params, seed, budget, reserved, status, reason, groups=None
+) -> dict:
+    entry = {
+        "format": FORMAT,
+        "method": method,
+        "params_given": params,
+        "seed": int(seed),
+        "label_budget": float(budget),
+        "val_reserved": float(reserved),
+        "status": status,
+        "reason": reason,
+        "run_id": f"{run_name(method, params, budget, reserved, groups)}/seed{int(seed)}",
+    }
     d.mkdir(parents=True, exist_ok=True)
     (d / "done").unlink(missing_ok=True)
     (d / "skipped.json").write_text(json.dumps(jsonable(entry), indent=2, sort_keys=True))
     return entry
 
 
-def sweep(cache_path, methods, seeds, out_dir, *, params: dict | None = None, label_budgets=(1.0,),
-          backbone: str | None = None, allow_overlap: bool = False, val_reserved: float = 0.0,
-          skip_existing: bool = True, log=print, groups: str | None = None) -> list[dict]:
+def sweep(
+    cache_path,
+    methods,
+    seeds,
+    out_dir,
+    *,
+    params: dict | None = None,
+    label_budgets=(1.0,),
+    backbone: str | None = None,
+    allow_overlap: bool = False,
+    val_reserved: float = 0.0,
+    skip_existing: bool = True,
+    log=print,
+    groups: str | None = None,
+) -> list[dict]:
     """Fit every method x seed x label budget; finished runs (`done` marker) are loaded, not
     refitted. `params` maps a method to its parameters; `groups` runs every head on inferred groups
     (see `fit_record`). Returns the records and skip entries and writes `results.csv`, `results.md`
     and `results_per_seed.csv` to `out_dir`."""
     from embedkit import heads
+
     if methods in ("all", None):
         methods = list(heads.DEFAULT_SWEEP)
     params = params or {}
-    for method, p in params.items():            # a bad parameter is one line before any fit
+    for method, p in params.items():  # a bad parameter is one line before any fit
         if method in heads.names() and (methods is None or method in methods):
             heads.create(method, **p)
     out_dir = Path(out_dir)
@@ -341,30 +449,63 @@ def sweep(cache_path, methods, seeds, out_dir, *, params: dict | None = None, la
                     log(f"{tag}: done before, skipped")
                     continue
                 try:
-                    rec = fit_record(cache_path, method, p, seed, out_dir, backbone, budget,
-                                     allow_overlap=allow_overlap, val_reserved=val_reserved, splits=splits,
-                                     groups=groups)
+                    rec = fit_record(
+                        cache_path,
+                        method,
+                        p,
+                        seed,
+                        out_dir,
+                        backbone,
+                        budget,
+                        allow_overlap=allow_overlap,
+                        val_reserved=val_reserved,
+                        splits=splits,
+                        groups=groups,
+                    )
                 except UnmetNeeds as e:
-                    entries.append(_skip_entry(d, method, p, seed, budget, val_reserved, "skipped", str(e), groups))
+                    entries.append(
+                        _skip_entry(
+                            d, method, p, seed, budget, val_reserved, "skipped", str(e), groups
+                        )
+                    )
                     log(f"{tag}: skipped ({e})")
-                    break           # the same needs fail for every seed
+                    break  # the same needs fail for every seed
                 except ImportError as e:
-                    entries.append(_skip_entry(d, method, p, seed, budget, val_reserved, "unavailable",
-                                               f"head module not importable: {e}", groups))
+                    entries.append(
+                        _skip_entry(
+                            d,
+                            method,
+                            p,
+                            seed,
+                            budget,
+                            val_reserved,
+                            "unavailable",
+                            f"head module not importable: {e}",
+                            groups,
+                        )
+                    )
                     log(f"{tag}: unavailable ({e})")
                     break
                 except EmbedkitError as e:
-                    entries.append(_skip_entry(d, method, p, seed, budget, val_reserved, "refused", str(e), groups))
+                    entries.append(
+                        _skip_entry(
+                            d, method, p, seed, budget, val_reserved, "refused", str(e), groups
+                        )
+                    )
                     log(f"{tag}: refused ({e})")
-                except Exception as e:     # a bug in one head must not lose the rest of the sweep
+                except Exception as e:  # a bug in one head must not lose the rest of the sweep
                     last = traceback.format_exception_only(type(e), e)[-1].strip()
-                    entries.append(_skip_entry(d, method, p, seed, budget, val_reserved, "error", last, groups))
+                    entries.append(
+                        _skip_entry(d, method, p, seed, budget, val_reserved, "error", last, groups)
+                    )
                     log(f"{tag}: ERROR {last}")
                 else:
                     entries.append(rec)
                     t = rec["metrics"]["test"] or {}
-                    log(f"{tag}: test WGA {_pct(t.get('worst_group_acc'))}, mean {_pct(t.get('mean_acc'))} "
-                        f"(plain), {rec['fit_seconds']:.2f} s")
+                    log(
+                        f"{tag}: test WGA {_pct(t.get('worst_group_acc'))}, mean {_pct(t.get('mean_acc'))} "
+                        f"(plain), {rec['fit_seconds']:.2f} s"
+                    )
     write_results(out_dir)
     return entries
 
@@ -372,6 +513,7 @@ def sweep(cache_path, methods, seeds, out_dir, *, params: dict | None = None, la
 # ----------------------------------------------------------------------------------------------
 # Tables
 # ----------------------------------------------------------------------------------------------
+
 
 def collect(root) -> list[dict]:
     """Every record and skip entry under `root` (a run directory or a folder of runs)."""
@@ -418,30 +560,56 @@ def results_table(entries, include_flagged: bool = False) -> list[dict]:
         skipped = [e for e in es if "status" in e]
         flagged = sorted({f for e in es if "metrics" in e for f in excluded_flags(e)})
         first = (recs or es)[0]
-        row = {"run": name, "method": first["method"], "params": json.dumps(first.get("params_given") or {},
-                                                                             sort_keys=True),
-               "backbone": backbone, "label_budget": first.get("label_budget", 1.0), "n_seeds": len(recs),
-               "seeds": ",".join(str(e["seed"]) for e in sorted(recs, key=lambda e: e["seed"]))}
+        row = {
+            "run": name,
+            "method": first["method"],
+            "params": json.dumps(first.get("params_given") or {}, sort_keys=True),
+            "backbone": backbone,
+            "label_budget": first.get("label_budget", 1.0),
+            "n_seeds": len(recs),
+            "seeds": ",".join(str(e["seed"]) for e in sorted(recs, key=lambda e: e["seed"])),
+        }
         if recs:
             r0 = recs[0]
-            row.update(regime=r0.get("regime"), rule=r0["selection"].get("rule"), split=r0["selection"].get("split"),
-                       cache_dtype=r0["cache"].get("dtype"))
+            row.update(
+                regime=r0.get("regime"),
+                rule=r0["selection"].get("rule"),
+                split=r0["selection"].get("split"),
+                cache_dtype=r0["cache"].get("dtype"),
+            )
             for key, short in TABLE_METRICS:
                 s = metrics.seed_summary([(e["metrics"]["test"] or {}).get(key) for e in recs])
                 row[f"test_{short}_mean"], row[f"test_{short}_std"] = s["mean"], s["std"]
-            s = metrics.seed_summary([(e["metrics"]["val"] or {}).get("worst_group_acc") for e in recs])
+            s = metrics.seed_summary(
+                [(e["metrics"]["val"] or {}).get("worst_group_acc") for e in recs]
+            )
             row["val_wga_mean"], row["val_wga_std"] = s["mean"], s["std"]
             row["fit_seconds_mean"] = float(np.mean([e["fit_seconds"] for e in recs]))
-            notes = sorted({f for e in recs for f, on in e.get("flags", {}).items()
-                            if on and f in ("partial_groups", "reconstructed", "oracle", "selected_on_fit_data")})
+            notes = sorted(
+                {
+                    f
+                    for e in recs
+                    for f, on in e.get("flags", {}).items()
+                    if on
+                    and f in ("partial_groups", "reconstructed", "oracle", "selected_on_fit_data")
+                }
+            )
             if r0.get("groups"):
                 notes.insert(0, f"groups={r0['groups']['method']} (inferred)")
             row["status"] = "ok"
-            row["notes"] = ", ".join(notes + ([f"also flagged: {', '.join(flagged)}"] if flagged and not
-                                               include_flagged else []))
+            row["notes"] = ", ".join(
+                notes
+                + (
+                    [f"also flagged: {', '.join(flagged)}"]
+                    if flagged and not include_flagged
+                    else []
+                )
+            )
         else:
             row["status"] = skipped[0]["status"] if skipped else "flagged"
-            row["notes"] = skipped[0]["reason"] if skipped else f"every seed flagged: {', '.join(flagged)}"
+            row["notes"] = (
+                skipped[0]["reason"] if skipped else f"every seed flagged: {', '.join(flagged)}"
+            )
         rows.append(row)
     return rows
 
@@ -452,12 +620,26 @@ def per_seed_table(entries) -> list[dict]:
         if "metrics" not in e:
             continue
         t, s = e["metrics"]["test"] or {}, e["selection"]
-        out.append({"run": e["run_id"], "method": e["method"], "seed": e["seed"], "label_budget": e["label_budget"],
-                    "rule": s.get("rule"), "split": s.get("split"), "config_id": s.get("config_id"),
-                    "config": json.dumps(s.get("config"), sort_keys=True), "step": s.get("step"),
-                    "val_score": s.get("score"), "test_wga": t.get("worst_group_acc"), "test_mean_plain": t.get("mean_acc"),
-                    "test_mean_trainw": t.get("weighted_mean_acc"), "test_gba": t.get("group_balanced_acc"),
-                    "fit_seconds": e["fit_seconds"], "flags": ",".join(k for k, v in e["flags"].items() if v)})
+        out.append(
+            {
+                "run": e["run_id"],
+                "method": e["method"],
+                "seed": e["seed"],
+                "label_budget": e["label_budget"],
+                "rule": s.get("rule"),
+                "split": s.get("split"),
+                "config_id": s.get("config_id"),
+                "config": json.dumps(s.get("config"), sort_keys=True),
+                "step": s.get("step"),
+                "val_score": s.get("score"),
+                "test_wga": t.get("worst_group_acc"),
+                "test_mean_plain": t.get("mean_acc"),
+                "test_mean_trainw": t.get("weighted_mean_acc"),
+                "test_gba": t.get("group_balanced_acc"),
+                "fit_seconds": e["fit_seconds"],
+                "flags": ",".join(k for k, v in e["flags"].items() if v),
+            }
+        )
     return out
 
 
@@ -474,23 +656,51 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 def markdown_table(rows: list[dict]) -> str:
     """Test metrics in %, mean ± sample std over seeds; each mean kind in its own column."""
-    head = ["method", "budget", "seeds", "WGA", "mean (plain)", "mean (trainw)", "gba", "val WGA",
-            "selected by", "fit s", "notes"]
+    head = [
+        "method",
+        "budget",
+        "seeds",
+        "WGA",
+        "mean (plain)",
+        "mean (trainw)",
+        "gba",
+        "val WGA",
+        "selected by",
+        "fit s",
+        "notes",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         if r["status"] != "ok":
-            cells = [r["run"], f"{r['label_budget']:g}", "0"] + ["—"] * 7 + [f"{r['status']}: {r['notes']}"]
+            cells = (
+                [r["run"], f"{r['label_budget']:g}", "0"]
+                + ["—"] * 7
+                + [f"{r['status']}: {r['notes']}"]
+            )
         else:
-            sm = lambda short: _cell({"mean": r[f"test_{short}_mean"], "std": r[f"test_{short}_std"]})
-            cells = [r["run"], f"{r['label_budget']:g}", str(r["n_seeds"]), sm("wga"), sm("plain"), sm("trainw"),
-                     sm("gba"), _cell({"mean": r["val_wga_mean"], "std": r["val_wga_std"]}),
-                     f"{r['rule']} on {r['split']}" if r["rule"] else "none (no selection)",
-                     f"{r['fit_seconds_mean']:.2f}", r["notes"]]
+            sm = lambda short: _cell(
+                {"mean": r[f"test_{short}_mean"], "std": r[f"test_{short}_std"]}
+            )
+            cells = [
+                r["run"],
+                f"{r['label_budget']:g}",
+                str(r["n_seeds"]),
+                sm("wga"),
+                sm("plain"),
+                sm("trainw"),
+                sm("gba"),
+                _cell({"mean": r["val_wga_mean"], "std": r["val_wga_std"]}),
+                f"{r['rule']} on {r['split']}" if r["rule"] else "none (no selection)",
+                f"{r['fit_seconds_mean']:.2f}",
+                r["notes"],
+            ]
         lines.append("| " + " | ".join(str(c).replace("|", "/") for c in cells) + " |")
-    caption = ("Test accuracy (%) as mean ± sample std (ddof = 1) over head seeds of one backbone (seed level: "
-               "head; n = seeds). Mean kinds: plain = all test rows; trainw = group accuracies weighted by train "
-               "group proportions; gba = unweighted mean over groups. 'selected by' = the rule and the split it "
-               "read. Runs selected on test (oracle) or on their own fitted rows are left out.")
+    caption = (
+        "Test accuracy (%) as mean ± sample std (ddof = 1) over head seeds of one backbone (seed level: "
+        "head; n = seeds). Mean kinds: plain = all test rows; trainw = group accuracies weighted by train "
+        "group proportions; gba = unweighted mean over groups. 'selected by' = the rule and the split it "
+        "read. Runs selected on test (oracle) or on their own fitted rows are left out."
+    )
     return caption + "\n\n" + "\n".join(lines) + "\n"
 
 
@@ -511,6 +721,7 @@ def write_report(root, out_dir, include_flagged: bool = False) -> dict:
     `embedkit.viz.report_figures`: per-group accuracy bars over seeds (`group_accuracy.png`),
     the cache's analysis figures and HSFM's edit views."""
     from embedkit.viz import report_figures
+
     out = Path(out_dir)
     rows = write_results(root, out, include_flagged)
     files = [out / "results.csv", out / "results.md", out / "results_per_seed.csv"]

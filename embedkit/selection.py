@@ -5,6 +5,7 @@ A history record is `{config_id, config, step, val: metrics, test: metrics | Non
 evaluation, written by every head). `select` reads only `val` unless `oracle=True`; its result is
 the chosen record plus `rule`, `split`, `score`, `tie`, `grid_size` and `flags`.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -18,12 +19,15 @@ from embedkit.seeds import spawn_seeds
 # rule -> (split, metric key in a metrics.group_report). Every rule maximises its score except
 # the ones in MINIMISE (spec 4.2: `val_min_class_gap` maximises -class_gap).
 RULES: dict[str, tuple[str, str]] = {
-    "val_wga": ("val", "worst_group_acc"),              # SubpopBench ValWorstAccAttributeYes
-    "val_eval_wga": ("val", "worst_eval_group_acc"),    # overlapping groups (CivilComments' 16; WILDS/JTT)
-    "val_worst_class": ("val", "worst_class_acc"),      # SubpopBench ValWorstAccAttributeNo
+    "val_wga": ("val", "worst_group_acc"),  # SubpopBench ValWorstAccAttributeYes
+    "val_eval_wga": (
+        "val",
+        "worst_eval_group_acc",
+    ),  # overlapping groups (CivilComments' 16; WILDS/JTT)
+    "val_worst_class": ("val", "worst_class_acc"),  # SubpopBench ValWorstAccAttributeNo
     "val_mean": ("val", "mean_acc"),
     "val_bal_acc": ("val", "balanced_class_acc"),
-    "val_gba": ("val", "group_balanced_acc"),           # GERNE Table 1 target (group-balanced acc.)
+    "val_gba": ("val", "group_balanced_acc"),  # GERNE Table 1 target (group-balanced acc.)
     "val_avg_prec": ("val", "avg_prec"),
     "val_worst_prec": ("val", "worst_prec"),
     "val_avg_f1": ("val", "avg_f1"),
@@ -47,7 +51,9 @@ DFR_C_GRID = (1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01)
 # DFR_Tr class weights (`tune_class_weights_dfr_train`): each weight on class 1, then on class 0;
 # 14 dicts, {0: 1, 1: 1} occurring twice as in the reference list.
 DFR_CLASS_WEIGHTS = [1.0, 2.0, 3.0, 10.0, 100.0, 300.0, 1000.0]
-DFR_CLASS_WEIGHT_GRID = ([{0: 1.0, 1: w} for w in DFR_CLASS_WEIGHTS] + [{0: w, 1: 1.0} for w in DFR_CLASS_WEIGHTS])
+DFR_CLASS_WEIGHT_GRID = [{0: 1.0, 1: w} for w in DFR_CLASS_WEIGHTS] + [
+    {0: w, 1: 1.0} for w in DFR_CLASS_WEIGHTS
+]
 # Label-budget axis (spec 4.5): fraction of val rows whose attribute stays visible.
 LABEL_BUDGETS = (0.0, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0)
 # Per-method grids quoted by the methods spec (sections 4-6); heads expand them with `expand_grid`.
@@ -55,7 +61,11 @@ GRIDS = {
     "sgd": SGD_GRID,
     "dfr": {"C": list(DFR_C_GRID)},
     "gdro": {"eta": [1e-3, 1e-2, 1e-1], "wd": [1e-4, 1e-3, 1e-2, 1e-1]},
-    "jtt": {"T": [1, 2, 5, 10, 20, 40, 60], "lambda_up": [4, 5, 6, 20, 50, 100], "wd1": [1e-3, 1e-2, 1e-1, 1.0]},
+    "jtt": {
+        "T": [1, 2, 5, 10, 20, 40, 60],
+        "lambda_up": [4, 5, 6, 20, 50, 100],
+        "wd1": [1e-3, 1e-2, 1e-1, 1.0],
+    },
     "afr_waterbirds": {"gamma": list(np.linspace(4, 20, 33)), "lam": [0.0, 0.1, 0.2, 0.3]},
     "afr_celeba": {"gamma": list(np.linspace(1, 3, 10)), "lam": [1e-3, 1e-2, 1e-1]},
 }
@@ -68,6 +78,7 @@ def expand_grid(grid: dict) -> list[dict]:
 
 
 # -- rules ---------------------------------------------------------------------------------------
+
 
 def regime(train, val) -> str:
     """Label regime from the visible attributes (methods spec 0.2): R1 = every train row and some
@@ -113,19 +124,29 @@ def select(records, rule: str = "val_wga", *, tie: str = "default", oracle: bool
         raise EmbedkitError(f"unknown tie rule {tie!r}; choose from {', '.join(TIES)}")
     split, key = RULES[rule]
     if split == "test" and not oracle:
-        raise SelectionLeakError(f"rule {rule!r} selects on test metrics; pass oracle=True (results are tagged oracle)")
+        raise SelectionLeakError(
+            f"rule {rule!r} selects on test metrics; pass oracle=True (results are tagged oracle)"
+        )
     records = list(records)
     scored = [(s, r) for r in records if (s := _score(r, rule)) is not None]
     if not scored:
-        raise EmbedkitError(f"no candidate has a {split} {key!r} to select on with rule {rule!r} "
-                            f"({len(records)} records)")
+        raise EmbedkitError(
+            f"no candidate has a {split} {key!r} to select on with rule {rule!r} "
+            f"({len(records)} records)"
+        )
     best = max(scored, key=lambda sr: (sr[0], _tie_key(sr[1], tie)))
     chosen = dict(best[1])
     val = chosen.get("val") or {}
     chosen.update(
-        rule=rule, split=split, metric=key, score=(-best[0] if rule in MINIMISE else best[0]), tie=tie,
-        grid_size=len({r.get("config_id") for r in records}), n_candidates=len(records),
-        flags={"oracle": split == "test", "partial_groups": bool(val.get("partial_groups", False))})
+        rule=rule,
+        split=split,
+        metric=key,
+        score=(-best[0] if rule in MINIMISE else best[0]),
+        tie=tie,
+        grid_size=len({r.get("config_id") for r in records}),
+        n_candidates=len(records),
+        flags={"oracle": split == "test", "partial_groups": bool(val.get("partial_groups", False))},
+    )
     return chosen
 
 
@@ -135,18 +156,22 @@ def check_leak(fit_rows, select_rows, report_rows=None, allow_overlap: bool = Fa
     returns the flags to store (`selected_on_fit_data`, `selected_on_report_rows`)."""
     sel = np.unique(np.asarray(select_rows if select_rows is not None else [], np.int64))
     flags = {}
-    for name, rows, flag in (("fitted on", fit_rows, "selected_on_fit_data"),
-                             ("reported on (test)", report_rows, "selected_on_report_rows")):
+    for name, rows, flag in (
+        ("fitted on", fit_rows, "selected_on_fit_data"),
+        ("reported on (test)", report_rows, "selected_on_report_rows"),
+    ):
         both = np.intersect1d(sel, np.asarray(rows if rows is not None else [], np.int64))
         flags[flag] = bool(both.size)
         if both.size and not allow_overlap:
             raise SelectionLeakError(
                 f"selection reads {both.size} of {sel.size} rows that the head was {name} (first cache row "
-                f"{int(both[0])}); use disjoint rows, or allow_overlap=True to tag the result")
+                f"{int(both[0])}); use disjoint rows, or allow_overlap=True to tag the result"
+            )
     return flags
 
 
 # -- label budget --------------------------------------------------------------------------------
+
 
 def _budget_rng(seed: int) -> np.random.Generator:
     # A child of the subsample stream: the same for every method at a given seed, and not the
@@ -187,5 +212,5 @@ def reserve_val(val_split, fraction: float, seed: int):
     reserved = np.zeros(len(val_split), bool)
     for s in np.unique(strata):
         idx = np.flatnonzero(strata == s)
-        reserved[rng.permutation(idx)[:int(math.floor(fraction * len(idx) + 0.5))]] = True
+        reserved[rng.permutation(idx)[: int(math.floor(fraction * len(idx) + 0.5))]] = True
     return val_split.subset(np.flatnonzero(~reserved)), val_split.subset(np.flatnonzero(reserved))

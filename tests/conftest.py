@@ -1,5 +1,6 @@
 """Shared fixtures. Real data is read from one place: $EMBEDKIT_DATA, default ../shared/data
 beside the project; tests that need it skip with the reason when it is absent."""
+
 import os
 from pathlib import Path
 
@@ -21,7 +22,9 @@ def need_data(*parts) -> Path:
 
 def need_fashion() -> Path:
     if not (FASHION / "train-images-idx3-ubyte.gz").exists():
-        pytest.skip(f"Fashion-MNIST not found at {FASHION} (apt-get install -y dataset-fashion-mnist)")
+        pytest.skip(
+            f"Fashion-MNIST not found at {FASHION} (apt-get install -y dataset-fashion-mnist)"
+        )
     return FASHION
 
 
@@ -49,10 +52,13 @@ REAL_CACHES = {
 
 def _code_hash() -> str:
     import hashlib
+
     h = hashlib.sha256()
     # What decides the rows and the features: the adapters, the network and its preprocessing.
     files = sorted((ROOT / "embedkit" / "data").glob("*.py"))
-    for p in files + [ROOT / "embedkit" / "backbones" / f for f in ("resnet_cifar.py", "preprocess.py")]:
+    for p in files + [
+        ROOT / "embedkit" / "backbones" / f for f in ("resnet_cifar.py", "preprocess.py")
+    ]:
         h.update(p.read_bytes())
     return h.hexdigest()[:12]
 
@@ -60,7 +66,9 @@ def _code_hash() -> str:
 def build_real_cache(name: str) -> Path:
     import fcntl
     import json
+
     from embedkit.extract import extract
+
     ckpt = need_data("weights", "resnet_cifar", "resnet20-12fca82f.th")
     need_data("mnist", "train-images-idx3-ubyte.gz")
     need_data("cifar10", "train.tar")
@@ -71,11 +79,20 @@ def build_real_cache(name: str) -> Path:
     folder = Path(os.environ.get("EMBEDKIT_TEST_CACHE", ROOT / "cache" / "test"))
     folder.mkdir(parents=True, exist_ok=True)
     out = folder / f"{tag}.h5"
-    with open(folder / f".{name}.lock", "w") as lock:       # engineers' test runs may overlap
+    with open(folder / f".{name}.lock", "w") as lock:  # engineers' test runs may overlap
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not out.exists():
-            extract(name, f"resnet_cifar:20:{ckpt}", out, root=DATA, dataset_options=dict(opts),
-                    workers=0, batch_size=256, device="cpu", log=lambda m: None)
+            extract(
+                name,
+                f"resnet_cifar:20:{ckpt}",
+                out,
+                root=DATA,
+                dataset_options=dict(opts),
+                workers=0,
+                batch_size=256,
+                device="cpu",
+                log=lambda m: None,
+            )
             (folder / f"{tag}.json").write_text(json.dumps({"dataset": name, "options": opts}))
     return out
 
@@ -90,4 +107,5 @@ def real_cache():
         if name not in built:
             built[name] = build_real_cache(name)
         return built[name]
+
     return get

@@ -1,5 +1,6 @@
 """FAISS k-means, GEORGE-style group inference (methods.md 14.2) and agreement with true groups
 (14.4), including the spec's faithfulness tests (c), (d), (e)."""
+
 import numpy as np
 import pytest
 
@@ -16,6 +17,7 @@ def blobs(seed, n_clusters=6, per=300, dim=16, spread=3.0):
 
 def ari(a, b):
     from sklearn.metrics import adjusted_rand_score
+
     return adjusted_rand_score(a, b)
 
 
@@ -33,15 +35,16 @@ def test_kmeans_recovers_overlapping_planted_clusters(seed):
     assert ari(lab, clusters.kmeans(X, 6, niter=25, nredo=3, seed=seed).labels) >= 0.85
 
 
-def test_faiss_and_sklearn_kmeans_agree_up_to_permutation():           # spec 14.2 test (d)
+def test_faiss_and_sklearn_kmeans_agree_up_to_permutation():  # spec 14.2 test (d)
     from sklearn.cluster import KMeans
+
     X, _ = blobs(1, n_clusters=4, per=200)
     ours = clusters.kmeans(X, 4, seed=0).labels
     ref = KMeans(4, n_init=3, random_state=0).fit_predict(X)
     assert ari(ours, ref) == 1.0
 
 
-def test_kmeans_uses_every_row_unless_asked_to_subsample():            # spec 14.2 test (e)
+def test_kmeans_uses_every_row_unless_asked_to_subsample():  # spec 14.2 test (e)
     X, _ = blobs(2, n_clusters=4, per=500)
     full = clusters.kmeans(X, 4, seed=0)
     assert full.n_train == len(X) and full.params["max_points_per_centroid"] >= len(X) / 4
@@ -67,7 +70,7 @@ def two_subclusters_per_class(seed=0, n=(300, 60, 80, 250), dim=8, gap=8.0):
     return (centres[g] + rng.normal(size=(len(g), dim))).astype(np.float32), y, a
 
 
-def test_george_chooses_two_clusters_and_recovers_the_subclasses():      # spec 14.2 test (c)
+def test_george_chooses_two_clusters_and_recovers_the_subclasses():  # spec 14.2 test (c)
     Z, y, a = two_subclusters_per_class()
     inf = clusters.infer_george(Z, y, k_grid=range(2, 7), seed=0)
     assert inf.k_per_class == [2, 2] and inf.n_attrs == 2
@@ -80,8 +83,10 @@ def test_george_chooses_two_clusters_and_recovers_the_subclasses():      # spec 
     Z2, y2, a2 = two_subclusters_per_class(seed=1)
     for c in (0, 1):
         assert ari(a2[y2 == c], inf.assign(Z2, y2)[y2 == c]) == 1.0
-    split = type("S", (), {"Z": Z, "y": y, "n_classes": 2, "logits": np.zeros((len(y), 10), np.float32)})()
-    assert clusters.task_logits(split) is None                      # a 10-way head of another label set
+    split = type(
+        "S", (), {"Z": Z, "y": y, "n_classes": 2, "logits": np.zeros((len(y), 10), np.float32)}
+    )()
+    assert clusters.task_logits(split) is None  # a 10-way head of another label set
     assert clusters.george_pseudo_attrs(split, k_grid=[2]).shape == y.shape
 
 
@@ -96,10 +101,10 @@ def test_george_margin_and_overclustering_need_logits():
 def test_george_margin_reduce():
     Z, y, a = two_subclusters_per_class()
     W = np.zeros((2, Z.shape[1]), np.float32)
-    W[1, 1] = 1.0                                     # logit gap = the attribute coordinate
+    W[1, 1] = 1.0  # logit gap = the attribute coordinate
     inf = clusters.infer_george(Z, y, logits=Z @ W.T, reduce="margin", k_grid=[2, 3], seed=0)
     assert set(inf.scores[0]) == {2, 3} and inf.params["reduce"] == "margin"
-    for c in (0, 1):                                  # the 1-d margin alone separates the sub-classes
+    for c in (0, 1):  # the 1-d margin alone separates the sub-classes
         assert ari(a[y == c], inf.a[y == c]) == 1.0
 
 
@@ -118,15 +123,20 @@ def three_blobs(n_b=100, seed=0):
 def test_overclustering_keeps_a_split_only_when_silhouette_loss_and_size_agree():
     Z, y, sub, logits = three_blobs()
     base = clusters.infer_george(Z, y, logits=logits, k_grid=[2], seed=0)
-    assert ari(np.minimum(sub, 1), base.a) == 1.0                   # k = 2: A vs (B and C)
-    oc = clusters.infer_george(Z, y, logits=logits, k_grid=[2], overcluster=True, overcluster_factor=2, seed=0)
+    assert ari(np.minimum(sub, 1), base.a) == 1.0  # k = 2: A vs (B and C)
+    oc = clusters.infer_george(
+        Z, y, logits=logits, k_grid=[2], overcluster=True, overcluster_factor=2, seed=0
+    )
     # B (higher silhouette and higher loss than its parent) is kept; C merges back into the
-    # parent's id; A's halves lower the silhouette and are not kept: three groups, exactly the blobs.
+    # parent's id; A's halves lower the silhouette and are not kept: three groups, exactly the
+    # blobs.
     assert oc.k_per_class == [3] and ari(sub, oc.a) == 1.0
     np.testing.assert_array_equal(oc.assign(Z, y, logits), oc.a)
     # A B of 20 rows is under max(25, 0.5 % of the class): not kept, so nothing is split.
     Z, y, sub, logits = three_blobs(n_b=20)
-    small = clusters.infer_george(Z, y, logits=logits, k_grid=[2], overcluster=True, overcluster_factor=2, seed=0)
+    small = clusters.infer_george(
+        Z, y, logits=logits, k_grid=[2], overcluster=True, overcluster_factor=2, seed=0
+    )
     assert small.k_per_class == [2] and ari(np.minimum(sub, 1), small.a) == 1.0
 
 
@@ -135,6 +145,8 @@ def test_agreement_by_hand():
     pred = np.array([5, 5, 6, 6, 6, 7, 7])
     out = clusters.agreement(pred, true)
     assert out["n"] == 6
-    assert out["purity"] == pytest.approx((2 + 2 + 1) / 6)          # majorities: 5->0 (2), 6->1 (2), 7->2 (1)
+    assert out["purity"] == pytest.approx(
+        (2 + 2 + 1) / 6
+    )  # majorities: 5->0 (2), 6->1 (2), 7->2 (1)
     assert out["ari"] == pytest.approx(ari(true[:6], pred[:6]))
     assert clusters.agreement(pred, -np.ones(7))["ari"] is None

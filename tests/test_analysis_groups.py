@@ -1,4 +1,6 @@
-"""Centroids, k-NN purity and error neighbours on a small hand-made set (values computed by hand)."""
+"""Centroids, k-NN purity and error neighbours on a small hand-made set (values computed by
+hand)."""
+
 import numpy as np
 import pytest
 
@@ -27,7 +29,9 @@ def test_purity_k1_by_hand():
     expect = {"0|0": (1, 1, 1), "0|1": (0, 1, 0), "1|0": (0, 1, 0), "1|1": (0.5, 1, 0.5)}
     for name, (sg, sc, sa) in expect.items():
         got = p["per_group"][name]
-        assert (got["same_group"], got["same_class"], got["same_attr"]) == pytest.approx((sg, sc, sa))
+        assert (got["same_group"], got["same_class"], got["same_attr"]) == pytest.approx(
+            (sg, sc, sa)
+        )
     assert p["overall"] == pytest.approx({"same_group": 0.5, "same_class": 1.0, "same_attr": 0.5})
 
 
@@ -37,7 +41,9 @@ def test_purity_k2_by_hand():
     expect = {"0|0": (0.5, 1, 0.5), "0|1": (0, 1, 0), "1|0": (0, 1, 0), "1|1": (0.5, 1, 0.5)}
     for name, (sg, sc, sa) in expect.items():
         got = p["per_group"][name]
-        assert (got["same_group"], got["same_class"], got["same_attr"]) == pytest.approx((sg, sc, sa))
+        assert (got["same_group"], got["same_class"], got["same_attr"]) == pytest.approx(
+            (sg, sc, sa)
+        )
     assert p["per_group"]["1|1"]["n"] == 2
 
 
@@ -59,11 +65,13 @@ def test_centroids_and_distances_by_hand():
 
 def test_cosine_centroid_distance_and_empty_groups():
     Z = np.array([[1, 0], [0, 1], [1, 1], [3, 3]], np.float32)
-    mu, n = groups.group_centroids(Z, [0, 0, 1, 1], [0, 1, 0, 0], 2, 3)     # A = 3: groups 2, 4, 5 empty
+    mu, n = groups.group_centroids(
+        Z, [0, 0, 1, 1], [0, 1, 0, 0], 2, 3
+    )  # A = 3: groups 2, 4, 5 empty
     assert n.tolist() == [1, 1, 0, 2, 0, 0]
     D = groups.centroid_distances(mu, "cosine")
-    assert D[0, 1] == pytest.approx(1.0)                                     # orthogonal
-    assert D[0, 3] == pytest.approx(1 - 1 / np.sqrt(2))                      # (1,0) vs (2,2)
+    assert D[0, 1] == pytest.approx(1.0)  # orthogonal
+    assert D[0, 3] == pytest.approx(1 - 1 / np.sqrt(2))  # (1,0) vs (2,2)
     assert D[1, 3] == pytest.approx(1 - 1 / np.sqrt(2))
     assert np.isnan(D[2]).all() and np.isnan(D[:, 4]).all() and D[0, 0] == 0
     with pytest.raises(EmbedkitError, match="unknown centroid distance"):
@@ -78,11 +86,15 @@ def test_worst_group_errors_and_their_neighbours():
     worst, err = groups.worst_group_errors(yq, aq, pred, 2)
     assert worst == 3 and err.tolist() == [3, 5]
     Zq = np.array([[0, 0]] * 3 + [[0.02, 0], [5.5, 0], [0.9, 0]], np.float32)
-    out = groups.error_neighbours(Zq, yq, aq, pred, X[:6], Y[:6], A[:6], 2, k=2, metric="l2", group_names=NAMES)
+    out = groups.error_neighbours(
+        Zq, yq, aq, pred, X[:6], Y[:6], A[:6], 2, k=2, metric="l2", group_names=NAMES
+    )
     assert out["worst_group"] == "1|1" and out["n_errors"] == 2 and out["queries"] == [3, 5]
     # (0.02) -> rows 0, 1 (group 0|0); (0.9) -> rows 2, 1 (groups 0|1, 0|0)
     assert [sorted(r) for r in out["neighbours"].tolist()] == [[0, 1], [1, 2]]
-    assert out["neighbour_group_share"] == pytest.approx({"0|0": 0.75, "0|1": 0.25, "1|0": 0.0, "1|1": 0.0})
+    assert out["neighbour_group_share"] == pytest.approx(
+        {"0|0": 0.75, "0|1": 0.25, "1|0": 0.0, "1|1": 0.0}
+    )
     assert out["share_neighbours_of_predicted_class"] == 1.0
 
 

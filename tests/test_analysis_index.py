@@ -1,5 +1,6 @@
 """The FAISS index wrapper against brute-force numpy search (the only place numpy search is allowed:
 as the reference, ecosystem-notes section 4)."""
+
 import faiss
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ def brute(X, Q, k, metric):
         X = X / np.linalg.norm(X, axis=1, keepdims=True)
         Q = Q / np.linalg.norm(Q, axis=1, keepdims=True)
     if metric == "l2":
-        S = (Q ** 2).sum(1)[:, None] + (X ** 2).sum(1)[None] - 2 * Q @ X.T
+        S = (Q**2).sum(1)[:, None] + (X**2).sum(1)[None] - 2 * Q @ X.T
         order = np.argsort(S, axis=1, kind="stable")[:, :k]
     else:
         S = Q @ X.T
@@ -26,7 +27,9 @@ def brute(X, Q, k, metric):
 @pytest.fixture(scope="module")
 def data():
     rng = np.random.default_rng(0)
-    return rng.normal(size=(2000, 24)).astype(np.float32), rng.normal(size=(50, 24)).astype(np.float32)
+    return rng.normal(size=(2000, 24)).astype(np.float32), rng.normal(size=(50, 24)).astype(
+        np.float32
+    )
 
 
 @pytest.mark.parametrize("metric", ["ip", "l2", "cosine"])
@@ -42,7 +45,7 @@ def test_flat_search_equals_brute_force(data, metric):
 def test_knn_helper_and_self_search(data):
     X, _ = data
     S, I = knn(X, X[:5], 3, "l2")
-    assert (I[:, 0] == np.arange(5)).all()            # each row is its own nearest neighbour
+    assert (I[:, 0] == np.arange(5)).all()  # each row is its own nearest neighbour
     _, I_self = Index(X, "l2").search_self(3, rows=np.arange(5))
     np.testing.assert_array_equal(I_self, brute(X, X[:5], 4, "l2")[1][:, 1:])
 
@@ -68,11 +71,16 @@ def test_ivf_recall_measures_the_approximation(data):
     X, Q = data
     ivf = Index(X, "ip", ivf_threshold=1000, nlist=32, nprobe=1, recall_queries=300)
     # Recompute the recall on the same rows independently with the numpy reference.
-    rng = np.random.default_rng(1)                      # the wrapper's recall rows: seed + 1
+    rng = np.random.default_rng(1)  # the wrapper's recall rows: seed + 1
     q = np.sort(rng.choice(len(X), 300, replace=False))
-    hits = [len(np.intersect1d(a, b)) for a, b in zip(brute(X, X[q], 10, "ip")[1], ivf.search(X[q], 10)[1])]
+    hits = [
+        len(np.intersect1d(a, b))
+        for a, b in zip(brute(X, X[q], 10, "ip")[1], ivf.search(X[q], 10)[1])
+    ]
     assert ivf.recall_["recall_at_k"] == pytest.approx(np.mean(hits) / 10)
-    assert ivf.recall_["recall_at_k"] < 1.0             # one probed list of 32 misses neighbours on Gaussian data
+    assert (
+        ivf.recall_["recall_at_k"] < 1.0
+    )  # one probed list of 32 misses neighbours on Gaussian data
 
 
 def test_bad_input_names_the_problem(data):
@@ -94,4 +102,6 @@ def test_gpu_index_matches_cpu(data):
     X, Q = data
     gpu = Index(X, "ip", use_gpu=True)
     assert gpu.on_gpu
-    np.testing.assert_array_equal(gpu.search(Q, 5)[1], Index(X, "ip", use_gpu=False).search(Q, 5)[1])
+    np.testing.assert_array_equal(
+        gpu.search(Q, 5)[1], Index(X, "ip", use_gpu=False).search(Q, 5)[1]
+    )

@@ -1,5 +1,6 @@
 """Spurious and core directions from linear probes, against the planted directions and the
 group-mean estimates (embedkit.analysis.directions)."""
+
 import numpy as np
 import pytest
 
@@ -33,7 +34,7 @@ def test_group_balanced_weights_keep_the_class_out_of_the_attribute_probe(plante
     w = probes._balanced_weights(y, a)
     g = y * 2 + a
     sums = np.bincount(g, weights=w)
-    np.testing.assert_allclose(sums / sums.sum(), 0.25)                # every group weighs the same
+    np.testing.assert_allclose(sums / sums.sum(), 0.25)  # every group weighs the same
     d = probes.probe_directions(Z, y, a)["spurious"]["direction"]
     assert abs(d @ u) < 0.15
 
@@ -55,7 +56,9 @@ def test_multi_valued_probe_gives_one_unit_direction():
     Z[:, 0] += 3 * t
     p = probes.linear_probe(Z, t)
     assert p["W"].shape == (3, 4)
-    assert np.linalg.norm(p["direction"]) == pytest.approx(1.0, abs=1e-6) and p["direction"][0] > 0.9
+    assert (
+        np.linalg.norm(p["direction"]) == pytest.approx(1.0, abs=1e-6) and p["direction"][0] > 0.9
+    )
 
 
 def test_probe_needs_two_values():

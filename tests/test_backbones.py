@@ -1,6 +1,7 @@
 """Backbones: SPEC parsing, the CIFAR ResNet against its real checkpoints, the Coral MobileNetV2
 loader against what README-mobilenet.md documents, open_clip towers, embedkit checkpoints, and
 one clear error for each kind of bad input."""
+
 import csv
 
 import numpy as np
@@ -9,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from tests.conftest import need_data
 from embedkit import backbones
 from embedkit.backbones.preprocess import Preprocess, preprocess_config
 from embedkit.backbones.resnet_cifar import build_resnet_cifar
@@ -17,6 +17,7 @@ from embedkit.backbones.small_cnn import build_small_cnn
 from embedkit.backbones.torchvision_models import use_tf_same_padding
 from embedkit.cli import main
 from embedkit.errors import EmbedkitError
+from tests.conftest import need_data
 
 
 def _weights(name):
@@ -25,11 +26,14 @@ def _weights(name):
 
 # -- CIFAR ResNet -------------------------------------------------------------------------------
 
+
 def test_resnet_cifar_shapes_and_option_a_shortcut():
     m = build_resnet_cifar(20)
     # He et al. (2016) table 6: ResNet-20 has 0.27M parameters, ResNet-56 0.85M.
     assert sum(p.numel() for p in m.parameters()) == pytest.approx(0.27e6, rel=0.01)
-    assert sum(p.numel() for p in build_resnet_cifar(56).parameters()) == pytest.approx(0.85e6, rel=0.01)
+    assert sum(p.numel() for p in build_resnet_cifar(56).parameters()) == pytest.approx(
+        0.85e6, rel=0.01
+    )
     x = torch.zeros(2, 3, 32, 32)
     assert m(x).shape == (2, 10) and m.forward_features(x).shape == (2, 64)
     # Option A: subsample by 2 and zero-pad the channels equally on both sides, no weights.
@@ -76,6 +80,7 @@ def test_named_layer_is_pooled_and_keyed():
 
 # -- Coral MobileNetV2 (README-mobilenet.md) -----------------------------------------------------
 
+
 def test_tf_same_padding_matches_tensorflow_rule():
     conv = torch.nn.Conv2d(2, 2, 3, stride=2, padding=1, bias=False)
     ref = torch.nn.Conv2d(2, 2, 3, stride=2, padding=0, bias=False)
@@ -94,9 +99,15 @@ def _cub_photos(per_species=5):
     """The CUB photos of the species the iNat model knows (README: 40 water, 40 land birds)."""
     from embedkit.data.cifar10 import TarReader
     from embedkit.data.images import open_image
-    inat = {"Black_footed_Albatross": "Black-footed Albatross", "Laysan_Albatross": "Laysan Albatross",
-            "Rhinoceros_Auklet": "Rhinoceros Auklet", "Groove_billed_Ani": "Groove-billed Ani",
-            "Brewer_Blackbird": "Brewer's Blackbird", "Red_winged_Blackbird": "Red-winged Blackbird"}
+
+    inat = {
+        "Black_footed_Albatross": "Black-footed Albatross",
+        "Laysan_Albatross": "Laysan Albatross",
+        "Rhinoceros_Auklet": "Rhinoceros Auklet",
+        "Groove_billed_Ani": "Groove-billed Ani",
+        "Brewer_Blackbird": "Brewer's Blackbird",
+        "Red_winged_Blackbird": "Red-winged Blackbird",
+    }
     rows = list(csv.DictReader(open(need_data("cub_photos", "cub_photos.csv"), encoding="utf-8")))
     tar = TarReader(need_data("cub_photos", "cub_photos.tar"))
     picked, seen = [], {}
@@ -115,7 +126,10 @@ def test_coral_mobilenet_v2_loads_and_reproduces_readme():
     assert bb.dim == 1280 and bb.num_classes == 965 and prov["padding"] == "tf_same"
     assert bb.key == "torchvision:mobilenet_v2:mobilenet_v2_inat_bird_coral.pt"
     # README: whole image resized to 224x224 (bilinear, no crop), then x = pixel / 127.5 - 1.
-    assert bb.preprocess_config["resize_mode"] == "squash" and bb.preprocess_config["size"] == [224, 224]
+    assert bb.preprocess_config["resize_mode"] == "squash" and bb.preprocess_config["size"] == [
+        224,
+        224,
+    ]
     img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 70, 3), dtype=np.uint8))
     pix = np.asarray(img.resize((224, 224), Image.BILINEAR), np.float32)
     assert np.allclose(bb.transform(img).numpy(), pix.transpose(2, 0, 1) / 127.5 - 1, atol=1e-5)
@@ -130,6 +144,7 @@ def test_coral_mobilenet_v2_loads_and_reproduces_readme():
     # ... and the padding fix changes the network as the README documents (pooled-feature cosine
     # about 0.84-0.89 between the plain-padding and the source model on photos, not ~1).
     import torchvision
+
     plain = torchvision.models.mobilenet_v2(num_classes=965)
     plain.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["state_dict"])
     with torch.no_grad():
@@ -147,8 +162,10 @@ def test_coral_imagenet_head_and_labels():
 
 # -- open_clip, torchvision random init, embedkit checkpoints -----------------------------------
 
+
 def test_openclip_random_init_only_on_request_and_same_preprocessing():
     import open_clip
+
     with pytest.raises(EmbedkitError, match="--allow-random-init"):
         backbones.create("openclip:ViT-S-32-alt:random")
     bb = backbones.create("openclip:ViT-S-32-alt:random", allow_random_init=True)
@@ -176,9 +193,20 @@ def test_torchvision_random_init_and_tag_preprocessing():
 
 
 def _write_embedkit_checkpoint(path, model, arch, arch_kwargs, **extra):
-    torch.save({"format": "embedkit-backbone", "format_version": 1, "arch": arch, "arch_kwargs": arch_kwargs,
-                "num_classes": model.fc.out_features, "state_dict": model.state_dict(),
-                "preprocess": {"size": 32, "mean": [0.5] * 3, "std": [0.25] * 3}, "train": {"seed": 0}, **extra}, path)
+    torch.save(
+        {
+            "format": "embedkit-backbone",
+            "format_version": 1,
+            "arch": arch,
+            "arch_kwargs": arch_kwargs,
+            "num_classes": model.fc.out_features,
+            "state_dict": model.state_dict(),
+            "preprocess": {"size": 32, "mean": [0.5] * 3, "std": [0.25] * 3},
+            "train": {"seed": 0},
+            **extra,
+        },
+        path,
+    )
 
 
 def test_embedkit_checkpoint_spec(tmp_path):
@@ -194,7 +222,9 @@ def test_embedkit_checkpoint_spec(tmp_path):
     W, b = bb.erm_head()
     assert np.array_equal(W, model.fc.weight.detach().numpy())
     img = Image.new("RGB", (32, 32), (255, 0, 128))
-    assert torch.allclose(bb.transform(img)[:, 0, 0], torch.tensor([2.0, -2.0, (128 / 255 - 0.5) / 0.25]), atol=1e-6)
+    assert torch.allclose(
+        bb.transform(img)[:, 0, 0], torch.tensor([2.0, -2.0, (128 / 255 - 0.5) / 0.25]), atol=1e-6
+    )
     # The same file with another architecture's weights: one clear error.
     wrong = tmp_path / "wrong.pt"
     _write_embedkit_checkpoint(wrong, build_resnet_cifar(20, 3), "small_cnn", {"width": 4})
@@ -202,15 +232,18 @@ def test_embedkit_checkpoint_spec(tmp_path):
         backbones.create(f"checkpoint:{wrong}")
 
 
-@pytest.mark.parametrize("spec,message", [
-    ("resnet20", "does not parse"),
-    ("vgg:11", "unknown kind 'vgg'"),
-    ("resnet_cifar:twenty:x.th", "expected resnet_cifar:DEPTH:CHECKPOINT"),
-    ("resnet_cifar:20:/no/such/resnet20.th", "not found"),
-    ("checkpoint:/no/such/file.pt", "not found"),
-    ("torchvision:resnet51", "no classification model 'resnet51'"),
-    ("openclip:ViT-B-32:no_such_tag", "neither a checkpoint file nor an open_clip tag"),
-])
+@pytest.mark.parametrize(
+    "spec,message",
+    [
+        ("resnet20", "does not parse"),
+        ("vgg:11", "unknown kind 'vgg'"),
+        ("resnet_cifar:twenty:x.th", "expected resnet_cifar:DEPTH:CHECKPOINT"),
+        ("resnet_cifar:20:/no/such/resnet20.th", "not found"),
+        ("checkpoint:/no/such/file.pt", "not found"),
+        ("torchvision:resnet51", "no classification model 'resnet51'"),
+        ("openclip:ViT-B-32:no_such_tag", "neither a checkpoint file nor an open_clip tag"),
+    ],
+)
 def test_bad_specs_give_one_clear_error(spec, message):
     with pytest.raises(EmbedkitError, match=message) as e:
         backbones.create(spec)
@@ -219,9 +252,11 @@ def test_bad_specs_give_one_clear_error(spec, message):
 
 def test_checkpoint_of_another_architecture():
     r20 = _weights("resnet20-12fca82f.th")
-    cases = [(f"resnet_cifar:56:{r20}", "not a resnet_cifar depth-56 checkpoint: 180 missing keys"),
-             (f"torchvision:resnet18:{r20}", "not a torchvision resnet18 checkpoint"),
-             (f"checkpoint:{r20}", "not an embedkit-backbone checkpoint")]
+    cases = [
+        (f"resnet_cifar:56:{r20}", "not a resnet_cifar depth-56 checkpoint: 180 missing keys"),
+        (f"torchvision:resnet18:{r20}", "not a torchvision resnet18 checkpoint"),
+        (f"checkpoint:{r20}", "not an embedkit-backbone checkpoint"),
+    ]
     for spec, message in cases:
         with pytest.raises(EmbedkitError, match=message) as e:
             backbones.create(spec)
@@ -231,10 +266,26 @@ def test_checkpoint_of_another_architecture():
 def test_cli_backbones_lists_forms_and_errors_in_one_line(tmp_path, capsys):
     assert main(["backbones"]) == 0
     out = capsys.readouterr().out
-    assert all(form in out for form in ("openclip:MODEL:PRETRAINED", "torchvision:MODEL[:CHECKPOINT]",
-                                        "resnet_cifar:DEPTH:CHECKPOINT", "checkpoint:PATH"))
-    code = main(["extract", "--dataset", "cifar10", "--backbone", "resnet_cifar:20:/nope.th",
-                 "--out", str(tmp_path / "x.h5")])
+    assert all(
+        form in out
+        for form in (
+            "openclip:MODEL:PRETRAINED",
+            "torchvision:MODEL[:CHECKPOINT]",
+            "resnet_cifar:DEPTH:CHECKPOINT",
+            "checkpoint:PATH",
+        )
+    )
+    code = main(
+        [
+            "extract",
+            "--dataset",
+            "cifar10",
+            "--backbone",
+            "resnet_cifar:20:/nope.th",
+            "--out",
+            str(tmp_path / "x.h5"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and err.strip().count("\n") == 0
     assert err.startswith("embedkit extract: error:") and "not found" in err
@@ -242,7 +293,11 @@ def test_cli_backbones_lists_forms_and_errors_in_one_line(tmp_path, capsys):
 
 def test_preprocess_modes():
     img = Image.fromarray(np.arange(60 * 40 * 3, dtype=np.uint8).reshape(60, 40, 3))
-    for mode, shape in (("shortest", (3, 20, 20)), ("squash", (3, 20, 20)), ("longest", (3, 20, 20))):
+    for mode, shape in (
+        ("shortest", (3, 20, 20)),
+        ("squash", (3, 20, 20)),
+        ("longest", (3, 20, 20)),
+    ):
         assert Preprocess(preprocess_config(size=20, resize_mode=mode))(img).shape == shape
     assert Preprocess(preprocess_config(resize_mode="none"))(img).shape == (3, 60, 40)
     with pytest.raises(EmbedkitError, match="resize_mode"):

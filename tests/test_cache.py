@@ -1,4 +1,5 @@
 """The HDF5 cache: round trips, shared samples, merge, bad input, interrupted writes."""
+
 import os
 import signal
 import subprocess
@@ -18,9 +19,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def make_samples(n=40, seed=0, **kw):
     rng = np.random.default_rng(seed)
-    return Samples(uid=[f"img_{i:04d}" for i in range(n)], split=rng.integers(0, 3, n), y=rng.integers(0, 2, n),
-                   a=rng.integers(0, 2, n), class_names=["land", "water"], attr_names=["bg_land", "bg_water"],
-                   dataset="toy", **kw)
+    return Samples(
+        uid=[f"img_{i:04d}" for i in range(n)],
+        split=rng.integers(0, 3, n),
+        y=rng.integers(0, 2, n),
+        a=rng.integers(0, 2, n),
+        class_names=["land", "water"],
+        attr_names=["bg_land", "bg_water"],
+        dataset="toy",
+        **kw,
+    )
 
 
 def by_uid(split):
@@ -59,7 +67,10 @@ def test_float16_equals_float16_rounding(tmp_path):
 def test_two_backbones_share_samples(tmp_path):
     s = make_samples()
     rng = np.random.default_rng(3)
-    Z1, Z2 = rng.standard_normal((40, 8)).astype(np.float32), rng.standard_normal((40, 5)).astype(np.float32)
+    Z1, Z2 = (
+        rng.standard_normal((40, 8)).astype(np.float32),
+        rng.standard_normal((40, 5)).astype(np.float32),
+    )
     write_cache(tmp_path / "c.h5", s, "one", Z1)
     write_cache(tmp_path / "c.h5", s, "two", Z2)
     c = Cache.open(tmp_path / "c.h5")
@@ -90,12 +101,13 @@ def test_split_is_contiguous_and_sorted(tmp_path):
     with h5py.File(tmp_path / "c.h5") as f:
         split = f["samples/split"][()]
         assert np.all(np.diff(split.astype(int)) >= 0)
-        assert f["embeddings/bb/feats"].chunks is None      # contiguous, unfiltered
+        assert f["embeddings/bb/feats"].chunks is None  # contiguous, unfiltered
         assert f["embeddings/bb/feats"].compression is None
 
 
 def test_import_real_waterbirds_npz(tmp_path):
     from embedkit.io import import_npz
+
     path = need_data("waterbirds", "clip_rn50_train256.npz")
     import_npz(path, tmp_path / "wb.h5", key="clip_rn50")
     c = Cache.open(tmp_path / "wb.h5")
@@ -111,6 +123,7 @@ def test_import_real_waterbirds_npz(tmp_path):
 
 def test_export_then_import_round_trip(tmp_path):
     from embedkit.io import export_npz, import_npz
+
     s = make_samples()
     Z = np.random.default_rng(4).standard_normal((40, 6)).astype(np.float32)
     write_cache(tmp_path / "c.h5", s, "bb", Z)
@@ -120,7 +133,9 @@ def test_export_then_import_round_trip(tmp_path):
     assert a.class_names == b.class_names and a.attr_names == b.attr_names
     for name in ("train", "val", "test"):
         x, y = a.split(name), b.split(name)
-        assert np.array_equal(x.Z, y.Z) and np.array_equal(x.ids, y.ids) and np.array_equal(x.g, y.g)
+        assert (
+            np.array_equal(x.Z, y.Z) and np.array_equal(x.ids, y.ids) and np.array_equal(x.g, y.g)
+        )
 
 
 def _shard_rows(s, Z, parts):
@@ -137,9 +152,11 @@ def test_merge_four_shards_equals_one_write(tmp_path):
     shards = []
     for i, (lo, hi) in enumerate(ranges):
         p = tmp_path / f"part-{i}.h5"
-        with CacheWriter(p, s.take(np.arange(lo, hi)), "bb", 12, provenance={"model": "m", "layer": "pool"}) as w:
+        with CacheWriter(
+            p, s.take(np.arange(lo, hi)), "bb", 12, provenance={"model": "m", "layer": "pool"}
+        ) as w:
             for b in range(lo, hi, 10):
-                w.append(Z[b:min(b + 10, hi)])
+                w.append(Z[b : min(b + 10, hi)])
             w.finalize(extra_provenance={"images_per_s": 100.0 + i})
         shards.append(p)
     merge(shards, tmp_path / "merged.h5")
@@ -156,7 +173,13 @@ def test_merge_refuses_other_provenance(tmp_path):
     Z = np.zeros((20, 4), np.float32)
     s, Z, ranges = _shard_rows(s, Z, 2)
     for i, ((lo, hi), layer) in enumerate(zip(ranges, ["pool", "fc"])):
-        write_cache(tmp_path / f"p{i}.h5", s.take(np.arange(lo, hi)), "bb", Z[lo:hi], provenance={"layer": layer})
+        write_cache(
+            tmp_path / f"p{i}.h5",
+            s.take(np.arange(lo, hi)),
+            "bb",
+            Z[lo:hi],
+            provenance={"layer": layer},
+        )
     with pytest.raises(EmbedkitError, match=r"provenance differs.*layer"):
         merge([tmp_path / "p0.h5", tmp_path / "p1.h5"], tmp_path / "m.h5")
     assert not (tmp_path / "m.h5").exists()
@@ -166,9 +189,14 @@ def test_merge_refuses_other_provenance(tmp_path):
 # Bad input: one line on stderr, exit 2, nothing half-written
 # ---------------------------------------------------------------------------------------------
 
+
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "embedkit", *map(str, args)], capture_output=True, text=True,
-                          cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "embedkit", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
 
 
 def save_npy(tmp_path, **arrays):
@@ -188,36 +216,50 @@ def assert_one_line_error(res, *needles):
 @pytest.fixture
 def good_arrays(tmp_path):
     rng = np.random.default_rng(0)
-    return dict(Z=rng.standard_normal((10, 4)).astype(np.float32), y=rng.integers(0, 2, 10),
-                a=rng.integers(0, 2, 10), split=np.array(["train"] * 4 + ["val"] * 3 + ["test"] * 3))
+    return dict(
+        Z=rng.standard_normal((10, 4)).astype(np.float32),
+        y=rng.integers(0, 2, 10),
+        a=rng.integers(0, 2, 10),
+        split=np.array(["train"] * 4 + ["val"] * 3 + ["test"] * 3),
+    )
 
 
 def test_cli_import_and_info(tmp_path, good_arrays):
     np.savez(tmp_path / "in.npz", **good_arrays)
-    res = run_cli("import", "--npz", tmp_path / "in.npz", "--out", tmp_path / "c.h5", "--class-names", "a,b")
+    res = run_cli(
+        "import", "--npz", tmp_path / "in.npz", "--out", tmp_path / "c.h5", "--class-names", "a,b"
+    )
     assert res.returncode == 0, res.stderr
     res = run_cli("info", tmp_path / "c.h5")
     assert res.returncode == 0 and "format version 1" in res.stdout and "a|attr_0" in res.stdout
 
 
 def test_missing_file(tmp_path):
-    assert_one_line_error(run_cli("import", "--npz", tmp_path / "nope.npz", "--out", tmp_path / "c.h5"),
-                          "nope.npz", "no such file")
+    assert_one_line_error(
+        run_cli("import", "--npz", tmp_path / "nope.npz", "--out", tmp_path / "c.h5"),
+        "nope.npz",
+        "no such file",
+    )
     assert_one_line_error(run_cli("info", tmp_path / "nope.h5"), "nope.h5", "no such file")
 
 
 def test_unreadable_file(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
-    assert_one_line_error(run_cli("import", "--npz", tmp_path / "junk.npz", "--out", tmp_path / "c.h5"),
-                          "junk.npz", "unreadable")
+    assert_one_line_error(
+        run_cli("import", "--npz", tmp_path / "junk.npz", "--out", tmp_path / "c.h5"),
+        "junk.npz",
+        "unreadable",
+    )
     assert not (tmp_path / "c.h5").exists()
 
 
 def test_lengths_differ(tmp_path, good_arrays):
     good_arrays["y"] = good_arrays["y"][:9]
     np.savez(tmp_path / "in.npz", **good_arrays)
-    assert_one_line_error(run_cli("import", "--npz", tmp_path / "in.npz", "--out", tmp_path / "c.h5"),
-                          "different lengths")
+    assert_one_line_error(
+        run_cli("import", "--npz", tmp_path / "in.npz", "--out", tmp_path / "c.h5"),
+        "different lengths",
+    )
     assert not (tmp_path / "c.h5").exists()
 
 
@@ -225,15 +267,32 @@ def test_unknown_split_name(tmp_path, good_arrays):
     good_arrays["split"] = good_arrays["split"].astype("<U8")
     good_arrays["split"][5] = "holdout"
     e, y, s = save_npy(tmp_path, e=good_arrays["Z"], y=good_arrays["y"], s=good_arrays["split"])
-    assert_one_line_error(run_cli("import", "--embeddings", e, "--labels", y, "--splits", s, "--out",
-                                  tmp_path / "c.h5"), "unknown split name 'holdout'", "row 5", "s.npy")
+    assert_one_line_error(
+        run_cli(
+            "import", "--embeddings", e, "--labels", y, "--splits", s, "--out", tmp_path / "c.h5"
+        ),
+        "unknown split name 'holdout'",
+        "row 5",
+        "s.npy",
+    )
 
 
 def test_label_outside_declared_classes(tmp_path, good_arrays):
     good_arrays["y"][7] = 2
     np.savez(tmp_path / "in.npz", **good_arrays)
-    assert_one_line_error(run_cli("import", "--npz", tmp_path / "in.npz", "--out", tmp_path / "c.h5",
-                                  "--class-names", "land,water"), "label out of range", "row 7")
+    assert_one_line_error(
+        run_cli(
+            "import",
+            "--npz",
+            tmp_path / "in.npz",
+            "--out",
+            tmp_path / "c.h5",
+            "--class-names",
+            "land,water",
+        ),
+        "label out of range",
+        "row 7",
+    )
 
 
 def test_nonfinite_refused_unless_allowed(tmp_path, good_arrays):
@@ -242,7 +301,9 @@ def test_nonfinite_refused_unless_allowed(tmp_path, good_arrays):
     res = run_cli("import", "--npz", tmp_path / "in.npz", "--out", tmp_path / "c.h5")
     assert_one_line_error(res, "non-finite", "--allow-nonfinite")
     assert not (tmp_path / "c.h5").exists()
-    res = run_cli("import", "--npz", tmp_path / "in.npz", "--out", tmp_path / "c.h5", "--allow-nonfinite")
+    res = run_cli(
+        "import", "--npz", tmp_path / "in.npz", "--out", tmp_path / "c.h5", "--allow-nonfinite"
+    )
     assert res.returncode == 0, res.stderr
     s = Cache.open(tmp_path / "c.h5").samples()
     assert (~s.valid).sum() == 1 and not s.valid[s.uid.astype(str) == "6"][0]
@@ -250,7 +311,9 @@ def test_nonfinite_refused_unless_allowed(tmp_path, good_arrays):
 
 def test_newer_format_version(tmp_path, good_arrays):
     np.savez(tmp_path / "in.npz", **good_arrays)
-    assert run_cli("import", "--npz", tmp_path / "in.npz", "--out", tmp_path / "c.h5").returncode == 0
+    assert (
+        run_cli("import", "--npz", tmp_path / "in.npz", "--out", tmp_path / "c.h5").returncode == 0
+    )
     with h5py.File(tmp_path / "c.h5", "a") as f:
         f.attrs["format_version"] = 99
     assert_one_line_error(run_cli("info", tmp_path / "c.h5"), "newer embedkit", "99")
@@ -274,16 +337,22 @@ def test_not_an_embedkit_cache(tmp_path):
 
 def test_pickled_input_refused(tmp_path, good_arrays):
     good_arrays["ids"] = np.array([{"k": i} for i in range(10)], dtype=object)
-    np.savez(tmp_path / "in.npz", **good_arrays)   # numpy pickles the object array
-    assert_one_line_error(run_cli("import", "--npz", tmp_path / "in.npz", "--out", tmp_path / "c.h5"), "pickled")
+    np.savez(tmp_path / "in.npz", **good_arrays)  # numpy pickles the object array
+    assert_one_line_error(
+        run_cli("import", "--npz", tmp_path / "in.npz", "--out", tmp_path / "c.h5"), "pickled"
+    )
 
 
 def test_no_pickles_in_cache(tmp_path):
     write_cache(tmp_path / "c.h5", make_samples(), "bb", np.zeros((40, 2), np.float32))
     with h5py.File(tmp_path / "c.h5") as f:
         kinds = []
-        f.visititems(lambda name, obj: kinds.append(obj.dtype.kind) if isinstance(obj, h5py.Dataset) else None)
-    assert "V" not in kinds    # object data is only vlen UTF-8 strings (kind 'O' in h5py)
+        f.visititems(
+            lambda name, obj: (
+                kinds.append(obj.dtype.kind) if isinstance(obj, h5py.Dataset) else None
+            )
+        )
+    assert "V" not in kinds  # object data is only vlen UTF-8 strings (kind 'O' in h5py)
 
 
 def test_interrupted_write_leaves_no_accepted_file(tmp_path):
@@ -310,7 +379,7 @@ def test_interrupted_write_leaves_no_accepted_file(tmp_path):
 
 def test_incomplete_backbone_group_is_ignored(tmp_path):
     write_cache(tmp_path / "c.h5", make_samples(), "bb", np.zeros((40, 2), np.float32))
-    with h5py.File(tmp_path / "c.h5", "a") as f:        # what a kill in the middle of an add leaves
+    with h5py.File(tmp_path / "c.h5", "a") as f:  # what a kill in the middle of an add leaves
         g = f["embeddings"].create_group("half")
         g.attrs["complete"] = False
         g.create_dataset("feats", shape=(40, 3), dtype=np.float32)

@@ -1,13 +1,14 @@
 """The seeded offline benchmarks: split sizes, group counts and realised correlation follow the
 options; the same seed rebuilds identical arrays, another seed does not."""
+
 import numpy as np
 import pytest
 
-from tests.conftest import DATA, need_data, need_fashion
 from embedkit import data
 from embedkit.cache import SPLITS
 from embedkit.data.mnist import load_mnist
 from embedkit.errors import EmbedkitError
+from tests.conftest import DATA, need_data, need_fashion
 
 
 def half_up(x):
@@ -37,6 +38,7 @@ def check_seeds(name, **opts):
 
 # -- colored_digits (no files) -------------------------------------------------------------------
 
+
 def test_colored_digits_defaults():
     ds = data.create("colored_digits")
     s = ds.samples()
@@ -54,8 +56,15 @@ def test_colored_digits_defaults():
 
 
 def test_colored_digits_options_and_seeds():
-    ds = data.create("colored_digits", n_train=300, n_val=100, n_test=100, train_corr=0.75,
-                     test_corr=0.2, classes="binary")
+    ds = data.create(
+        "colored_digits",
+        n_train=300,
+        n_val=100,
+        n_test=100,
+        train_corr=0.75,
+        test_corr=0.2,
+        classes="binary",
+    )
     assert np.bincount(ds.samples().split).tolist() == [300, 100, 100]
     check_aligned_counts(ds, {"train": 0.75, "val": 0.5, "test": 0.2})
     check_seeds("colored_digits", n_train=200, n_val=50, n_test=50)
@@ -69,6 +78,7 @@ def test_colored_digits_options_and_seeds():
 
 
 # -- colored_mnist -------------------------------------------------------------------------------
+
 
 def test_colored_mnist_follows_the_subpopbench_convention():
     need_data("mnist")
@@ -90,7 +100,7 @@ def test_colored_mnist_follows_the_subpopbench_convention():
         assert (s.y[m] != clean[m]).sum() == expected == ds.meta["label_noise_flipped"][split]
     # The image is the MNIST digit centred on 32x32, painted in its colour.
     i = 0
-    channel = s.a[i]          # red = channel 0, green = channel 1
+    channel = s.a[i]  # red = channel 0, green = channel 1
     assert np.array_equal(ds.images[i, 2:30, 2:30, channel], x[idx[i]])
 
 
@@ -100,6 +110,7 @@ def test_colored_mnist_seeds():
 
 
 # -- composites: dominoes and waterbirds_like ----------------------------------------------------
+
 
 def expected_table(n, class1_fraction, rho):
     """2x2 group counts: classes split n by class1_fraction, then round(rho * n_y) aligned."""
@@ -114,7 +125,10 @@ def expected_table(n, class1_fraction, rho):
 def check_tables(ds, sizes, class1_fraction, rho):
     counts = ds.group_counts()
     for split, n in zip(SPLITS, sizes):
-        assert counts[split].reshape(2, 2).tolist() == expected_table(n, class1_fraction, rho[split]).tolist(), split
+        assert (
+            counts[split].reshape(2, 2).tolist()
+            == expected_table(n, class1_fraction, rho[split]).tolist()
+        ), split
     check_aligned_counts(ds, rho)
 
 
@@ -144,7 +158,9 @@ def test_dominoes_groups_and_correlation(dominoes_small):
 
 def test_dominoes_image_is_the_mnist_digit_over_the_cifar_image(dominoes_small):
     import tarfile
+
     from PIL import Image
+
     ds = dominoes_small
     s = ds.samples()
     assert ds.images.shape[1:] == (64, 32, 3) and ds.load(0).size == (32, 64)
@@ -182,35 +198,50 @@ def test_waterbirds_like_groups_and_correlation(waterbirds_like_small):
     assert ds.class_names == ["sneaker", "ankle_boot"] and ds.attr_names == ["land", "water"]
     check_tables(ds, (400, 120, 100), 0.23, {"train": 0.95, "val": 0.5, "test": 0.5})
     check_sources_used_once(ds)
-    # Backgrounds come from the option's CIFAR classes: land rows on deer/horse/frog, water on ship/airplane.
+    # Backgrounds come from the option's CIFAR classes: land rows on deer/horse/frog, water on
+    # ship/airplane.
     s = ds.samples()
     scene = np.array([u.split("+")[1].split("/")[1] for u in s.uid])
-    assert set(scene[s.a == 0]) <= {"deer", "horse", "frog"} and set(scene[s.a == 1]) <= {"ship", "airplane"}
+    assert set(scene[s.a == 0]) <= {"deer", "horse", "frog"} and set(scene[s.a == 1]) <= {
+        "ship",
+        "airplane",
+    }
 
 
 def test_waterbirds_like_default_train_groups_mimic_waterbirds():
     # Waterbirds train (Sagawa et al.): 3,498 / 184 / 56 / 1,057. The defaults reproduce the shape.
     assert expected_table(4795, 0.23, 0.95).ravel().tolist() == [3507, 185, 55, 1048]
     opts = data.dataset_class("waterbirds_like").OPTIONS
-    assert (opts["n_train"].default, opts["class1_fraction"].default, opts["train_corr"].default) == (4795, 0.23, 0.95)
+    assert (
+        opts["n_train"].default,
+        opts["class1_fraction"].default,
+        opts["train_corr"].default,
+    ) == (4795, 0.23, 0.95)
 
 
 def test_waterbirds_like_pixels_are_the_alpha_blend(waterbirds_like_small):
     import tarfile
+
     from PIL import Image
+
     from embedkit.data.mnist import load_fashion
+
     ds = waterbirds_like_small
     s = ds.samples()
     i = int(np.flatnonzero(s.split == 2)[0])
     item_uid, scene_uid = s.uid[i].split("+")
     x, lab = load_fashion(need_fashion(), "t10k")
     item = x[int(item_uid.rsplit("-", 1)[1])].astype(np.float64)
-    assert lab[int(item_uid.rsplit("-", 1)[1])] == (7, 9)[s.y[i]]          # Sneaker, Ankle boot
+    assert lab[int(item_uid.rsplit("-", 1)[1])] == (7, 9)[s.y[i]]  # Sneaker, Ankle boot
     with tarfile.open(need_data("cifar10", "test.tar")) as tf:
-        scene = np.asarray(Image.open(tf.extractfile(scene_uid.split("/", 1)[1])).convert("RGB")).astype(np.float64)
+        scene = np.asarray(
+            Image.open(tf.extractfile(scene_uid.split("/", 1)[1])).convert("RGB")
+        ).astype(np.float64)
     alpha = item / 255
     ref = scene.copy()
-    ref[2:30, 2:30] = alpha[..., None] * item[..., None] + (1 - alpha[..., None]) * scene[2:30, 2:30]
+    ref[2:30, 2:30] = (
+        alpha[..., None] * item[..., None] + (1 - alpha[..., None]) * scene[2:30, 2:30]
+    )
     assert np.abs(ds.images[i].astype(np.float64) - ref).max() <= 0.5 + 1e-9
 
 
@@ -218,36 +249,49 @@ def test_waterbirds_like_seeds_and_missing_fashion(tmp_path):
     need_data("cifar10", "train.tar")
     need_fashion()
     check_seeds("waterbirds_like", n_train=60, n_val=20, n_test=20)
-    with pytest.raises(EmbedkitError, match=r"idx3-ubyte.gz: no such file.*apt-get install -y dataset-fashion-mnist"):
-        data.create("waterbirds_like", root=DATA, n_train=10, n_val=10, n_test=10, fashion_root=str(tmp_path))
+    with pytest.raises(
+        EmbedkitError,
+        match=r"idx3-ubyte.gz: no such file.*apt-get install -y dataset-fashion-mnist",
+    ):
+        data.create(
+            "waterbirds_like",
+            root=DATA,
+            n_train=10,
+            n_val=10,
+            n_test=10,
+            fashion_root=str(tmp_path),
+        )
     with pytest.raises(EmbedkitError, match="core_classes"):
         data.create("waterbirds_like", root=DATA, core_classes="Sneaker")
 
 
 # -- counterfactuals (P4 pairs): only the spurious part changes ---------------------------------
 
+
 def test_colored_counterfactual_changes_only_the_colour():
     cd = data.create("colored_digits", n_train=50, n_val=20, n_test=20)
     s = cd.samples()
     twin = np.asarray(cd.counterfactual(0, 1 - s.a[0]))
-    assert np.array_equal(twin.max(axis=2), cd.images[0].max(axis=2))        # same strokes
-    assert twin[..., s.a[0]].max() == 0 and twin[..., 1 - s.a[0]].max() > 0   # other colour
+    assert np.array_equal(twin.max(axis=2), cd.images[0].max(axis=2))  # same strokes
+    assert twin[..., s.a[0]].max() == 0 and twin[..., 1 - s.a[0]].max() > 0  # other colour
     assert np.array_equal(np.asarray(cd.counterfactual(0, s.a[0])), cd.images[0])
 
 
-def test_composite_counterfactuals_change_only_the_spurious_part(dominoes_small, waterbirds_like_small):
+def test_composite_counterfactuals_change_only_the_spurious_part(
+    dominoes_small, waterbirds_like_small
+):
     s = dominoes_small.samples()
     i = int(np.flatnonzero(s.split == 2)[0])
     twin = np.asarray(dominoes_small.counterfactual(i, 1 - s.a[i]))
-    assert np.array_equal(twin[32:], dominoes_small.images[i, 32:])          # the CIFAR half is kept
+    assert np.array_equal(twin[32:], dominoes_small.images[i, 32:])  # the CIFAR half is kept
     donors = dominoes_small.images[(s.split == 2) & (s.a == 1 - s.a[i]), :32]
-    assert any(np.array_equal(twin[:32], d) for d in donors)                # a digit of the other value
+    assert any(np.array_equal(twin[:32], d) for d in donors)  # a digit of the other value
 
     ds = waterbirds_like_small
     s = ds.samples()
     i = int(np.flatnonzero(s.split == 0)[0])
     twin = np.asarray(ds.counterfactual(i, 1 - s.a[i]))
-    opaque = ds.items[i] == 255                  # alpha 1: the item's own pixels survive any scene
+    opaque = ds.items[i] == 255  # alpha 1: the item's own pixels survive any scene
     assert opaque.any() and np.array_equal(twin[opaque], ds.images[i][opaque])
     assert not np.array_equal(twin, ds.images[i])
     with pytest.raises(EmbedkitError, match="attribute 2 out of range"):

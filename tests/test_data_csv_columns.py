@@ -4,6 +4,7 @@ Manifests use the headers real files have: Waterbirds' own metadata.csv header (
 img_filename, y, split, place, place_filename) over real CUB photos, and a label / spurious / fold
 manifest over real MNIST digits.
 """
+
 import csv
 import gzip
 import tarfile
@@ -37,7 +38,9 @@ def mnist_root(tmp_path, n=12):
     lines = ["file,Label,spurious,fold"]
     for i, (im, d) in enumerate(zip(images, digits)):
         Image.fromarray(im).save(tmp_path / "png" / f"{i}.png")
-        lines.append(f"png/{i}.png,{['even', 'odd'][d % 2]},{int(im.mean() > 30)},{['train', 'val', 'test'][i % 3]}")
+        lines.append(
+            f"png/{i}.png,{['even', 'odd'][d % 2]},{int(im.mean() > 30)},{['train', 'val', 'test'][i % 3]}"
+        )
     (tmp_path / "manifest.csv").write_text("\n".join(lines) + "\n")
     return digits
 
@@ -48,31 +51,69 @@ def test_waterbirds_header_is_recognised(tmp_path):
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["img_id", "img_filename", "y", "split", "place", "place_filename"])
         for i, r in enumerate(rows):
-            w.writerow([i + 1, r["file"], r["y_waterbird"], i % 3, (i + 1) % 2, "/o/ocean/00004600.jpg"])
+            w.writerow(
+                [i + 1, r["file"], r["y_waterbird"], i % 3, (i + 1) % 2, "/o/ocean/00004600.jpg"]
+            )
     ds = data.create("csv", root=tmp_path, manifest="metadata.csv")
-    assert ds.meta["columns"] == {"path": "img_filename", "label": "y", "attr": "place", "split": "split"}
+    assert ds.meta["columns"] == {
+        "path": "img_filename",
+        "label": "y",
+        "attr": "place",
+        "split": "split",
+    }
     assert ds.meta["columns_detected"] == ["path", "label", "attr", "split"]
     s = ds.samples()
-    assert s.y.tolist() == [int(r["y_waterbird"]) for r in rows] and s.a.tolist() == [1, 0, 1, 0, 1, 0]
+    assert s.y.tolist() == [int(r["y_waterbird"]) for r in rows] and s.a.tolist() == [
+        1,
+        0,
+        1,
+        0,
+        1,
+        0,
+    ]
     assert ds.load(0).size == (int(rows[0]["width"]), int(rows[0]["height"]))
-    assert ("columns path=img_filename, label=y, attr=place, split=split (auto-detected: path, label, attr, split)"
-            in ds.summary())
+    assert (
+        "columns path=img_filename, label=y, attr=place, split=split (auto-detected: path, label, attr, split)"
+        in ds.summary()
+    )
 
 
 def test_mnist_manifest_with_other_common_names_and_the_extract_log(tmp_path):
     from embedkit.cache import Cache
     from embedkit.extract import extract
+
     digits = mnist_root(tmp_path)
     ds = data.create("csv", root=tmp_path)
-    assert ds.meta["columns"] == {"path": "file", "label": "Label", "attr": "spurious", "split": "fold"}
+    assert ds.meta["columns"] == {
+        "path": "file",
+        "label": "Label",
+        "attr": "spurious",
+        "split": "fold",
+    }
     assert ds.class_names == ["even", "odd"] and ds.samples().y.tolist() == (digits % 2).tolist()
     said = []
     ckpt = need_data("weights", "resnet_cifar", "resnet20-12fca82f.th")
-    extract("csv", f"resnet_cifar:20:{ckpt}", tmp_path / "c.h5", root=tmp_path, workers=0, batch_size=12,
-            device="cpu", log=said.append)
-    assert any(m.startswith("dataset csv: columns path=file, label=Label, attr=spurious, split=fold") for m in said)
-    meta = Cache.open(tmp_path / "c.h5").info()["dataset_meta"]          # the pick travels in the cache
-    assert meta["columns"]["attr"] == "spurious" and meta["columns_detected"] == ["path", "label", "attr", "split"]
+    extract(
+        "csv",
+        f"resnet_cifar:20:{ckpt}",
+        tmp_path / "c.h5",
+        root=tmp_path,
+        workers=0,
+        batch_size=12,
+        device="cpu",
+        log=said.append,
+    )
+    assert any(
+        m.startswith("dataset csv: columns path=file, label=Label, attr=spurious, split=fold")
+        for m in said
+    )
+    meta = Cache.open(tmp_path / "c.h5").info()["dataset_meta"]  # the pick travels in the cache
+    assert meta["columns"]["attr"] == "spurious" and meta["columns_detected"] == [
+        "path",
+        "label",
+        "attr",
+        "split",
+    ]
 
 
 def test_no_attribute_column_means_unknown_and_explicit_names_win(tmp_path):
@@ -81,14 +122,24 @@ def test_no_attribute_column_means_unknown_and_explicit_names_win(tmp_path):
     assert (ds.samples().a == -1).all() and ds.meta["columns"]["attr"] is None
     assert "attr=(none: a = -1)" in ds.meta["note"]
     (tmp_path / "manifest.csv").write_text("path,y,label,split\nx/1.png,1,2,train\n")
-    with pytest.raises(EmbedkitError, match=r"manifest.csv: columns 'y' and 'label' could each be the label; "
-                                            r"name one with --dataset-opt label_col=COLUMN"):
+    with pytest.raises(
+        EmbedkitError,
+        match=r"manifest.csv: columns 'y' and 'label' could each be the label; "
+        r"name one with --dataset-opt label_col=COLUMN",
+    ):
         data.create("csv", root=tmp_path)
     ds = data.create("csv", root=tmp_path, label_col="label")
-    assert ds.samples().y.tolist() == [2] and ds.meta["columns_detected"] == ["path", "attr", "split"]
+    assert ds.samples().y.tolist() == [2] and ds.meta["columns_detected"] == [
+        "path",
+        "attr",
+        "split",
+    ]
     (tmp_path / "manifest.csv").write_text("image_id,species,split\nx/1.png,1,train\n")
-    with pytest.raises(EmbedkitError, match=r"manifest.csv: no path column \(looked for path, filename.*found: "
-                                            r"image_id, species, split\)"):
+    with pytest.raises(
+        EmbedkitError,
+        match=r"manifest.csv: no path column \(looked for path, filename.*found: "
+        r"image_id, species, split\)",
+    ):
         data.create("csv", root=tmp_path)
     with pytest.raises(EmbedkitError, match=r"manifest.csv: no label column"):
         data.create("csv", root=tmp_path, path_col="image_id")

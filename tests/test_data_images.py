@@ -1,5 +1,6 @@
 """Robust image reading: every Pillow mode becomes RGB; a truncated, empty, missing or garbage
 file is an ImageReadError naming it, which a dataset scan flags and counts (strict raises)."""
+
 import io
 
 import numpy as np
@@ -23,10 +24,14 @@ def test_truncated_jpeg(tmp_path):
     blob = jpeg_bytes()
     p = tmp_path / "cut.jpg"
     p.write_bytes(blob[: len(blob) // 2])
-    with pytest.raises(ImageReadError, match=r"cut.jpg: unreadable image \(OSError: image file is truncated"):
+    with pytest.raises(
+        ImageReadError, match=r"cut.jpg: unreadable image \(OSError: image file is truncated"
+    ):
         open_image(p)
     with pytest.raises(ImageReadError, match="member.jpg: unreadable image"):
-        open_image(blob[: len(blob) // 2], name="train.tar:member.jpg")     # the tar path: bytes in memory
+        open_image(
+            blob[: len(blob) // 2], name="train.tar:member.jpg"
+        )  # the tar path: bytes in memory
 
 
 def test_zero_byte_missing_and_garbage_files(tmp_path):
@@ -36,14 +41,16 @@ def test_zero_byte_missing_and_garbage_files(tmp_path):
     with pytest.raises(ImageReadError, match=r"nothere.png: no such image file"):
         open_image(tmp_path / "nothere.png")
     (tmp_path / "text.png").write_bytes(b"this is not an image")
-    with pytest.raises(ImageReadError, match=r"text.png: unreadable image \(UnidentifiedImageError"):
+    with pytest.raises(
+        ImageReadError, match=r"text.png: unreadable image \(UnidentifiedImageError"
+    ):
         open_image(tmp_path / "text.png")
     assert issubclass(ImageReadError, EmbedkitError)
 
 
 def test_cmyk_jpeg_becomes_rgb(tmp_path):
     p = tmp_path / "cmyk.jpg"
-    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(p, "JPEG", quality=100)   # CMYK red
+    Image.new("CMYK", (8, 8), (0, 255, 255, 0)).save(p, "JPEG", quality=100)  # CMYK red
     assert Image.open(p).mode == "CMYK"
     im = open_image(p)
     assert im.mode == "RGB" and im.size == (8, 8)
@@ -57,11 +64,19 @@ def test_palette_la_rgba_and_16_bit_become_rgb(tmp_path):
     pal.putpixel((2, 3), 1)
     pal.save(tmp_path / "pal.png")
     im = open_image(tmp_path / "pal.png")
-    assert im.mode == "RGB" and im.getpixel((2, 3)) == (10, 200, 30) and im.getpixel((0, 0)) == (0, 0, 0)
+    assert (
+        im.mode == "RGB"
+        and im.getpixel((2, 3)) == (10, 200, 30)
+        and im.getpixel((0, 0)) == (0, 0, 0)
+    )
 
     Image.new("LA", (4, 4), (77, 0)).save(tmp_path / "la.png")
     Image.new("RGBA", (4, 4), (1, 2, 3, 10)).save(tmp_path / "rgba.png")
-    assert open_image(tmp_path / "la.png").getpixel((0, 0)) == (77, 77, 77)     # alpha dropped, as convert("RGB")
+    assert open_image(tmp_path / "la.png").getpixel((0, 0)) == (
+        77,
+        77,
+        77,
+    )  # alpha dropped, as convert("RGB")
     assert open_image(tmp_path / "rgba.png").getpixel((0, 0)) == (1, 2, 3)
 
     deep = Image.fromarray(np.array([[65535, 32768], [256, 0]], np.uint16))
@@ -78,7 +93,9 @@ def test_a_dataset_flags_and_counts_unreadable_images(tmp_path, capsys):
     Image.new("CMYK", (8, 8)).save(tmp_path / "cmyk.jpg")
     Image.new("P", (8, 8)).save(tmp_path / "pal.png")
     names = ["ok.jpg", "cut.jpg", "empty.jpg", "missing.jpg", "cmyk.jpg", "pal.png"]
-    (tmp_path / "manifest.csv").write_text("path,label,split\n" + "".join(f"{n},0,train\n" for n in names))
+    (tmp_path / "manifest.csv").write_text(
+        "path,label,split\n" + "".join(f"{n},0,train\n" for n in names)
+    )
     ds = data.create("csv", root=tmp_path, attr_col="")
     valid, reasons = ds.scan()
     assert valid.tolist() == [True, False, False, False, True, True]
@@ -87,5 +104,8 @@ def test_a_dataset_flags_and_counts_unreadable_images(tmp_path, capsys):
     assert image is None and "truncated" in why.lower()
     with pytest.raises(ImageReadError):
         ds.try_load(1, strict=True)
-    assert main(["datasets", "csv", "--root", str(tmp_path), "--dataset-opt", "attr_col=", "--check"]) == 0
+    assert (
+        main(["datasets", "csv", "--root", str(tmp_path), "--dataset-opt", "attr_col=", "--check"])
+        == 0
+    )
     assert "unreadable images: 3 of 6" in capsys.readouterr().out

@@ -1,19 +1,34 @@
 """The registry, the option handling, the `embedkit datasets` command and the contract every
 adapter keeps (samples, load, thumbnail, meta, pickling, a cache round trip)."""
+
 import json
 import pickle
 
 import numpy as np
 import pytest
 
-from tests.conftest import DATA, need_data, need_fashion
 from embedkit import data
 from embedkit.cache import Cache, write_cache
 from embedkit.cli import main
 from embedkit.errors import EmbedkitError
+from tests.conftest import DATA, need_data, need_fashion
 
-NAMES = ["waterbirds", "celeba", "csv", "cifar10", "mnist", "colored_mnist", "colored_digits", "dominoes",
-         "double_mnist", "waterbirds_like", "subpopbench", "text_csv", "multinli", "civilcomments"]
+NAMES = [
+    "waterbirds",
+    "celeba",
+    "csv",
+    "cifar10",
+    "mnist",
+    "colored_mnist",
+    "colored_digits",
+    "dominoes",
+    "double_mnist",
+    "waterbirds_like",
+    "subpopbench",
+    "text_csv",
+    "multinli",
+    "civilcomments",
+]
 
 
 def test_available_lists_every_adapter_with_one_line():
@@ -23,9 +38,13 @@ def test_available_lists_every_adapter_with_one_line():
 
 
 def test_unknown_names_and_options_are_one_clear_error():
-    with pytest.raises(EmbedkitError, match="unknown dataset 'nope'; choose from waterbirds, celeba"):
+    with pytest.raises(
+        EmbedkitError, match="unknown dataset 'nope'; choose from waterbirds, celeba"
+    ):
         data.create("nope")
-    with pytest.raises(EmbedkitError, match=r"dataset colored_digits: unknown option n_trian \(options: classes"):
+    with pytest.raises(
+        EmbedkitError, match=r"dataset colored_digits: unknown option n_trian \(options: classes"
+    ):
         data.create("colored_digits", n_trian=5)
     with pytest.raises(EmbedkitError, match=r"option n_train='many' is not a valid int"):
         data.create("colored_digits", n_train="many")
@@ -39,14 +58,31 @@ def test_cli_lists_describes_and_fails_cleanly(capsys):
     assert [line.split()[0] for line in out] == NAMES
     assert main(["datasets", "colored_digits", "--options"]) == 0
     assert "train_corr" in capsys.readouterr().out
-    assert main(["datasets", "colored_digits", "--dataset-opt", "n_train=100", "--dataset-opt", "n_val=50",
-                 "--dataset-opt", "n_test=50", "--dataset-opt", "train_corr=0.8"]) == 0
+    assert (
+        main(
+            [
+                "datasets",
+                "colored_digits",
+                "--dataset-opt",
+                "n_train=100",
+                "--dataset-opt",
+                "n_val=50",
+                "--dataset-opt",
+                "n_test=50",
+                "--dataset-opt",
+                "train_corr=0.8",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "0-4|red" in out and "P(a = y)" in out and "0.800" in out
     assert main(["datasets", "colored_digits", "--dataset-opt", "bogus=1"]) == 2
-    assert capsys.readouterr().err.strip() == ("embedkit datasets: error: dataset colored_digits: unknown option "
-                                               "bogus (options: classes, train_corr, val_corr, test_corr, "
-                                               "label_noise, n_train, n_val, n_test, seed)")
+    assert capsys.readouterr().err.strip() == (
+        "embedkit datasets: error: dataset colored_digits: unknown option "
+        "bogus (options: classes, train_corr, val_corr, test_corr, "
+        "label_noise, n_train, n_val, n_test, seed)"
+    )
 
 
 def small(name):
@@ -69,8 +105,18 @@ def small(name):
     return data.create(name, root=DATA, n_train=40, n_val=20, n_test=20)
 
 
-@pytest.mark.parametrize("name", ["colored_digits", "cifar10", "mnist", "colored_mnist", "dominoes",
-                                  "double_mnist", "waterbirds_like"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "colored_digits",
+        "cifar10",
+        "mnist",
+        "colored_mnist",
+        "dominoes",
+        "double_mnist",
+        "waterbirds_like",
+    ],
+)
 def test_adapter_contract(name, tmp_path):
     ds = small(name)
     s = ds.samples()
@@ -81,7 +127,7 @@ def test_adapter_contract(name, tmp_path):
         assert im.mode == "RGB"
         th = ds.thumbnail(i)
         assert th.mode == "RGB" and max(th.size) <= 96
-    meta = json.loads(json.dumps(ds.meta))                 # JSON-clean: the cache stores it
+    meta = json.loads(json.dumps(ds.meta))  # JSON-clean: the cache stores it
     assert meta["options"] == json.loads(json.dumps(ds.options))
     clone = pickle.loads(pickle.dumps(ds))
     assert np.array_equal(np.asarray(clone.load(len(ds) - 1)), np.asarray(ds.load(len(ds) - 1)))

@@ -1,5 +1,6 @@
 """The real offline sources: MNIST idx parsing against the data README, CIFAR-10 straight from
 the tars, Fashion-MNIST from the Debian package."""
+
 import gzip
 import multiprocessing as mp
 import pickle
@@ -9,10 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import DATA, need_data, need_fashion
 from embedkit import data
 from embedkit.data.mnist import MNIST_MD5, load_fashion, read_idx
 from embedkit.errors import EmbedkitError
+from tests.conftest import DATA, need_data, need_fashion
 
 # From ../shared/data/README.md ("Details per dataset: mnist").
 README_MD5 = {
@@ -29,10 +30,14 @@ def test_mnist_idx_matches_readme_counts_and_checksums():
     assert MNIST_MD5 == README_MD5
     shapes = {}
     for name, md5 in README_MD5.items():
-        arr = read_idx(folder / f"{name}.gz", md5=md5)       # raises on a checksum mismatch
+        arr = read_idx(folder / f"{name}.gz", md5=md5)  # raises on a checksum mismatch
         shapes[name] = arr.shape
-    assert shapes == {"train-images-idx3-ubyte": (60000, 28, 28), "train-labels-idx1-ubyte": (60000,),
-                      "t10k-images-idx3-ubyte": (10000, 28, 28), "t10k-labels-idx1-ubyte": (10000,)}
+    assert shapes == {
+        "train-images-idx3-ubyte": (60000, 28, 28),
+        "train-labels-idx1-ubyte": (60000,),
+        "t10k-images-idx3-ubyte": (10000, 28, 28),
+        "t10k-labels-idx1-ubyte": (10000,),
+    }
     labels = read_idx(folder / "train-labels-idx1-ubyte.gz")
     assert np.bincount(labels).tolist() == README_TRAIN_CLASS_COUNTS
     # A wrong expected checksum is caught.
@@ -80,7 +85,10 @@ def test_cifar10_reads_members_straight_from_the_tars(cifar_small):
     assert cifar_small.class_names[0] == "airplane" and cifar_small.class_names[9] == "truck"
     assert cifar_small.attr_names == ["all"] and (s.a == 0).all()
     # Val is the highest-numbered files of each class in train.tar; test comes from test.tar.
-    assert s.uid[s.split == 1][:2].tolist() == ["train/airplane/4998.jpg", "train/airplane/4999.jpg"]
+    assert s.uid[s.split == 1][:2].tolist() == [
+        "train/airplane/4998.jpg",
+        "train/airplane/4999.jpg",
+    ]
     assert s.uid[s.split == 2][0] == "test/airplane/0000.jpg"
     with tarfile.open(folder / "test.tar") as tf:
         for i in np.flatnonzero(s.split == 2)[[0, -1]]:
@@ -96,7 +104,7 @@ def _load_in_child(ds, rows):
 
 def test_cifar10_is_picklable_and_reads_in_forked_workers(cifar_small):
     rows = list(range(0, len(cifar_small), 7))
-    ref = [np.asarray(cifar_small.load(i)).tobytes() for i in rows]   # opens the parent's descriptor
+    ref = [np.asarray(cifar_small.load(i)).tobytes() for i in rows]  # opens the parent's descriptor
     clone = pickle.loads(pickle.dumps(cifar_small))
     assert [np.asarray(clone.load(i)).tobytes() for i in rows] == ref
     with mp.get_context("fork").Pool(2) as pool:
@@ -113,7 +121,9 @@ def test_fashion_mnist_from_the_debian_package():
 
 
 def test_missing_shared_folder_names_the_file(tmp_path):
-    with pytest.raises(EmbedkitError, match=r"mnist/train-images-idx3-ubyte.gz: no such file.*EMBEDKIT_DATA"):
+    with pytest.raises(
+        EmbedkitError, match=r"mnist/train-images-idx3-ubyte.gz: no such file.*EMBEDKIT_DATA"
+    ):
         data.create("mnist", root=tmp_path)
     with pytest.raises(EmbedkitError, match=r"cifar10/classes.txt: no such file"):
         data.create("cifar10", root=tmp_path)

@@ -1,6 +1,7 @@
 """DFR (methods spec section 3): equality with a plainly written scikit-learn implementation of
 the same protocol, the spec's faithfulness tests (a)-(f), the label budget, and the real-cache
 margin over ERM."""
+
 import warnings
 
 import numpy as np
@@ -25,14 +26,26 @@ def splits(dim=24, seed=0, sizes=SIZES, **kw):
     out = []
     for code, name in enumerate(("train", "val", "test")):
         m = arr["split"] == code
-        out.append(Split(name=name, Z=arr["Z"][m], y=arr["y"][m], a=arr["a"][m],
-                         ids=np.flatnonzero(m).astype(str), rows=np.flatnonzero(m),
-                         class_names=["c0", "c1"], attr_names=["t0", "t1"],
-                         train_group_counts=np.bincount(arr["y"][arr["split"] == 0] * 2 + arr["a"][arr["split"] == 0])))
+        out.append(
+            Split(
+                name=name,
+                Z=arr["Z"][m],
+                y=arr["y"][m],
+                a=arr["a"][m],
+                ids=np.flatnonzero(m).astype(str),
+                rows=np.flatnonzero(m),
+                class_names=["c0", "c1"],
+                attr_names=["t0", "t1"],
+                train_group_counts=np.bincount(
+                    arr["y"][arr["split"] == 0] * 2 + arr["a"][arr["split"] == 0]
+                ),
+            )
+        )
     return out
 
 
 # ---- the reference: the published protocol written out plainly with scikit-learn ---------------
+
 
 def ref_lr(C, rs, **kw):
     return LogisticRegression(l1_ratio=1.0, solver="liblinear", C=C, random_state=int(rs), **kw)
@@ -52,19 +65,19 @@ def reference_dfr_val(Zv, yv, gv, seed, n_refits=20):
     rng = np.random.default_rng(spawn_seeds(seed)["subsample"])
     n = len(yv)
     perm = rng.permutation(n)
-    sel, fit = perm[:n // 2], perm[n // 2:]
+    sel, fit = perm[: n // 2], perm[n // 2 :]
     fb = ref_balance(fit, gv, rng)
     scaler = StandardScaler().fit(Zv[fb])
     scores = []
     for C in GRID:
-        lr = ref_lr(C, rng.integers(2 ** 31 - 1)).fit(scaler.transform(Zv[fb]), yv[fb])
+        lr = ref_lr(C, rng.integers(2**31 - 1)).fit(scaler.transform(Zv[fb]), yv[fb])
         scores.append(ref_wga(lr.predict(scaler.transform(Zv[sel])), yv[sel], gv[sel]))
-    C = GRID[int(np.argmax(scores))]                 # first maximum = larger C
+    C = GRID[int(np.argmax(scores))]  # first maximum = larger C
     scaler = StandardScaler().fit(Zv)
     coefs, ints = [], []
     for _ in range(n_refits):
         b = ref_balance(np.arange(n), gv, rng)
-        lr = ref_lr(C, rng.integers(2 ** 31 - 1)).fit(scaler.transform(Zv[b]), yv[b])
+        lr = ref_lr(C, rng.integers(2**31 - 1)).fit(scaler.transform(Zv[b]), yv[b])
         coefs.append(lr.coef_)
         ints.append(lr.intercept_)
     return C, np.mean(coefs, axis=0), np.mean(ints, axis=0), scaler
@@ -78,19 +91,22 @@ def reference_dfr_train(Zt, yt, gt, Zv, yv, gv, seed, n_refits=10):
     for C in GRID:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            lr = ref_lr(C, rng.integers(2 ** 31 - 1), max_iter=20).fit(scaler.transform(Zt[tb]), yt[tb])
+            lr = ref_lr(C, rng.integers(2**31 - 1), max_iter=20).fit(
+                scaler.transform(Zt[tb]), yt[tb]
+            )
         scores.append(ref_wga(lr.predict(scaler.transform(Zv)), yv, gv))
     C = GRID[int(np.argmax(scores))]
     coefs, ints = [], []
     for _ in range(n_refits):
         b = ref_balance(np.arange(len(yt)), gt, rng)
-        lr = ref_lr(C, rng.integers(2 ** 31 - 1)).fit(scaler.transform(Zt[b]), yt[b])
+        lr = ref_lr(C, rng.integers(2**31 - 1)).fit(scaler.transform(Zt[b]), yt[b])
         coefs.append(lr.coef_)
         ints.append(lr.intercept_)
     return C, np.mean(coefs, axis=0), np.mean(ints, axis=0), scaler
 
 
 # ---- equality with the reference ---------------------------------------------------------------
+
 
 @pytest.mark.parametrize("seed", [0, 3])
 def test_dfr_val_equals_plain_sklearn_protocol(seed):
@@ -103,19 +119,24 @@ def test_dfr_val_equals_plain_sklearn_protocol(seed):
     ref_logit = scaler.transform(test.Z) @ coef[0] + intercept[0]
     assert np.array_equal(head.predict(test.Z), (ref_logit > 0).astype(int))
     # the raw-feature form of the same head gives the same logits
-    np.testing.assert_allclose(test.Z @ head.coef_.T + head.intercept_, head.decision_function(test.Z), atol=1e-6)
+    np.testing.assert_allclose(
+        test.Z @ head.coef_.T + head.intercept_, head.decision_function(test.Z), atol=1e-6
+    )
 
 
 def test_dfr_train_equals_plain_sklearn_protocol():
     train, val, test = splits(seed=1)
     head = heads.create("dfr_train", seed=1).fit(train, val)
-    C, coef, intercept, _ = reference_dfr_train(train.Z, train.y, train.g, val.Z, val.y, val.g, seed=1)
+    C, coef, intercept, _ = reference_dfr_train(
+        train.Z, train.y, train.g, val.Z, val.y, val.g, seed=1
+    )
     assert head.info_["C"] == C
     np.testing.assert_allclose(head.coef_std_, coef, atol=1e-6, rtol=0)
     np.testing.assert_allclose(head.intercept_std_, intercept, atol=1e-6, rtol=0)
 
 
 # ---- faithfulness tests (a)-(f) ----------------------------------------------------------------
+
 
 def test_a_grid_in_order_and_ties_pick_larger_C():
     head = heads.create("dfr", seed=0)
@@ -139,7 +160,7 @@ def test_b_refit_subsets_balanced_without_replacement():
     for rows in refits:
         assert len(np.unique(rows)) == len(rows)
         assert np.bincount([g_of_row[r] for r in rows], minlength=4).tolist() == [m] * 4
-    assert len({tuple(r) for r in refits}) == 20          # fresh draws
+    assert len({tuple(r) for r in refits}) == 20  # fresh draws
 
 
 def test_c_head_is_mean_of_stored_refits():
@@ -168,10 +189,12 @@ def test_e_l1_ratio_and_penalty_l1_fit_equal():
     X = StandardScaler().fit_transform(val.Z)
     a = dfr_module.l1_logistic(0.3, 5).fit(X, val.y)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")               # penalty= is deprecated from scikit-learn 1.8
-        b = LogisticRegression(penalty="l1", l1_ratio=1.0, solver="liblinear", C=0.3, random_state=5).fit(X, val.y)
+        warnings.simplefilter("ignore")  # penalty= is deprecated from scikit-learn 1.8
+        b = LogisticRegression(
+            penalty="l1", l1_ratio=1.0, solver="liblinear", C=0.3, random_state=5
+        ).fit(X, val.y)
     np.testing.assert_array_equal(a.coef_, b.coef_)
-    assert (a.coef_ == 0).any()                      # the L1 fit is sparse
+    assert (a.coef_ == 0).any()  # the L1 fit is sparse
 
 
 def test_f_dfr_train_tuning_max_iter_and_class_weight_grid(monkeypatch):
@@ -194,13 +217,17 @@ def test_f_dfr_train_tuning_max_iter_and_class_weight_grid(monkeypatch):
 
 # ---- label regime, budget, records -------------------------------------------------------------
 
+
 def test_label_budget_limits_dfr_to_visible_rows():
     train, val, test = splits(seed=0)
     seen = apply_label_budget(val, 0.5, seed=0)
     head = heads.create("dfr", seed=0).fit(train, seen)
     visible = set(seen.rows[seen.a >= 0])
-    used = set(head.artifacts_["refit_rows"].ravel()) | set(head.artifacts_["tune_fit_rows"]) | \
-        set(head.artifacts_["val_sel_rows"])
+    used = (
+        set(head.artifacts_["refit_rows"].ravel())
+        | set(head.artifacts_["tune_fit_rows"])
+        | set(head.artifacts_["val_sel_rows"])
+    )
     assert used <= visible and head.info_["val_labelled"] == len(visible)
     # scaler still uses every val embedding (no labels involved)
     np.testing.assert_allclose(head.artifacts_["scaler_mean"], val.Z.mean(0), atol=1e-6)
@@ -219,6 +246,7 @@ def test_rows_by_role_and_history():
 
 def test_dfr_refuses_missing_attributes():
     from embedkit.errors import EmbedkitError
+
     train, val, _ = splits(seed=0)
     with pytest.raises(EmbedkitError, match="validation"):
         heads.create("dfr").fit(train, val.hide_attrs(np.zeros(len(val), bool)))
@@ -240,8 +268,16 @@ def test_multiclass_one_vs_rest():
     y, a = rng.integers(0, 3, n), rng.integers(0, 2, n)
     Z = rng.normal(size=(n, dim)).astype(np.float32)
     Z[np.arange(n), y] += 3.0
-    mk = lambda idx, name: Split(name=name, Z=Z[idx], y=y[idx], a=a[idx], ids=idx.astype(str), rows=idx,
-                                 class_names=["x", "y", "z"], attr_names=["p", "q"])
+    mk = lambda idx, name: Split(
+        name=name,
+        Z=Z[idx],
+        y=y[idx],
+        a=a[idx],
+        ids=idx.astype(str),
+        rows=idx,
+        class_names=["x", "y", "z"],
+        attr_names=["p", "q"],
+    )
     train, val = mk(np.arange(0, 300), "train"), mk(np.arange(300, 600), "val")
     head = heads.create("dfr", seed=0, n_refits=3).fit(train, val)
     assert head.coef_std_.shape == (3, dim) and head.decision_function(val.Z).shape == (300, 3)
@@ -250,12 +286,14 @@ def test_multiclass_one_vs_rest():
 
 # ---- real cache --------------------------------------------------------------------------------
 
+
 def test_dfr_beats_erm_on_real_cache(request):
     try:
         real_cache = request.getfixturevalue("real_cache")
     except pytest.FixtureLookupError:
         pytest.skip("the real_cache fixture (tests/conftest.py) is not available yet")
     from embedkit.cache import Cache
+
     cache = Cache.open(real_cache("waterbirds_like"))
     train, val, test = cache.split("train"), cache.split("val"), cache.split("test")
     erm = heads.create("erm", seed=0).fit(train, val)
@@ -268,4 +306,3 @@ def test_dfr_beats_erm_on_real_cache(request):
 # Measured on waterbirds_like through ResNet-20 (seeds 0/1/2): ERM test WGA 0.402 / 0.344 / 0.413,
 # DFR 0.763 / 0.666 / 0.734, i.e. margins 0.32-0.36; asserted with slack.
 REAL_MARGIN = 0.20
-

@@ -1,12 +1,19 @@
 """Group-mean directions and the Sigma-norm (specs/methods.md section 7.1-7.2): closed forms from
 group means, numpy and torch agreement, and exact Woodbury solves."""
+
 import numpy as np
 import pytest
 import torch
 
 from embedkit.analysis.directions import (
-    Sigma, alignment, attribute_pair_directions, class_core_directions, group_means,
-    mean_difference_directions, pair_differences, sigma_norm,
+    Sigma,
+    alignment,
+    attribute_pair_directions,
+    class_core_directions,
+    group_means,
+    mean_difference_directions,
+    pair_differences,
+    sigma_norm,
 )
 from embedkit.errors import EmbedkitError
 
@@ -32,8 +39,12 @@ def test_directions_equal_closed_form_from_group_means(rng):
             assert n[i, j] == ((y == i) & (a == j)).sum()
     # Paper (section 7.1): Delta_spur = E_y[mu(y,1) - mu(y,0)], Delta_core = E_d[mu(1,d) - mu(0,d)].
     d = mean_difference_directions(mu, n, "signed")
-    np.testing.assert_allclose(d.spurious, 0.5 * ((m[0, 1] - m[0, 0]) + (m[1, 1] - m[1, 0])), rtol=1e-12)
-    np.testing.assert_allclose(d.core, 0.5 * ((m[1, 0] - m[0, 0]) + (m[1, 1] - m[0, 1])), rtol=1e-12)
+    np.testing.assert_allclose(
+        d.spurious, 0.5 * ((m[0, 1] - m[0, 0]) + (m[1, 1] - m[1, 0])), rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        d.core, 0.5 * ((m[1, 0] - m[0, 0]) + (m[1, 1] - m[0, 1])), rtol=1e-12
+    )
     # Code (section 7.2 step 4), groups G0..G3 = (0,0), (0,1), (1,0), (1,1).
     G = [m[0, 0], m[0, 1], m[1, 0], m[1, 1]]
     dsp = 0.5 * (abs(G[1] - G[0]) + abs(G[3] - G[2]))
@@ -70,12 +81,12 @@ def test_torch_path_matches_numpy_and_is_differentiable(rng):
 def test_empty_groups_and_unknown_attributes_are_skipped(rng):
     Z, y, a = _binary(rng, n=120, D=4)
     a = a.copy()
-    a[(y == 1) & (a == 0)] = -1                     # group (1,0) empty, its rows unknown
+    a[(y == 1) & (a == 0)] = -1  # group (1,0) empty, its rows unknown
     mu, n = group_means(Z, y, a, 2, 2)
     assert n[1, 0] == 0 and np.isnan(mu[1, 0]).all()
     d = mean_difference_directions(mu, n, "signed")
-    np.testing.assert_allclose(d.spurious, mu[0, 1] - mu[0, 0])          # only class 0 has both
-    np.testing.assert_allclose(d.core, mu[1, 1] - mu[0, 1])              # only attribute 1 has both
+    np.testing.assert_allclose(d.spurious, mu[0, 1] - mu[0, 0])  # only class 0 has both
+    np.testing.assert_allclose(d.core, mu[1, 1] - mu[0, 1])  # only attribute 1 has both
     diffs, pairs = pair_differences(mu, n, "core")
     assert pairs.tolist() == [[1, 0, 1]]
     with pytest.raises(EmbedkitError, match="spurious pair"):
@@ -94,7 +105,9 @@ def test_multiclass_directions(rng):
         np.testing.assert_allclose(core[j], want, rtol=1e-12)
     sp, keys = attribute_pair_directions(mu, n)
     assert keys.tolist() == [[0, 1], [0, 2], [1, 2]]
-    np.testing.assert_allclose(sp[1], np.mean([mu[k, 2] - mu[k, 0] for k in range(C)], axis=0), rtol=1e-12)
+    np.testing.assert_allclose(
+        sp[1], np.mean([mu[k, 2] - mu[k, 0] for k in range(C)], axis=0), rtol=1e-12
+    )
     # Binary reduction: row 1 is Delta_core, row 0 its negative.
     Zb, yb, ab = _binary(rng)
     mub, nb = group_means(Zb, yb, ab, 2, 2)
@@ -104,7 +117,7 @@ def test_multiclass_directions(rng):
     np.testing.assert_allclose(cb[0], -dc, rtol=1e-12)
 
 
-@pytest.mark.parametrize("n", [12, 50])             # factored (n < D) and dense (n >= D) paths
+@pytest.mark.parametrize("n", [12, 50])  # factored (n < D) and dense (n >= D) paths
 def test_code_shrunk_sigma_and_solves(rng, n):
     D = 20
     Z = rng.normal(size=(n, D)) * np.linspace(0.5, 2.0, D)
@@ -116,8 +129,12 @@ def test_code_shrunk_sigma_and_solves(rng, n):
     np.testing.assert_allclose(S.quad(v), np.einsum("id,de,ie->i", v, want, v), rtol=1e-12)
     np.testing.assert_allclose(sigma_norm(v, S), sigma_norm(v, want), rtol=1e-12)
     u, rhs = rng.normal(size=D), rng.normal(size=D)
-    np.testing.assert_allclose(S.solve(rhs, u, 0.3), np.linalg.solve(want + 0.3 * np.outer(u, u), rhs),
-                               rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(
+        S.solve(rhs, u, 0.3),
+        np.linalg.solve(want + 0.3 * np.outer(u, u), rhs),
+        rtol=1e-9,
+        atol=1e-12,
+    )
     np.testing.assert_allclose(S.solve(rhs), np.linalg.solve(want, rhs), rtol=1e-9, atol=1e-12)
 
 
@@ -139,4 +156,6 @@ def test_alignment_is_sigma_cosine(rng):
     cors = [b @ delta / np.sqrt(b @ M @ b) / np.sqrt(delta @ M @ delta) for b in beta]
     np.testing.assert_allclose(alignment(beta, delta, S), np.mean(cors), rtol=1e-12)
     np.testing.assert_allclose(alignment(3.0 * beta[0], delta, M), cors[0], rtol=1e-12)
-    assert abs(alignment(delta, delta, np.eye(D)) - 1.0) < 1e-12     # Euclidean numerator: 1 only for I
+    assert (
+        abs(alignment(delta, delta, np.eye(D)) - 1.0) < 1e-12
+    )  # Euclidean numerator: 1 only for I

@@ -1,5 +1,6 @@
 """The small ERM backbone trainer (methods spec 11.4, `embedkit train-erm`) on the real embedded
 digits (colored_digits, scikit-learn's bundled images), at a tiny size."""
+
 import numpy as np
 import pytest
 import torch
@@ -37,13 +38,19 @@ def test_same_seed_gives_identical_weights_and_another_seed_does_not(tiny, tmp_p
 
 def test_checkpoint_format_and_round_trip(tiny, tmp_path):
     path = _train(tiny, tmp_path / "m.pt")
-    ckpt = torch.load(path, weights_only=True)        # plain types only: no pickle needed
+    ckpt = torch.load(path, weights_only=True)  # plain types only: no pickle needed
     assert ckpt["format"] == "embedkit-backbone" and ckpt["format_version"] == 1
     assert ckpt["arch"] == "small_cnn" and ckpt["num_classes"] == 2
     assert ckpt["arch_kwargs"] == {"width": 4, "depth": 3, "hidden": 64, "batchnorm": True}
     assert ckpt["preprocess"]["size"] == 32 and len(ckpt["preprocess"]["mean"]) == 3
     t = ckpt["train"]
-    assert (t["dataset"], t["lr"], t["epochs"], t["seed"], t["n_train"]) == ("colored_digits", 0.02, 2, 0, 160)
+    assert (t["dataset"], t["lr"], t["epochs"], t["seed"], t["n_train"]) == (
+        "colored_digits",
+        0.02,
+        2,
+        0,
+        160,
+    )
     assert t["dataset_meta"]["options"]["n_train"] == 160 and t["steps"] == 2 * 5
 
     model, again = load_checkpoint(path)
@@ -55,17 +62,20 @@ def test_checkpoint_format_and_round_trip(tiny, tmp_path):
     x = imgs.double() / 255
     assert ckpt["preprocess"]["mean"] == pytest.approx(x.mean(dim=(0, 2, 3)).tolist())
     sd = x.std(dim=(0, 2, 3))
-    assert sd[2] == 0          # red and green digits: the blue channel is constant in train ...
-    assert ckpt["preprocess"]["std"] == pytest.approx([sd[0].item(), sd[1].item(), 1.0])   # ... so std 1
+    assert sd[2] == 0  # red and green digits: the blue channel is constant in train ...
+    assert ckpt["preprocess"]["std"] == pytest.approx(
+        [sd[0].item(), sd[1].item(), 1.0]
+    )  # ... so std 1
     mean = torch.tensor(ckpt["preprocess"]["mean"]).view(1, 3, 1, 1)
     std = torch.tensor(ckpt["preprocess"]["std"]).view(1, 3, 1, 1)
     with torch.no_grad():
         feats = model.forward_features(normalize(imgs[:8], mean, std))
         assert torch.allclose(model(normalize(imgs[:8], mean, std)), model.fc(feats))
-    assert feats.shape == (8, 64) and (feats >= 0).all()     # post-ReLU embedding
+    assert feats.shape == (8, 64) and (feats >= 0).all()  # post-ReLU embedding
 
     # The extractor's `checkpoint:PATH` backbone sees the same network and preprocessing.
     from embedkit import backbones
+
     bb = backbones.create(f"checkpoint:{path}", device="cpu")
     batch = torch.stack([bb.transform(tiny.load(int(i))) for i in rows[:8]])
     got, logits = bb.features(batch)
@@ -102,7 +112,9 @@ def test_divergence_is_raised_with_where_it_happened(tiny, tmp_path):
 
 
 def test_resnet_cifar_arch(tiny, tmp_path):
-    path = train_erm(tiny, arch="resnet_cifar:20", epochs=1, batch_size=80, out=tmp_path / "r.pt", log=None)
+    path = train_erm(
+        tiny, arch="resnet_cifar:20", epochs=1, batch_size=80, out=tmp_path / "r.pt", log=None
+    )
     model, ckpt = load_checkpoint(path)
     assert ckpt["arch"] == "resnet_cifar" and ckpt["arch_kwargs"] == {"depth": 20}
     assert model.fc.in_features == 64
@@ -110,15 +122,41 @@ def test_resnet_cifar_arch(tiny, tmp_path):
 
 def test_cli_train_erm_and_bad_flags(tmp_path, capsys):
     out = tmp_path / "cli.pt"
-    rc = main(["train-erm", "--dataset", "colored_digits", "--dataset-opt", "n_train=64",
-               "--dataset-opt", "n_val=16", "--dataset-opt", "n_test=16", "--width", "4", "--epochs", "1",
-               "--lr", "0.05", "--seed", "3", "--out", str(out)])
+    rc = main(
+        [
+            "train-erm",
+            "--dataset",
+            "colored_digits",
+            "--dataset-opt",
+            "n_train=64",
+            "--dataset-opt",
+            "n_val=16",
+            "--dataset-opt",
+            "n_test=16",
+            "--width",
+            "4",
+            "--epochs",
+            "1",
+            "--lr",
+            "0.05",
+            "--seed",
+            "3",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0 and out.is_file()
     assert "epoch 1/1" in capsys.readouterr().out
     ck = torch.load(out, weights_only=True)
     assert ck["train"]["seed"] == 3 and ck["train"]["dataset_options"]["n_train"] == 64
-    for bad, msg in ((["--arch", "vgg"], "--arch"), (["--arch", "resnet_cifar:20", "--width", "8"], "small_cnn only"),
-                     (["--lr", "0"], "lr > 0"), (["--dataset-opt", "bogus=1"], "bogus")):
-        rc = main(["train-erm", "--dataset", "colored_digits", "--out", str(tmp_path / "x.pt"), *bad])
+    for bad, msg in (
+        (["--arch", "vgg"], "--arch"),
+        (["--arch", "resnet_cifar:20", "--width", "8"], "small_cnn only"),
+        (["--lr", "0"], "lr > 0"),
+        (["--dataset-opt", "bogus=1"], "bogus"),
+    ):
+        rc = main(
+            ["train-erm", "--dataset", "colored_digits", "--out", str(tmp_path / "x.pt"), *bad]
+        )
         err = capsys.readouterr().err
         assert rc == 2 and msg in err and len(err.strip().splitlines()) == 1, err

@@ -1,5 +1,6 @@
 """GERNE (methods spec section 9): p_ext and the beta bounds, the samplers, the expected-gradient
 identity (App. A) with exact expectations and by Monte Carlo, pseudo-groups, and the head."""
+
 import math
 
 import numpy as np
@@ -9,8 +10,17 @@ import torch.nn.functional as F
 
 from embedkit.errors import EmbedkitError
 from embedkit.heads.gerne import (
-    GroupBatchSampler, batch_probs, beta_eq, beta_interval, beta_max, check_beta, default_betas,
-    expected_weights, p_ext, pseudo_groups, within_class_frequencies,
+    GroupBatchSampler,
+    batch_probs,
+    beta_eq,
+    beta_interval,
+    beta_max,
+    check_beta,
+    default_betas,
+    expected_weights,
+    p_ext,
+    pseudo_groups,
+    within_class_frequencies,
 )
 
 WATERBIRDS = np.array([[3498, 184], [56, 1057]])
@@ -82,27 +92,33 @@ def _linear_grad(W, Z, y, idx, weights=None):
 
 
 def _small_set(rng):
-    counts = np.array([[6, 2, 1], [1, 3, 5]])             # K = 2, A = 3, unequal groups
+    counts = np.array([[6, 2, 1], [1, 3, 5]])  # K = 2, A = 3, unequal groups
     y, a = _rows(counts)
     Z = rng.normal(size=(len(y), 4))
-    Z[:, :3] += 3.0 * np.eye(3)[a]                          # groups differ, so do their gradients
+    Z[:, :3] += 3.0 * np.eye(3)[a]  # groups differ, so do their gradients
     W = rng.normal(size=(2, 4)) * 0.5
     return counts, y, a, Z, W
 
 
 @pytest.mark.parametrize("c,beta", [(0.5, 1.7), (1.0, 0.3), (0.3, -1.0)])
 def test_expected_gradient_is_group_reweighting_exact(rng, c, beta):
-    """(e, exact) The exact expectation of grad L_ext over the sampler's batch distribution equals the
+    """(e, exact) The exact expectation of grad L_ext over the sampler's batch distribution equals
+    the
     full-data gradient of group reweighting with weights p_ext(a|y)/K (gerne_expected)."""
     counts, y, a, Z, W = _small_set(rng)
     K, A = counts.shape
     alpha, cnt = within_class_frequencies(y, a, K, A)
     p_b, p_lb = batch_probs(alpha, c)
-    # Per row i, a batch slot of class y_i holds i with probability p(a_i|y_i)/|X_{y_i a_i}|; a batch of
-    # K*B slots averages over them, so E[grad mean CE(batch)] = sum_i (p(a_i|y_i)/(K |X_ya|)) grad l_i.
+    # Per row i, a batch slot of class y_i holds i with probability p(a_i|y_i)/|X_{y_i a_i}|; a
+    # batch of
+    # K*B slots averages over them, so E[grad mean CE(batch)] = sum_i (p(a_i|y_i)/(K |X_ya|)) grad
+    # l_i.
     rows = np.arange(len(y))
     inclusion = lambda p: p[y, a] / (K * cnt[y, a])
-    g_lb, g_b = _linear_grad(W, Z, y, rows, inclusion(p_lb)), _linear_grad(W, Z, y, rows, inclusion(p_b))
+    g_lb, g_b = (
+        _linear_grad(W, Z, y, rows, inclusion(p_lb)),
+        _linear_grad(W, Z, y, rows, inclusion(p_b)),
+    )
     g_ext = (1 + beta) * g_lb - beta * g_b
     omega = expected_weights(y, a, alpha, cnt, c, beta)
     np.testing.assert_allclose(g_ext, _linear_grad(W, Z, y, rows, omega), rtol=1e-10, atol=1e-12)
@@ -135,7 +151,7 @@ def test_expected_gradient_monte_carlo(rng, coupling):
         draws.append((1 + beta) * G[ilb].mean(0) - beta * G[ib].mean(0))
     draws = np.asarray(draws)
     mc, se = draws.mean(0), draws.std(0, ddof=1) / np.sqrt(len(draws))
-    want = (expected_weights(y, a, alpha, cnt, c, beta) @ G)
+    want = expected_weights(y, a, alpha, cnt, c, beta) @ G
     assert np.all(np.abs(mc - want) < 5 * se + 1e-12), (mc, want, se)
 
 
@@ -147,7 +163,7 @@ def test_coupled_batches_share_rows(rng):
     ilb = sampler.draw_coupled(ib, 0.3)
     assert (y[ilb] == y[ib]).all()
     kept = a[ilb] == a[ib]
-    assert (ilb[kept] == ib[kept]).all() and 0.7 < kept.mean() < 0.9   # 1 - c + c/A = 0.8
+    assert (ilb[kept] == ib[kept]).all() and 0.7 < kept.mean() < 0.9  # 1 - c + c/A = 0.8
 
 
 def test_c1_beta0_batch_is_group_balanced(rng):
@@ -178,13 +194,14 @@ def test_pseudo_groups_are_the_least_confident(rng):
         pseudo_groups(conf, y, 2, 0.0)
 
 
-# ---- the training loop and the head ------------------------------------------------------------------
+# ---- the training loop and the head
+# ------------------------------------------------------------------
 
-from embedkit import heads, metrics                                          # noqa: E402
-from embedkit.cache import Split                                             # noqa: E402
-from embedkit.heads.gerne import train_gerne_grid                            # noqa: E402
+from embedkit import heads, metrics  # noqa: E402
+from embedkit.cache import Split  # noqa: E402
+from embedkit.heads.gerne import train_gerne_grid  # noqa: E402
 from embedkit.heads.monitor import Monitor
-from embedkit.synthetic import planted_arrays                                # noqa: E402
+from embedkit.synthetic import planted_arrays  # noqa: E402
 
 SIZES = {"train": 800, "val": 400, "test": 400}
 FAST = dict(steps=300, eval_every=50, threads=1, lr_grid=(1e-2, 1e-1), wd_grid=(1e-4,))
@@ -197,22 +214,49 @@ def splits(dim=16, seed=0, sizes=SIZES, **kw):
     out = []
     for code, name in enumerate(("train", "val", "test")):
         m = arr["split"] == code
-        out.append(Split(name=name, Z=arr["Z"][m], y=arr["y"][m], a=arr["a"][m], ids=np.flatnonzero(m).astype(str),
-                         rows=np.flatnonzero(m), class_names=["c0", "c1"], attr_names=["t0", "t1"],
-                         train_group_counts=counts))
+        out.append(
+            Split(
+                name=name,
+                Z=arr["Z"][m],
+                y=arr["y"][m],
+                a=arr["a"][m],
+                ids=np.flatnonzero(m).astype(str),
+                rows=np.flatnonzero(m),
+                class_names=["c0", "c1"],
+                attr_names=["t0", "t1"],
+                train_group_counts=counts,
+            )
+        )
     return out
 
 
-@pytest.mark.parametrize("beta,coupling", [(-1.0, "independent"), (1.5, "independent"), (2.0, "coupled")])
+@pytest.mark.parametrize(
+    "beta,coupling", [(-1.0, "independent"), (1.5, "independent"), (2.0, "coupled")]
+)
 def test_training_loop_matches_a_plain_extrapolated_sgd_loop(beta, coupling):
     """(b) and the update rule: every step is SGD (momentum 0.9, weight decay on W only) on
     (1 + beta) mean CE(B_lb) - beta mean CE(B_b); beta = -1 trains on the biased batches alone."""
     train, val, _ = splits(dim=6, sizes={"train": 300, "val": 100, "test": 10})
     c, lr, wd, steps, B = 0.5, 0.05, 1e-2, 25, 8
-    hist, state, _ = train_gerne_grid(train.Z, train.y, train.a, 2, 2, [{"c": c, "beta": beta, "lr": lr, "wd": wd}],
-                                      val=val, rule="val_wga", steps=steps, eval_every=steps,
-                                      per_class=B, coupling=coupling, sampler_seed=5, init_seed=9, threads=1)
+    hist, state, _ = train_gerne_grid(
+        train.Z,
+        train.y,
+        train.a,
+        2,
+        2,
+        [{"c": c, "beta": beta, "lr": lr, "wd": wd}],
+        val=val,
+        rule="val_wga",
+        steps=steps,
+        eval_every=steps,
+        per_class=B,
+        coupling=coupling,
+        sampler_seed=5,
+        init_seed=9,
+        threads=1,
+    )
     from embedkit.heads.trainer import LinearModel
+
     p0 = LinearModel(6, 2).init_params(torch.Generator().manual_seed(9))
     W, b = p0["W"].double().requires_grad_(), p0["b"].double().requires_grad_()
     alpha, _ = within_class_frequencies(train.y, train.a, 2, 2)
@@ -238,13 +282,17 @@ def test_training_loop_matches_a_plain_extrapolated_sgd_loop(beta, coupling):
 
 def test_gerne_beats_erm_and_records_its_bounds():
     train, val, test = splits(dim=16, core=0.6, spurious=2.0, noise=1.0)
-    erm = heads.create("erm", seed=0, steps=300, eval_every=50, threads=1).fit(train, val, Monitor({"test": test}))
+    erm = heads.create("erm", seed=0, steps=300, eval_every=50, threads=1).fit(
+        train, val, Monitor({"test": test})
+    )
     head = heads.create("gerne", seed=0, **FAST).fit(train, val, Monitor({"test": test}))
     wga = lambda h: metrics.evaluate_split(h.decision_function(test.Z), test)["worst_group_acc"]
     assert wga(head) >= wga(erm) + 0.1, (wga(erm), wga(head))
     b = head.info_["bounds"][0]
     alpha, _ = within_class_frequencies(train.y, train.a, 2, 2)
-    assert b["beta_max"] == pytest.approx(beta_max(alpha, 0.5)) and b["betas"] == default_betas(alpha, 0.5)
+    assert b["beta_max"] == pytest.approx(beta_max(alpha, 0.5)) and b["betas"] == default_betas(
+        alpha, 0.5
+    )
     assert head.info_["grid_size"] == len(b["betas"]) * 2
     assert head.selected_["rule"] == "val_wga" and head.info_["attrs"] == "known"
     np.testing.assert_allclose(np.sum(head.info_["selected_p_ext"], axis=1), 1.0)
@@ -254,7 +302,9 @@ def test_head_refuses_beta_out_of_bounds_and_bad_params():
     train, val, test = splits(dim=8)
     with pytest.raises(EmbedkitError, match="outside"):
         heads.create("gerne", seed=0, beta=50.0, **FAST).fit(train, val)
-    with pytest.raises(EmbedkitError, match="parameter beta=-1.5"):      # below -1: refused in the constructor
+    with pytest.raises(
+        EmbedkitError, match="parameter beta=-1.5"
+    ):  # below -1: refused in the constructor
         heads.create("gerne", seed=0, beta=-1.5, **FAST)
     with pytest.raises(EmbedkitError, match="mix_grid"):
         heads.create("gerne", mix_grid=(0.0,))
@@ -265,14 +315,19 @@ def test_head_refuses_beta_out_of_bounds_and_bad_params():
 def test_unknown_attribute_variant_gba_target_and_expected_variant():
     train, val, test = splits(dim=16, core=0.6, spurious=2.0, noise=1.0)
     hidden = train.hide_attrs(np.zeros(len(train), bool))
-    head = heads.create("gerne", seed=0, t_grid=(0.02, 0.1), target="gba", **FAST).fit(hidden, val, Monitor({"test": test}))
+    head = heads.create("gerne", seed=0, t_grid=(0.02, 0.1), target="gba", **FAST).fit(
+        hidden, val, Monitor({"test": test})
+    )
     assert head.info_["attrs"] == "unknown" and head.selected_["rule"] == "val_gba"
     assert head.selected_["config"]["t"] in (0.02, 0.1)
     assert head.info_["biased_head"]["in_sample"] and len(head.rows_["tune"]) == len(val)
-    # pseudo-groups from a tiny t leave a class without hard rows: skipped, and all skipped is refused
+    # pseudo-groups from a tiny t leave a class without hard rows: skipped, and all skipped is
+    # refused
     with pytest.raises(EmbedkitError, match="larger t"):
         heads.create("gerne", seed=0, t_grid=(1e-4,), **FAST).fit(hidden, val)
-    exp = heads.create("gerne", seed=0, expected=True, beta=(1.0,), **FAST).fit(train, val, Monitor({"test": test}))
+    exp = heads.create("gerne", seed=0, expected=True, beta=(1.0,), **FAST).fit(
+        train, val, Monitor({"test": test})
+    )
     assert exp.info_["variant"] == "expected" and exp.selected_["config"]["beta"] == 1.0
 
 
@@ -290,6 +345,7 @@ def test_gerne_beats_erm_on_real_cache(request, dataset):
     except pytest.FixtureLookupError:
         pytest.skip("the real_cache fixture (tests/conftest.py) is not available yet")
     from embedkit.cache import Cache
+
     cache = Cache.open(real_cache(dataset))
     train, val, test = cache.split("train"), cache.split("val"), cache.split("test")
     erm = heads.create("erm", seed=0).fit(train, val)
@@ -304,7 +360,9 @@ def test_same_seed_is_bitwise_identical_and_out_of_fold_pseudo_groups():
     a, b = fit(coupling="coupled"), fit(coupling="coupled")
     assert np.array_equal(a.coef_, b.coef_) and np.array_equal(a.intercept_, b.intercept_)
     hidden = train.hide_attrs(np.zeros(len(train), bool))
-    oof = heads.create("gerne", seed=0, t_grid=(0.1,), pseudo_folds=3, **{**FAST, "steps": 60}).fit(hidden, val)
+    oof = heads.create("gerne", seed=0, t_grid=(0.1,), pseudo_folds=3, **{**FAST, "steps": 60}).fit(
+        hidden, val
+    )
     assert oof.info_["biased_head"]["folds"] == 3 and not oof.info_["biased_head"]["in_sample"]
     hard = oof.artifacts_["pseudo_attr"]
     assert all(hard[train.y == k].sum() == int(0.1 * (train.y == k).sum()) for k in (0, 1))
@@ -314,10 +372,13 @@ def test_reported_head_is_the_selected_step_not_the_last():
     """Regression (issue 11): the head GERNE keeps is the one at the selected (config, step); its
     val and test metrics equal that history record's even when training went on after it."""
     train, val, test = splits(dim=16, core=0.6, spurious=2.0, noise=1.0)
-    head = heads.create("gerne", seed=1, steps=400, eval_every=20, threads=1,
-                        lr_grid=(1.0,), wd_grid=(1e-4,)).fit(train, val, Monitor({"test": test}))
+    head = heads.create(
+        "gerne", seed=1, steps=400, eval_every=20, threads=1, lr_grid=(1.0,), wd_grid=(1e-4,)
+    ).fit(train, val, Monitor({"test": test}))
     sel = head.selected_
-    rec = next(r for r in head.history_ if (r["config_id"], r["step"]) == (sel["config_id"], sel["step"]))
+    rec = next(
+        r for r in head.history_ if (r["config_id"], r["step"]) == (sel["config_id"], sel["step"])
+    )
     last = max(r["step"] for r in head.history_)
     assert sel["step"] < last, "the test needs a selection before the last step"
     for split, name in ((val, "val"), (test, "test")):

@@ -12,6 +12,7 @@ Accuracies of the final head and of the record are compared to one row of the sm
 the trainer scores its K stacked heads with batched torch matmuls, the final head is one numpy
 head, and the two may round a logit on a decision boundary differently (BLAS-dependent).
 """
+
 import inspect
 import json
 
@@ -30,19 +31,38 @@ from embedkit.synthetic import planted_cache
 SGD = dict(steps=60, eval_every=20, lr_grid=(0.01, 0.1), wd_grid=(1e-4,))
 # Small budgets per head (by registered name, else by module); the contract does not depend on them.
 FAST = {
-    "erm": SGD, "erm_native": {}, "balancing": SGD, "dfr": dict(n_refits=2),
+    "erm": SGD,
+    "erm_native": {},
+    "balancing": SGD,
+    "dfr": dict(n_refits=2),
     "groupdro": {**SGD, "eta_grid": (0.01,)},
     "jtt": {**SGD, "T_grid": (1,), "lambda_up_grid": (5.0,)},
-    "afr": {**SGD, "gamma_grid": (4.0,), "lam_grid": (0.1,), "epochs": 20, "eval_every": 5, "lr_scale_grid": (1.0, 10.0)},
+    "afr": {
+        **SGD,
+        "gamma_grid": (4.0,),
+        "lam_grid": (0.1,),
+        "epochs": 20,
+        "eval_every": 5,
+        "lr_scale_grid": (1.0, 10.0),
+    },
     "scer": dict(steps=40, eval_every=20, hidden=16, lr_grid=(0.01,)),
     "scer_ll": dict(steps=40, eval_every=20, lambda_sp=1.0, lambda_core=1.0, lr_grid=(0.01,)),
     "hsfm": dict(epochs=3, T=3, K_H=2, K_hard=16, n_s=8),
     "gerne": dict(steps=60, eval_every=20, beta=(0.0, 1.0), lr_grid=(0.1,), wd_grid=(1e-4,)),
     "gerne_expected": dict(steps=20, eval_every=10, beta=(1.0,), lr_grid=(0.1,), wd_grid=(1e-4,)),
-    "ipg": dict(steps=60, eval_every=20, lr_grid=(0.1,), wd_grid=(1e-4,), eps=(0.05,), lam=(1.0, 10.0)),
-    "llr": SGD, "dpe": dict(num_stages=2, epochs=3),
-    "selfllr": dict(steps=30, lr_grid=(0.01,), num_data_grid=(20, 100), stage1_steps=60, dropout_grid=(0.5,),
-                    early_fracs=(0.5,)),
+    "ipg": dict(
+        steps=60, eval_every=20, lr_grid=(0.1,), wd_grid=(1e-4,), eps=(0.05,), lam=(1.0, 10.0)
+    ),
+    "llr": SGD,
+    "dpe": dict(num_stages=2, epochs=3),
+    "selfllr": dict(
+        steps=30,
+        lr_grid=(0.01,),
+        num_data_grid=(20, 100),
+        stage1_steps=60,
+        dropout_grid=(0.5,),
+        early_fracs=(0.5,),
+    ),
 }
 # Heads the real ResNet-20 caches cannot serve (no text-tower prompts; the stored head is the
 # CIFAR-10 classifier, not a task head): they run on the planted cache with text and an ERM head.
@@ -63,8 +83,14 @@ def real_splits(real_cache):
 
 @pytest.fixture(scope="module")
 def text_splits(tmp_path_factory):
-    path = planted_cache(tmp_path_factory.mktemp("contract") / "planted.h5", {"train": 300, "val": 240, "test": 240},
-                         16, seed=0, erm_head=True, text=True)[0]
+    path = planted_cache(
+        tmp_path_factory.mktemp("contract") / "planted.h5",
+        {"train": 300, "val": 240, "test": 240},
+        16,
+        seed=0,
+        erm_head=True,
+        text=True,
+    )[0]
     return runs.load_splits(path)
 
 
@@ -74,7 +100,8 @@ def group_min(split) -> int:
 
 
 def assert_acc_close(a: dict, b: dict, split):
-    """Accuracies of two reports of (nearly) the same logits agree to one row of the smallest group."""
+    """Accuracies of two reports of (nearly) the same logits agree to one row of the smallest
+    group."""
     tol = 1.0 / group_min(split) + 1e-12
     for key in ("worst_group_acc", "mean_acc", "group_balanced_acc"):
         if a.get(key) is not None or b.get(key) is not None:
@@ -83,8 +110,17 @@ def assert_acc_close(a: dict, b: dict, split):
 
 def held_arrays(obj, depth=0):
     """Every value reachable from a head's attributes (two levels of dicts, lists and tuples)."""
-    items = list(vars(obj).values()) if depth == 0 else (
-        list(obj.values()) if isinstance(obj, dict) else list(obj) if isinstance(obj, (list, tuple)) else [])
+    items = (
+        list(vars(obj).values())
+        if depth == 0
+        else (
+            list(obj.values())
+            if isinstance(obj, dict)
+            else list(obj)
+            if isinstance(obj, (list, tuple))
+            else []
+        )
+    )
     for v in items:
         yield v
         if depth < 2 and isinstance(v, (dict, list, tuple)):
@@ -113,7 +149,7 @@ def test_head_conformance(name, real_splits, text_splits):
     sel, hist = head.selected_, head.history_
     final_test = evaluate_split(head.decision_function(test.Z), test)
     rows = np.asarray(head.selection_rows_, np.int64)
-    if sel["rule"] is None:                    # fits nothing: one record, nothing read for selection
+    if sel["rule"] is None:  # fits nothing: one record, nothing read for selection
         assert sel["split"] is None and len(rows) == 0 and len(hist) == 1
         assert_acc_close(final_test, hist[0]["test"], test)
         return
@@ -147,7 +183,10 @@ def test_head_conformance(name, real_splits, text_splits):
         assert_acc_close(final_test, rec["test"], test)
     else:
         # Refit after selection (DFR): the refits used the selected C on the variant's own rows.
-        assert head.info_["C"] == sel["config"]["C"] and head.info_["n_refits"] == FAST["dfr"]["n_refits"]
+        assert (
+            head.info_["C"] == sel["config"]["C"]
+            and head.info_["n_refits"] == FAST["dfr"]["n_refits"]
+        )
         source = val.rows if head.params["variant"] == "val" else train.rows
         refit_rows = head.artifacts_["refit_rows"]
         assert refit_rows.shape[0] == FAST["dfr"]["n_refits"] and np.isin(refit_rows, source).all()
@@ -161,7 +200,7 @@ def test_bad_parameter_values_fail_in_the_constructor_naming_the_parameter(name)
     assert cls.PARAMS or name == "erm_native"
     assert heads.create(name).params == {**cls.default_params(), **heads._REGISTRY[name][2]}
     for pname, p in cls.PARAMS.items():
-        if p.kind in ("str", "any"):              # text is legal there (e.g. SELF's backbone keys)
+        if p.kind in ("str", "any"):  # text is legal there (e.g. SELF's backbone keys)
             continue
         with pytest.raises(EmbedkitError) as e:
             heads.create(name, **{pname: "abc"})
@@ -170,14 +209,20 @@ def test_bad_parameter_values_fail_in_the_constructor_naming_the_parameter(name)
     with pytest.raises(EmbedkitError, match="unknown parameter"):
         heads.create(name, no_such_parameter=1)
     if name == "ipg":
-        with pytest.raises(EmbedkitError, match=r"parameter pairs=abc: expects nn, mean_shift or a \(Zp, Zq\)"):
+        with pytest.raises(
+            EmbedkitError, match=r"parameter pairs=abc: expects nn, mean_shift or a \(Zp, Zq\)"
+        ):
             heads.create(name, pairs="abc")
 
 
 def test_param_parse_and_check():
     floats = Param("floats", (0.1,), "h", low=0, open_low=True)
-    assert floats.check("x", "g", "1e-3,1e-2") == (1e-3, 1e-2) and floats.check("x", "g", 0.5) == 0.5
-    with pytest.raises(EmbedkitError, match=r"^x: parameter g=0: expects comma-separated numbers > 0$"):
+    assert (
+        floats.check("x", "g", "1e-3,1e-2") == (1e-3, 1e-2) and floats.check("x", "g", 0.5) == 0.5
+    )
+    with pytest.raises(
+        EmbedkitError, match=r"^x: parameter g=0: expects comma-separated numbers > 0$"
+    ):
         floats.check("x", "g", "0")
     # A choice spelled "none" is a legal choice, not a missing value.
     mode = Param("choice", "none", "h", choices=("none", "loss"))
@@ -189,7 +234,7 @@ def test_param_parse_and_check():
     flag = Param("bool", False, "h")
     assert flag.check("x", "b", "true") is True
     with pytest.raises(EmbedkitError):
-        flag.check("x", "b", 1)                    # 1 is not a bool here
+        flag.check("x", "b", 1)  # 1 is not a bool here
     batch = Param("int", 128, "h", low=1, extra=("full",), nullable=True)
     assert batch.check("x", "b", "full") == "full" and batch.check("x", "b", float("128")) == 128
     assert Param("float", 0.01, "h", low=0).check("x", "eps", "inf") == float("inf")
@@ -198,7 +243,7 @@ def test_param_parse_and_check():
 def test_monitor_is_the_only_way_test_enters(real_splits):
     _, train, val, test = real_splits
     with pytest.raises(EmbedkitError, match="Monitor"):
-        heads.create("erm", **SGD).fit(train, val, test)       # the old fit(train, val, test)
+        heads.create("erm", **SGD).fit(train, val, test)  # the old fit(train, val, test)
     quiet = heads.create("erm", seed=0, **SGD).fit(train, val)
     loud = heads.create("erm", seed=0, **SGD).fit(train, val, Monitor({"test": test}))
     assert all(r["test"] is None for r in quiet.history_) and all(r["test"] for r in loud.history_)
@@ -215,32 +260,77 @@ def test_one_class_validation_split_is_one_error_line(real_splits, tmp_path, cap
             heads.create(name).fit(train, one)
     # The CLI: one line, exit 2, on a cache whose val split holds one class.
     from embedkit.cache import Samples, write_cache
+
     parts = [(train, 0), (one, 1), (test, 2)]
-    samples = Samples(uid=[f"r{i:06d}" for i in range(sum(len(s) for s, _ in parts))],
-                      split=np.concatenate([np.full(len(s), code) for s, code in parts]),
-                      y=np.concatenate([s.y for s, _ in parts]), a=np.concatenate([s.a for s, _ in parts]),
-                      class_names=train.class_names, attr_names=train.attr_names, dataset="one_class_val")
+    samples = Samples(
+        uid=[f"r{i:06d}" for i in range(sum(len(s) for s, _ in parts))],
+        split=np.concatenate([np.full(len(s), code) for s, code in parts]),
+        y=np.concatenate([s.y for s, _ in parts]),
+        a=np.concatenate([s.a for s, _ in parts]),
+        class_names=train.class_names,
+        attr_names=train.attr_names,
+        dataset="one_class_val",
+    )
     path = tmp_path / "one.h5"
-    write_cache(path, samples, "k", np.concatenate([s.Z for s, _ in parts]), provenance={"library": "test"})
+    write_cache(
+        path, samples, "k", np.concatenate([s.Z for s, _ in parts]), provenance={"library": "test"}
+    )
     capsys.readouterr()
-    assert main(["fit", "--cache", str(path), "--method", "dfr", "--out", str(tmp_path / "runs")]) == 2
+    assert (
+        main(["fit", "--cache", str(path), "--method", "dfr", "--out", str(tmp_path / "runs")]) == 2
+    )
     err = capsys.readouterr().err.strip()
     assert "validation split has only class" in err and len(err.splitlines()) == 1
 
 
 def test_cli_bad_param_is_one_line_and_heads_name_prints_the_table(tmp_path, capsys, text_splits):
     cache = text_splits[0].path
-    assert main(["fit", "--cache", str(cache), "--method", "scer", "--param", "lambda_sp=abc",
-                 "--out", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "fit",
+                "--cache",
+                str(cache),
+                "--method",
+                "scer",
+                "--param",
+                "lambda_sp=abc",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip()
-    assert err == "embedkit fit: error: scer: parameter lambda_sp=abc: expects comma-separated numbers >= 0 or none"
-    assert not any(tmp_path.iterdir())            # nothing was written
-    assert main(["sweep", "--cache", str(cache), "--methods", "dfr", "--param", "dfr.C_grid=abc",
-                 "--out", str(tmp_path / "s")]) == 2
+    assert (
+        err
+        == "embedkit fit: error: scer: parameter lambda_sp=abc: expects comma-separated numbers >= 0 or none"
+    )
+    assert not any(tmp_path.iterdir())  # nothing was written
+    assert (
+        main(
+            [
+                "sweep",
+                "--cache",
+                str(cache),
+                "--methods",
+                "dfr",
+                "--param",
+                "dfr.C_grid=abc",
+                "--out",
+                str(tmp_path / "s"),
+            ]
+        )
+        == 2
+    )
     assert "dfr: parameter C_grid=abc" in capsys.readouterr().err
     assert main(["heads", "dfr"]) == 0
     out = capsys.readouterr().out
-    assert "C_grid" in out and "comma-separated numbers > 0" in out and "accepts" in out.splitlines()[2]
+    assert (
+        "C_grid" in out
+        and "comma-separated numbers > 0" in out
+        and "accepts" in out.splitlines()[2]
+    )
     assert main(["heads", "gerne", "--json"]) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert rows["mix_grid"]["kind"] == "floats" and rows["device"]["default"] == "cpu"
@@ -255,6 +345,11 @@ def test_same_name_same_meaning_across_heads():
         if "device" in cls.PARAMS:
             p = cls.PARAMS["device"]
             assert p.default == "cpu" and set(p.choices) == {"cpu", "auto", "cuda"}, name
-        assert "c_grid" not in cls.PARAMS and ("C_grid" not in cls.PARAMS or cls.__name__ == "DFRHead")
-    assert "eta_grid" in heads._cls("groupdro")[0].PARAMS and "eta_grid" in heads._cls("scer")[0].PARAMS
+        assert "c_grid" not in cls.PARAMS and (
+            "C_grid" not in cls.PARAMS or cls.__name__ == "DFRHead"
+        )
+    assert (
+        "eta_grid" in heads._cls("groupdro")[0].PARAMS
+        and "eta_grid" in heads._cls("scer")[0].PARAMS
+    )
     assert "eta" not in heads._cls("scer")[0].PARAMS

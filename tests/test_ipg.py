@@ -1,5 +1,6 @@
 """IPG (methods spec section 10, RECONSTRUCTED): faithfulness tests of the reconstruction (b)-(e),
 the gate of the corrective step, and pair construction against a brute-force reference."""
+
 from dataclasses import replace
 
 import numpy as np
@@ -15,13 +16,22 @@ from embedkit.metrics import evaluate_split
 
 
 def _split(name, Z, y, a, offset, counts=None):
-    return Split(name=name, Z=np.asarray(Z, np.float32), y=np.asarray(y), a=np.asarray(a),
-                 ids=np.array([f"{name}{i}" for i in range(len(y))]), rows=np.arange(len(y)) + offset,
-                 class_names=["c0", "c1"], attr_names=["a0", "a1"], train_group_counts=counts)
+    return Split(
+        name=name,
+        Z=np.asarray(Z, np.float32),
+        y=np.asarray(y),
+        a=np.asarray(a),
+        ids=np.array([f"{name}{i}" for i in range(len(y))]),
+        rows=np.arange(len(y)) + offset,
+        class_names=["c0", "c1"],
+        attr_names=["a0", "a1"],
+        train_group_counts=counts,
+    )
 
 
 def _planted(seed=0, D=6, n=(600, 300, 300), corr=0.9):
-    """Class on axis 0 (weak), spurious attribute on axis 1 (strong, aligned with y on `corr` of train)."""
+    """Class on axis 0 (weak), spurious attribute on axis 1 (strong, aligned with y on `corr` of
+    train)."""
     rng = np.random.default_rng(seed)
     out, counts = [], None
     for k, (name, m, c) in enumerate(zip(("train", "val", "test"), n, (corr, 0.5, 0.5))):
@@ -43,15 +53,16 @@ def _brute_force_pairs(Z, y, a):
         cand = np.flatnonzero((y == y[i]) & (a >= 0) & (a != a[i]))
         if len(cand):
             partner[i] = cand[np.argmax(cos[i, cand])]
-    return sorted((i, int(partner[i])) for i in range(len(y))
-                  if partner[i] > i and partner[partner[i]] == i)
+    return sorted(
+        (i, int(partner[i])) for i in range(len(y)) if partner[i] > i and partner[partner[i]] == i
+    )
 
 
 def test_nn_pairs_equal_brute_force_mutual_neighbours():
     rng = np.random.default_rng(0)
     Z = rng.standard_normal((400, 16)).astype(np.float32)
     y = rng.integers(0, 3, 400)
-    a = rng.integers(-1, 3, 400)                  # three attribute values and some unknown rows
+    a = rng.integers(-1, 3, 400)  # three attribute values and some unknown rows
     pairs = nn_pairs(Z, y, a)
     assert len(pairs) > 20
     assert [tuple(p) for p in pairs.tolist()] == _brute_force_pairs(Z.astype(np.float64), y, a)
@@ -64,7 +75,7 @@ def test_mean_shift_pairs_follow_the_formula():
     rng = np.random.default_rng(1)
     Z = rng.standard_normal((200, 5))
     y, a = rng.integers(0, 2, 200), rng.integers(-1, 2, 200)
-    a[(y == 1) & (a == 0)] = 1                    # class 1 has one attribute value: its rows are reported
+    a[(y == 1) & (a == 0)] = 1  # class 1 has one attribute value: its rows are reported
     rows, Zq, dropped = mean_shift_pairs(Z, y, a, 2, np.random.default_rng(0))
     lab0 = (y == 0) & (a >= 0)
     u0 = Z[(y == 0) & (a == 1)].mean(0) - Z[(y == 0) & (a == 0)].mean(0)
@@ -91,7 +102,9 @@ def test_mean_shift_with_three_attribute_values_moves_to_another_value_mean():
 
 def _head(K=2, C=3, D=5, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(K, C, D, generator=g, dtype=dtype), torch.randn(K, C, generator=g, dtype=dtype)
+    return torch.randn(K, C, D, generator=g, dtype=dtype), torch.randn(
+        K, C, generator=g, dtype=dtype
+    )
 
 
 def test_corrective_step_is_gated_by_the_invariance_condition():
@@ -119,10 +132,14 @@ def test_corrective_step_is_gated_by_the_invariance_condition():
 
 
 def test_logit_mse_corrective_step_equals_shrinking_along_pair_differences():
-    """(b) linear head, logit MSE, `hard`, no norm-match: one step is W (I - 2 eta lambda S_delta)."""
+    """(b) linear head, logit MSE, `hard`, no norm-match: one step is W (I - 2 eta lambda
+    S_delta)."""
     W, b = _head(K=1)
     g = torch.Generator().manual_seed(2)
-    Zp, Zq = torch.randn(20, 5, generator=g, dtype=torch.float64), torch.randn(20, 5, generator=g, dtype=torch.float64)
+    Zp, Zq = (
+        torch.randn(20, 5, generator=g, dtype=torch.float64),
+        torch.randn(20, 5, generator=g, dtype=torch.float64),
+    )
     delta = (Zp - Zq).numpy()
     S = delta.T @ delta / len(delta)
     eta, lam = 0.05, 0.7
@@ -136,12 +153,15 @@ def test_logit_mse_corrective_step_equals_shrinking_along_pair_differences():
 
 
 def test_repeated_correction_converges_to_the_projection_off_the_pair_span():
-    """(c) the fixed point of repeated pure correction is W P_perp (P_perp projects out span{delta_i})."""
+    """(c) the fixed point of repeated pure correction is W P_perp (P_perp projects out
+    span{delta_i})."""
     W, b = _head(K=1, D=6)
     g = torch.Generator().manual_seed(3)
     basis = torch.randn(2, 6, generator=g, dtype=torch.float64)
     Zp = torch.randn(40, 6, generator=g, dtype=torch.float64)
-    Zq = Zp - torch.randn(40, 2, generator=g, dtype=torch.float64) @ basis    # deltas span 2 directions
+    Zq = (
+        Zp - torch.randn(40, 2, generator=g, dtype=torch.float64) @ basis
+    )  # deltas span 2 directions
     Q, _ = np.linalg.qr(basis.numpy().T)
     expect = W[0].numpy() @ (np.eye(6) - Q @ Q.T)
     for _ in range(3000):
@@ -149,7 +169,8 @@ def test_repeated_correction_converges_to_the_projection_off_the_pair_span():
     np.testing.assert_allclose(W[0].numpy(), expect, atol=1e-8)
 
 
-# measured: mean_shift 0.008 vs 0.396 and WGA 0.65 vs 0.14; nn (10 mutual pairs) 0.21 vs 0.40 and 0.22 vs 0.14
+# measured: mean_shift 0.008 vs 0.396 and WGA 0.65 vs 0.14; nn (10 mutual pairs) 0.21 vs 0.40 and
+# 0.22 vs 0.14
 @pytest.mark.parametrize("pairs, shrink, gain", [("mean_shift", 0.1, 0.3), ("nn", 0.7, 0.03)])
 def test_ipg_shrinks_the_head_along_the_planted_spurious_axis(pairs, shrink, gain):
     """(d) with pairs that differ along the planted spurious axis, the spurious share of the class
@@ -159,7 +180,10 @@ def test_ipg_shrinks_the_head_along_the_planted_spurious_axis(pairs, shrink, gai
     kw = dict(seed=0, pairs=pairs, steps=600, eval_every=100, lr_grid=(0.1,), wd_grid=(0.0,))
     ipg = create("ipg", **kw).fit(train, val, Monitor({"test": test}))
     plain = create("ipg", **{**kw, "eps": float("inf")}).fit(train, val, Monitor({"test": test}))
-    ratio = [abs(h.coef_[1, 1] - h.coef_[0, 1]) / np.linalg.norm(h.coef_[1] - h.coef_[0]) for h in (ipg, plain)]
+    ratio = [
+        abs(h.coef_[1, 1] - h.coef_[0, 1]) / np.linalg.norm(h.coef_[1] - h.coef_[0])
+        for h in (ipg, plain)
+    ]
     assert ratio[0] < shrink * ratio[1], ratio
     wga = [h.history_[-1]["test"]["worst_group_acc"] for h in (ipg, plain)]
     assert wga[0] > wga[1] + gain, wga
@@ -168,9 +192,12 @@ def test_ipg_shrinks_the_head_along_the_planted_spurious_axis(pairs, shrink, gai
 
 def test_corrected_fraction_is_logged_and_decays():
     """(e) when invariance is compatible with the task (the attribute is independent of the label),
-    the correction removes the random init's dependence on it and then the condition mostly holds."""
+    the correction removes the random init's dependence on it and then the condition mostly
+    holds."""
     train, val, test = _planted(seed=1, corr=0.5)
-    head = create("ipg", seed=0, eps=0.05, steps=200, eval_every=25, lr_grid=(0.05,), wd_grid=(0.0,)).fit(train, val, Monitor({"test": test}))
+    head = create(
+        "ipg", seed=0, eps=0.05, steps=200, eval_every=25, lr_grid=(0.05,), wd_grid=(0.0,)
+    ).fit(train, val, Monitor({"test": test}))
     frac = head.info_["corrected_fraction"]
     assert len(frac) == 8 and all("corrected_fraction" in r["ipg"] for r in head.history_)
     assert frac[0] > 0.3 and max(frac[-4:]) < 0.3 * frac[0], frac
@@ -178,15 +205,21 @@ def test_corrected_fraction_is_logged_and_decays():
 
 
 def test_eps_infinite_is_the_erm_head_bit_for_bit():
-    """(a) eps = inf disables step 2: the loop is the shared trainer's `erm`, same init, same batches."""
+    """(a) eps = inf disables step 2: the loop is the shared trainer's `erm`, same init, same
+    batches."""
     train, val, test = _planted()
     kw = dict(seed=4, steps=60, eval_every=60, lr_grid=(0.1, 0.01), wd_grid=(0.0, 1e-2))
     erm = create("erm", **kw).fit(train, val, Monitor({"test": test}))
     ipg = create("ipg", eps=float("inf"), lam=1.0, **kw).fit(train, val, Monitor({"test": test}))
-    assert (ipg.selected_["config_id"], ipg.selected_["step"]) == (erm.selected_["config_id"], erm.selected_["step"])
+    assert (ipg.selected_["config_id"], ipg.selected_["step"]) == (
+        erm.selected_["config_id"],
+        erm.selected_["step"],
+    )
     np.testing.assert_array_equal(ipg.coef_, erm.coef_)
     np.testing.assert_array_equal(ipg.intercept_, erm.intercept_)
-    assert [r["val"]["worst_group_acc"] for r in ipg.history_] == [r["val"]["worst_group_acc"] for r in erm.history_]
+    assert [r["val"]["worst_group_acc"] for r in ipg.history_] == [
+        r["val"]["worst_group_acc"] for r in erm.history_
+    ]
 
 
 def test_pair_labels_are_required_and_val_pairs_are_flagged():
@@ -194,8 +227,13 @@ def test_pair_labels_are_required_and_val_pairs_are_flagged():
     hidden = train.hide_attrs(np.zeros(len(train), bool))
     with pytest.raises(EmbedkitError, match="attribute labels on some train rows"):
         create("ipg").fit(hidden, val)
-    assert "none are visible" in create("ipg").unmet(hidden, val) and create("ipg").unmet(train, val) is None
-    head = create("ipg", pair_source="val", steps=100, eval_every=50, lr_grid=(0.1,), wd_grid=(0.0,)).fit(hidden, val)
+    assert (
+        "none are visible" in create("ipg").unmet(hidden, val)
+        and create("ipg").unmet(train, val) is None
+    )
+    head = create(
+        "ipg", pair_source="val", steps=100, eval_every=50, lr_grid=(0.1,), wd_grid=(0.0,)
+    ).fit(hidden, val)
     assert head.info_["val_used_for_training"] and head.info_["selected_on_fit_data"]
     assert head.info_["pairs"]["source"] == "val"
     ok = create("ipg", steps=100, eval_every=50, lr_grid=(0.1,), wd_grid=(0.0,)).fit(train, val)
@@ -207,14 +245,17 @@ def test_pair_labels_are_required_and_val_pairs_are_flagged():
 def test_given_pairs_and_no_pairs():
     train, val, _ = _planted()
     Zp = train.Z[:10]
-    head = create("ipg", pairs=(Zp, Zp + 1.0), steps=50, eval_every=50, lr_grid=(0.1,), wd_grid=(0.0,)).fit(train, val)
+    head = create(
+        "ipg", pairs=(Zp, Zp + 1.0), steps=50, eval_every=50, lr_grid=(0.1,), wd_grid=(0.0,)
+    ).fit(train, val)
     assert head.info_["pairs"] == {"type": "given", "M": 10}
-    one_attr = replace(train, a=train.y.copy())   # every class has a single attribute value
+    one_attr = replace(train, a=train.y.copy())  # every class has a single attribute value
     with pytest.raises(EmbedkitError, match="no invariance pairs"):
         create("ipg").fit(one_attr, val)
 
 
 # ---- real caches (tests/conftest.py real_cache: real images through the real ResNet-20) ----------
+
 
 # Measured (test WGA, seeds 0/1/2; seed 0 asserted): colored_mnist erm 0.032/0.016/0.007, ipg
 # 0.412/0.396/0.419; waterbirds_like erm 0.391/0.357/0.413, ipg 0.750/0.724/0.685.
@@ -227,6 +268,7 @@ def test_ipg_defaults_beat_erm_on_real_cache(request, name, margin):
         pytest.skip("the real_cache fixture (tests/conftest.py) is not available")
     from embedkit.cache import Cache
     from embedkit.metrics import evaluate_split
+
     cache = Cache.open(real_cache(name))
     train, val, test = cache.split("train"), cache.split("val"), cache.split("test")
     erm = create("erm", seed=0).fit(train, val)
@@ -240,10 +282,14 @@ def test_default_grid_is_the_specs_eps_by_lambda_grid_selected_on_val():
     """Spec 10 grid [R]: eps in {0.01, 0.05, 0.1} x lambda in {0.1, 1, 10}, every config trained at
     once; the selected head is the (config, step) the val rule chose."""
     train, val, test = _planted()
-    head = create("ipg", seed=0, steps=60, eval_every=30, lr_grid=(0.1,), wd_grid=(0.0,)).fit(train, val)
+    head = create("ipg", seed=0, steps=60, eval_every=30, lr_grid=(0.1,), wd_grid=(0.0,)).fit(
+        train, val
+    )
     pairs = {(r["config"]["eps"], r["config"]["lam"]) for r in head.history_}
     assert pairs == {(e, l) for e in (0.01, 0.05, 0.1) for l in (0.1, 1.0, 10.0)}
     sel = head.selected_
-    rec = next(r for r in head.history_ if (r["config_id"], r["step"]) == (sel["config_id"], sel["step"]))
+    rec = next(
+        r for r in head.history_ if (r["config_id"], r["step"]) == (sel["config_id"], sel["step"])
+    )
     got = evaluate_split(head.decision_function(val.Z), val)
     assert got["worst_group_acc"] == pytest.approx(rec["val"]["worst_group_acc"], abs=1e-9)

@@ -1,5 +1,6 @@
 """Large-learning-rate study (methods spec section 11): the 11.2 metrics against hand-computed
 values (the spec's faithfulness tests), and a tiny study end to end."""
+
 import math
 
 import numpy as np
@@ -8,13 +9,13 @@ import pytest
 from embedkit import lr_study as L
 from embedkit.errors import EmbedkitError
 
-
 # -- compressibility ---------------------------------------------------------------------------
+
 
 def test_comp_is_one_for_a_one_sparse_vector():
     w = np.zeros(20)
     w[7] = -3.0
-    for kappa in (0.05, 0.1, 0.2, 1.0):          # every kappa >= 1/d keeps the one entry
+    for kappa in (0.05, 0.1, 0.2, 1.0):  # every kappa >= 1/d keeps the one entry
         assert L.compressibility(w, kappa) == pytest.approx(1.0)
 
 
@@ -38,28 +39,33 @@ def test_comp_by_hand_and_kept_count():
 
 def test_network_comp_concatenates_matrices_only():
     W = np.array([[3.0, -4.0]])
-    bias = np.array([100.0])                     # ndim 1: excluded, or the answer would change
+    bias = np.array([100.0])  # ndim 1: excluded, or the answer would change
     assert L.network_compressibility([W, bias], 0.5) == pytest.approx(0.4)
     kernel = np.zeros((2, 1, 2, 2))
     kernel[0, 0] = [[3, 0], [0, -4]]
     kernel[1, 0] = [[1, 1], [0, 0]]
     # layer level: one row per output channel, then the mean
-    assert L.layer_compressibility(kernel, 0.25) == pytest.approx((0.4 + (1 - 1 / math.sqrt(2))) / 2)
+    assert L.layer_compressibility(kernel, 0.25) == pytest.approx(
+        (0.4 + (1 - 1 / math.sqrt(2))) / 2
+    )
 
 
 def test_pq_index():
-    assert L.pq_index([0.0, 0.0, 5.0, 0.0]) == pytest.approx(1 - 4 ** -0.5)
+    assert L.pq_index([0.0, 0.0, 5.0, 0.0]) == pytest.approx(1 - 4**-0.5)
     assert L.pq_index(np.full(9, 2.0)) == pytest.approx(0.0)
-    assert L.pq_index(np.array([[1.0, 0.0], [1.0, 1.0]])) == pytest.approx([1 - 2 ** -0.5, 0.0])
+    assert L.pq_index(np.array([[1.0, 0.0], [1.0, 1.0]])) == pytest.approx([1 - 2**-0.5, 0.0])
 
 
 # -- activations -------------------------------------------------------------------------------
+
 
 def test_activation_sparsity_on_a_hand_built_relu_input():
     pre = np.array([[-1.0, 2.0, 0.5], [0.0, -3.0, -0.1]])
     assert L.activation_sparsity(np.maximum(pre, 0)) == pytest.approx(4 / 6)
     # per-sample comp: row 1 keeps 1 of 3 (|2| of (0, 2, .5)); row 2 is all zero and is skipped
-    assert L.activation_compressibility(np.maximum(pre, 0), 0.2) == pytest.approx(1 - 0.5 / math.sqrt(4.25))
+    assert L.activation_compressibility(np.maximum(pre, 0), 0.2) == pytest.approx(
+        1 - 0.5 / math.sqrt(4.25)
+    )
 
 
 def test_class_separation_by_hand():
@@ -81,16 +87,17 @@ def test_csep_is_one_for_collapsed_classes_and_near_zero_for_random_labels():
     assert L.class_separation(collapsed, y, 3)["sep"] == pytest.approx(1.0)
     Z = np.maximum(rng.normal(size=(3000, 16)), 0) + 1e-3
     assert abs(L.class_separation(Z, rng.integers(0, 3, 3000), 3)["sep"]) < 0.01
-    Z[:5] = 0   # rows without a direction are left out and counted
+    Z[:5] = 0  # rows without a direction are left out and counted
     assert L.class_separation(Z, rng.integers(0, 3, 3000), 3)["n_zero_rows"] == 5
 
 
 def test_selectivity_by_hand():
-    Z = np.array([[3.0, 1.0], [1.0, 1.0], [1.0, 1.0]])   # neuron 0 prefers class 0; neuron 1 none
+    Z = np.array([[3.0, 1.0], [1.0, 1.0], [1.0, 1.0]])  # neuron 0 prefers class 0; neuron 1 none
     assert L.selectivity(Z, [0, 1, 2], 3) == pytest.approx((3 - 1) / (3 + 1), rel=1e-5)
 
 
 # -- bias-aware accuracies -----------------------------------------------------------------------
+
 
 def test_bbc_on_a_hand_made_confusion_table():
     y = [0, 0, 1, 1, 2, 2]
@@ -112,23 +119,42 @@ def test_eff_bcr_and_confidence():
 
 def test_spurious_alignment_by_hand():
     from embedkit.cache import Split
+
     y = np.array([0, 0, 1, 1, 0, 1])
     a = np.array([0, 1, 0, 1, 1, 0])
-    Z = np.stack([3.0 * a + 0.5, 2.0 * y], axis=1)          # the attribute moves e1, the class e2
-    split = Split(name="val", Z=Z, y=y, a=a, ids=np.arange(6), rows=np.arange(6),
-                  class_names=["c0", "c1"], attr_names=["a0", "a1"])
-    assert L.spurious_alignment([[0.0, -1.0], [0.0, 1.0]], split) == pytest.approx(0.0)   # reads the class
-    assert L.spurious_alignment([[-1.0, 0.0], [1.0, 0.0]], split) == pytest.approx(1.0)   # reads the colour
+    Z = np.stack([3.0 * a + 0.5, 2.0 * y], axis=1)  # the attribute moves e1, the class e2
+    split = Split(
+        name="val",
+        Z=Z,
+        y=y,
+        a=a,
+        ids=np.arange(6),
+        rows=np.arange(6),
+        class_names=["c0", "c1"],
+        attr_names=["a0", "a1"],
+    )
+    assert L.spurious_alignment([[0.0, -1.0], [0.0, 1.0]], split) == pytest.approx(
+        0.0
+    )  # reads the class
+    assert L.spurious_alignment([[-1.0, 0.0], [1.0, 0.0]], split) == pytest.approx(
+        1.0
+    )  # reads the colour
     # a common row added to both classes changes no prediction and no alignment
-    assert L.spurious_alignment([[5.0, 2.0], [6.0, 3.0]], split) == pytest.approx(L.spurious_alignment(
-        [[-0.5, -0.5], [0.5, 0.5]], split)) == pytest.approx(1 / math.sqrt(2))
+    assert (
+        L.spurious_alignment([[5.0, 2.0], [6.0, 3.0]], split)
+        == pytest.approx(L.spurious_alignment([[-0.5, -0.5], [0.5, 0.5]], split))
+        == pytest.approx(1 / math.sqrt(2))
+    )
 
 
 # -- pruning -----------------------------------------------------------------------------------
 
+
 def test_zero_pruning_leaves_the_network_unchanged_and_pruning_is_global():
     import torch
+
     from embedkit.backbones.small_cnn import build_small_cnn
+
     torch.manual_seed(0)
     model = build_small_cnn(2, width=4).eval()
     x = torch.randn(5, 3, 32, 32)
@@ -154,80 +180,152 @@ TINY = {"n_train": 160, "n_val": 80, "n_test": 80}
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("lr_study")
-    return out, L.backbone_study("colored_digits", [0.01, 0.1, 1e5], out, dataset_options=TINY, width=4, epochs=2,
-                                 batch_size=32, arch_kwargs={"batchnorm": False}, log=None)
+    return out, L.backbone_study(
+        "colored_digits",
+        [0.01, 0.1, 1e5],
+        out,
+        dataset_options=TINY,
+        width=4,
+        epochs=2,
+        batch_size=32,
+        arch_kwargs={"batchnorm": False},
+        log=None,
+    )
 
 
 def test_backbone_study_end_to_end(study):
     from embedkit import metrics
     from embedkit.cache import Cache
+
     out, res = study
     for path in res["files"].values():
         assert (out / path.rsplit("/", 1)[-1]).is_file()
     rows = {r["lr"]: r for r in res["rows"]}
-    assert rows[1e5]["status"] == "diverged"               # recorded, not dropped
+    assert rows[1e5]["status"] == "diverged"  # recorded, not dropped
     assert "| 100000 | 1 | 1 |" in res["table"] and res["table"].count("\n") == 4
     cache = Cache.open(out / "cache.h5")
     assert sorted(cache.backbones()) == ["checkpoint:lr0.01_seed0.pt", "checkpoint:lr0.1_seed0.pt"]
     for lr in (0.01, 0.1):
         r = rows[lr]
         assert r["status"] == "ok"
-        assert cache.provenance(r["backbone"])["train_json"]["lr"] == lr    # provenance of each run
+        assert cache.provenance(r["backbone"])["train_json"]["lr"] == lr  # provenance of each run
         test = cache.split("test", backbone=r["backbone"])
         rep = metrics.evaluate_split(test.logits, test)
         assert r["erm_wga"] == rep["worst_group_acc"] and r["erm_mean"] == rep["mean_acc"]
         assert r["act_sparsity"] == pytest.approx(float((test.Z == 0).mean()))
         assert r["csep"] == pytest.approx(L.class_separation(test.Z, test.y, 2)["sep"])
-        for key in ("dfr_wga", "dfr_mean", "erm_spur_align", "dfr_spur_align", "net_comp_0.05", "net_comp_0.1",
-                    "net_comp_0.2", "layer_comp_0.1", "net_pqi", "eff_bcr", "erm_acc_bc", "erm_bbc", "bsep",
-                    "prune_max_sparsity", "prune_wga_0.9"):
+        for key in (
+            "dfr_wga",
+            "dfr_mean",
+            "erm_spur_align",
+            "dfr_spur_align",
+            "net_comp_0.05",
+            "net_comp_0.1",
+            "net_comp_0.2",
+            "layer_comp_0.1",
+            "net_pqi",
+            "eff_bcr",
+            "erm_acc_bc",
+            "erm_bbc",
+            "bsep",
+            "prune_max_sparsity",
+            "prune_wga_0.9",
+        ):
             assert 0.0 <= r[key] <= 1.0, key
         assert r["net_comp_0.05"] < r["net_comp_0.1"] < r["net_comp_0.2"]
 
 
 def test_head_study_on_a_fixed_cache(study, tmp_path):
     out, _ = study
-    res = L.head_study(out / "cache.h5", "0.01,1,1e38", tmp_path, backbone="checkpoint:lr0.1_seed0.pt",
-                       steps=60, eval_every=20, log=None)
+    res = L.head_study(
+        out / "cache.h5",
+        "0.01,1,1e38",
+        tmp_path,
+        backbone="checkpoint:lr0.1_seed0.pt",
+        steps=60,
+        eval_every=20,
+        log=None,
+    )
     rows = {r["lr"]: r for r in res["rows"]}
     assert rows[1e38]["status"] == "diverged"
     for lr in (0.01, 1.0):
         r = rows[lr]
-        assert r["best_step"] in (20, 40, 60) and 0 <= r["best_wga"] <= 1 and 0 <= r["final_wga"] <= 1
-        assert 0 < r["comp_0.1"] < 1 and "act_sparsity" not in r     # linear heads: csep on logits
+        assert (
+            r["best_step"] in (20, 40, 60) and 0 <= r["best_wga"] <= 1 and 0 <= r["final_wga"] <= 1
+        )
+        assert 0 < r["comp_0.1"] < 1 and "act_sparsity" not in r  # linear heads: csep on logits
         assert 0 <= r["spur_align"] <= 1
-    mlp = L.head_study(out / "cache.h5", [0.1], tmp_path / "mlp", backbone="checkpoint:lr0.1_seed0.pt",
-                       model="mlp", hidden=16, steps=20, eval_every=20, log=None)
-    assert 0 <= mlp["rows"][0]["act_sparsity"] <= 1 and (tmp_path / "mlp" / "lr_study.png").is_file()
+    mlp = L.head_study(
+        out / "cache.h5",
+        [0.1],
+        tmp_path / "mlp",
+        backbone="checkpoint:lr0.1_seed0.pt",
+        model="mlp",
+        hidden=16,
+        steps=20,
+        eval_every=20,
+        log=None,
+    )
+    assert (
+        0 <= mlp["rows"][0]["act_sparsity"] <= 1 and (tmp_path / "mlp" / "lr_study.png").is_file()
+    )
 
 
 def test_cli_refuses_both_or_neither_mode(tmp_path, capsys):
     from embedkit.cli import main
+
     assert main(["lr-study", "--lrs", "0.1", "--out", str(tmp_path)]) == 2
-    assert main(["lr-study", "--dataset", "colored_digits", "--cache", "x.h5", "--lrs", "0.1",
-                 "--out", str(tmp_path)]) == 2
-    assert main(["lr-study", "--dataset", "colored_digits", "--lrs", "0.1,x", "--out", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "lr-study",
+                "--dataset",
+                "colored_digits",
+                "--cache",
+                "x.h5",
+                "--lrs",
+                "0.1",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
+    assert (
+        main(["lr-study", "--dataset", "colored_digits", "--lrs", "0.1,x", "--out", str(tmp_path)])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "exactly one of --dataset" in err and "--lrs" in err
 
 
 def test_prunable_sparsity_stops_at_the_first_change(monkeypatch):
     from embedkit import metrics
-    accs = iter([0.40, 0.405, 0.395, 0.45, 0.40])       # unpruned, then 0.5, 0.7, 0.8, 0.9
+
+    accs = iter([0.40, 0.405, 0.395, 0.45, 0.40])  # unpruned, then 0.5, 0.7, 0.8, 0.9
     monkeypatch.setattr("embedkit.erm.predict_logits", lambda model, images, pp: None)
     monkeypatch.setattr(L, "prune_global", lambda model, s: model)
-    monkeypatch.setattr(metrics, "evaluate_split", lambda logits, split: {"mean_acc": next(accs),
-                                                                          "worst_group_acc": 0.0})
+    monkeypatch.setattr(
+        metrics,
+        "evaluate_split",
+        lambda logits, split: {"mean_acc": next(accs), "worst_group_acc": 0.0},
+    )
     out = L.pruning_curve(None, None, {}, None, sparsities=(0.5, 0.7, 0.8, 0.9))
-    assert out["prune_max_sparsity"] == 0.7 and out["prune_mean_0"] == 0.40 and out["prune_mean_0.8"] == 0.45
+    assert (
+        out["prune_max_sparsity"] == 0.7
+        and out["prune_mean_0"] == 0.40
+        and out["prune_mean_0.8"] == 0.45
+    )
 
 
 # -- core-feature utilisation (attribution share in the spurious region) -------------------------
+
 
 def test_attribution_share_of_networks_that_read_one_half():
     import torch
 
     from embedkit.lr_attribution import core_utilisation, spurious_mask
+
     mask = spurious_mask({"spurious_columns": [28, 56]}, 28, 56)
     assert mask[:, 28:].all() and not mask[:, :28].any()
     assert spurious_mask({"spurious_rows": [0, 32]}, 64, 32)[:32].all()
@@ -248,13 +346,23 @@ def test_attribution_share_of_networks_that_read_one_half():
 
 def test_head_pruning_is_global_and_zero_pruning_changes_nothing():
     from embedkit.heads.trainer import HeadState
+
     rng = np.random.default_rng(0)
-    state = HeadState("mlp", {"W1": rng.normal(size=(6, 4)), "b1": rng.normal(size=6),
-                              "W2": rng.normal(size=(3, 6)) * 5, "b2": rng.normal(size=3)})
+    state = HeadState(
+        "mlp",
+        {
+            "W1": rng.normal(size=(6, 4)),
+            "b1": rng.normal(size=6),
+            "W2": rng.normal(size=(3, 6)) * 5,
+            "b2": rng.normal(size=3),
+        },
+    )
     Z = rng.normal(size=(10, 4))
     assert np.allclose(L.prune_head(state, 0.0).logits(Z), state.logits(Z))
     half = L.prune_head(state, 0.5)
     zeros = int((half.arrays["W1"] == 0).sum() + (half.arrays["W2"] == 0).sum())
-    assert zeros == 21                                      # half of the 42 weights, pooled over layers
-    assert (half.arrays["W2"] == 0).sum() < (half.arrays["W1"] == 0).sum()     # W2 is larger: kept more
+    assert zeros == 21  # half of the 42 weights, pooled over layers
+    assert (half.arrays["W2"] == 0).sum() < (
+        half.arrays["W1"] == 0
+    ).sum()  # W2 is larger: kept more
     assert np.array_equal(half.arrays["b1"], state.arrays["b1"])

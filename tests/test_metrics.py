@@ -1,4 +1,5 @@
 """Metrics against hand-computed values (specs/metrics-and-selection.md section 7, items 1-4)."""
+
 import numpy as np
 import pytest
 
@@ -13,15 +14,30 @@ G = np.array([0, 0, 0, 1, 1, 3, 3, 3, 3, 3])
 
 
 def test_group_report_hand_computed_with_empty_group():
-    r = M.group_report(Y, P, G, n_groups=4, n_classes=2, train_counts=[50, 10, 5, 35],
-                       group_names=["a", "b", "c", "d"])
-    assert r["per_group"]["a"] == {"acc": 1.0, "n": 3, "ci95": pytest.approx(M.wilson_interval(3, 3))}
-    assert r["per_group"]["b"]["acc"] == 0.0 and r["per_group"]["c"] == {"acc": None, "n": 0, "ci95": None}
+    r = M.group_report(
+        Y,
+        P,
+        G,
+        n_groups=4,
+        n_classes=2,
+        train_counts=[50, 10, 5, 35],
+        group_names=["a", "b", "c", "d"],
+    )
+    assert r["per_group"]["a"] == {
+        "acc": 1.0,
+        "n": 3,
+        "ci95": pytest.approx(M.wilson_interval(3, 3)),
+    }
+    assert r["per_group"]["b"]["acc"] == 0.0 and r["per_group"]["c"] == {
+        "acc": None,
+        "n": 0,
+        "ci95": None,
+    }
     assert r["worst_group_acc"] == 0.0 and r["worst_group"] == "b"
     assert r["empty_groups"] == ["c"]
     assert r["small_groups"] == ["a", "b", "d"]
     assert r["mean_acc"] == pytest.approx(7 / 10)
-    assert r["group_balanced_acc"] == pytest.approx((1 + 0 + 0.8) / 3)       # empty group excluded
+    assert r["group_balanced_acc"] == pytest.approx((1 + 0 + 0.8) / 3)  # empty group excluded
     # π renormalised over the groups present on this split: (50, 10, 35) / 95
     assert r["weighted_mean_acc"] == pytest.approx((50 * 1 + 10 * 0 + 35 * 0.8) / 95)
     # class recalls: class 0 3/5, class 1 4/5
@@ -33,9 +49,15 @@ def test_group_report_hand_computed_with_empty_group():
     assert r["worst_prec"] == pytest.approx(4 / 6)
     f0 = 2 * 0.75 * 0.6 / (0.75 + 0.6)
     f1 = 2 * (4 / 6) * 0.8 / (4 / 6 + 0.8)
-    assert r["avg_f1"] == pytest.approx((f0 + f1) / 2) and r["worst_f1"] == pytest.approx(min(f0, f1))
+    assert r["avg_f1"] == pytest.approx((f0 + f1) / 2) and r["worst_f1"] == pytest.approx(
+        min(f0, f1)
+    )
     assert r["no_prediction_classes"] == []
-    assert r["mean_kinds"] == {"mean_acc": "plain", "weighted_mean_acc": "trainw", "group_balanced_acc": "gba"}
+    assert r["mean_kinds"] == {
+        "mean_acc": "plain",
+        "weighted_mean_acc": "trainw",
+        "group_balanced_acc": "gba",
+    }
     assert r["hidden_rows"] == 0 and r["partial_groups"] is False
 
 
@@ -60,26 +82,29 @@ def test_waterbirds_worked_fixture():
         y += [k // 2] * n
         pred += [k // 2] * right + [1 - k // 2] * (n - right)
         g += [k] * n
-    r = M.group_report(np.array(y), np.array(pred), np.array(g), n_groups=4, n_classes=2, train_counts=counts)
+    r = M.group_report(
+        np.array(y), np.array(pred), np.array(g), n_groups=4, n_classes=2, train_counts=counts
+    )
     assert r["worst_group_acc"] == pytest.approx(0.70)
     assert round(r["group_balanced_acc"], 3) == 0.860
     assert round(r["weighted_mean_acc"], 4) == 0.9705
-    assert r["mean_acc"] == pytest.approx(0.86)      # plain mean of this balanced test
+    assert r["mean_acc"] == pytest.approx(0.86)  # plain mean of this balanced test
 
 
 def test_hidden_attributes_mark_partial_groups():
     g = G.copy()
-    g[3:5] = -1                                     # the label budget hid group 1
+    g[3:5] = -1  # the label budget hid group 1
     r = M.group_report(Y, P, g, n_groups=4, n_classes=2)
     assert r["hidden_rows"] == 2 and r["partial_groups"] is True
-    assert r["worst_group_acc"] == pytest.approx(0.8)   # over the visible groups only
-    assert r["worst_class_acc"] == pytest.approx(0.6)   # class metrics still use every row
+    assert r["worst_group_acc"] == pytest.approx(0.8)  # over the visible groups only
+    assert r["worst_class_acc"] == pytest.approx(0.6)  # class metrics still use every row
 
 
 def test_probability_metrics_hand_computed():
     y = np.array([0, 1, 1, 0])
     probs = np.array([[0.9, 0.1], [0.4, 0.6], [0.7, 0.3], [0.2, 0.8]])
-    # confidences .9 .6 .7 .8, hits 1 1 0 0; M=15 bins of width 1/15: .9 -> bin 13, .6 -> 8, .7 -> 10, .8 -> 11
+    # confidences .9 .6 .7 .8, hits 1 1 0 0; M=15 bins of width 1/15: .9 -> bin 13, .6 -> 8, .7 ->
+    # 10, .8 -> 11
     assert M.ece(probs, y, 15) == pytest.approx((0.1 + 0.4 + 0.7 + 0.8) / 4)
     assert M.ece(probs, y, 1) == pytest.approx(abs(0.5 - 0.75))
     assert M.brier(probs, y) == pytest.approx((2 * 0.01 + 2 * 0.16 + 2 * 0.49 + 2 * 0.64) / 4)
@@ -88,7 +113,9 @@ def test_probability_metrics_hand_computed():
     assert M.auroc(probs, y) == pytest.approx(0.5)
     # AP: ranking .8(neg) .6(pos) .3(pos) .1(neg): precision at the positives 1/2, 2/3
     assert M.auprc(probs, y) == pytest.approx((1 / 2 + 2 / 3) / 2)
-    r = M.group_report(y, probs.argmax(1), np.array([0, 3, 2, 1]), n_groups=4, n_classes=2, probs=probs)
+    r = M.group_report(
+        y, probs.argmax(1), np.array([0, 3, 2, 1]), n_groups=4, n_classes=2, probs=probs
+    )
     assert r["ece_bins"] == 15 and r["ece"] == pytest.approx(0.5)
 
 
@@ -103,11 +130,16 @@ def test_ece_zero_when_perfectly_calibrated():
 
 def test_auroc_auprc_match_sklearn_with_ties_and_multiclass(rng):
     from sklearn.metrics import average_precision_score, roc_auc_score
+
     y = rng.integers(0, 3, 300)
     logits = rng.normal(size=(300, 3)) + np.eye(3)[y]
-    probs = np.round(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), 2)   # rounding makes ties
+    probs = np.round(
+        np.exp(logits) / np.exp(logits).sum(1, keepdims=True), 2
+    )  # rounding makes ties
     probs /= probs.sum(1, keepdims=True)
-    assert M.auroc(probs, y) == pytest.approx(roc_auc_score(y, probs, multi_class="ovr", average="macro"))
+    assert M.auroc(probs, y) == pytest.approx(
+        roc_auc_score(y, probs, multi_class="ovr", average="macro")
+    )
     ap = np.mean([average_precision_score(y == c, probs[:, c]) for c in range(3)])
     assert M.auprc(probs, y) == pytest.approx(ap)
     yb = (y == 1).astype(int)
@@ -134,7 +166,7 @@ def test_bias_aligned_eval_groups_attr_and_minority():
 def test_ess_purity_ari_minority():
     assert M.ess(np.ones(8)) == pytest.approx(8)
     assert M.ess([1, 0, 0, 0]) == pytest.approx(1)
-    assert M.ess([3, 1]) == pytest.approx(1 / (0.75 ** 2 + 0.25 ** 2))
+    assert M.ess([3, 1]) == pytest.approx(1 / (0.75**2 + 0.25**2))
     true = np.array([0, 0, 0, 1, 1, 2])
     inferred = np.array([5, 5, 7, 7, 7, 7])
     assert M.purity(true, inferred) == pytest.approx((2 + 2) / 6)
@@ -151,7 +183,7 @@ def test_seed_summary_std_ddof1_and_se():
 
 
 def test_wilson_interval_known_values():
-    lo, hi = M.wilson_interval(2, 8)           # the Waterbirds CLIP 'waterbird on land' group
+    lo, hi = M.wilson_interval(2, 8)  # the Waterbirds CLIP 'waterbird on land' group
     assert (round(lo, 4), round(hi, 4)) == (0.0715, 0.5907)
     assert M.wilson_interval(0, 0) is None
     lo, hi = M.wilson_interval(10, 10)
@@ -177,9 +209,19 @@ def test_bootstrap_reproducible_and_stratified(rng):
 
 def test_evaluate_split_uses_split_groups_and_train_counts():
     from embedkit.cache import Split
+
     Z = np.zeros((10, 2), np.float32)
-    s = Split(name="test", Z=Z, y=Y, a=G % 2, ids=np.arange(10).astype(str), rows=np.arange(10),
-              class_names=["c0", "c1"], attr_names=["t0", "t1"], train_group_counts=np.array([50, 10, 5, 35]))
+    s = Split(
+        name="test",
+        Z=Z,
+        y=Y,
+        a=G % 2,
+        ids=np.arange(10).astype(str),
+        rows=np.arange(10),
+        class_names=["c0", "c1"],
+        attr_names=["t0", "t1"],
+        train_group_counts=np.array([50, 10, 5, 35]),
+    )
     logits = np.stack([1 - P, P], 1).astype(np.float32)
     r = M.evaluate_split(logits, s)
     assert r["worst_group_acc"] == 0.0 and r["per_group"]["c0|t1"]["n"] == 2
@@ -189,6 +231,8 @@ def test_evaluate_split_uses_split_groups_and_train_counts():
 
 def test_nonfinite_probabilities_reported_as_missing():
     probs = np.array([[np.nan, np.nan], [0.2, 0.8]])
-    r = M.group_report(np.array([0, 1]), np.array([0, 1]), np.array([0, 3]), n_groups=4, n_classes=2, probs=probs)
+    r = M.group_report(
+        np.array([0, 1]), np.array([0, 1]), np.array([0, 3]), n_groups=4, n_classes=2, probs=probs
+    )
     assert r["nonfinite_probs"] is True and r["ece"] is None and r["auroc"] is None
     assert r["mean_acc"] == 1.0

@@ -1,4 +1,5 @@
 """The README's two commands are the ones the Makefile and CI run."""
+
 import re
 from pathlib import Path
 
@@ -9,7 +10,12 @@ def quick_start_commands():
     text = (ROOT / "README.md").read_text()
     section = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", section, re.S)
-    return [line.strip() for b in blocks for line in b.splitlines() if line.strip() and not line.startswith("#")]
+    return [
+        line.strip()
+        for b in blocks
+        for line in b.splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
 
 
 def test_quick_start_is_exactly_two_commands():

@@ -1,5 +1,6 @@
 """Selection rules, tie rules, the leak guard and the label budget
 (specs/metrics-and-selection.md section 7, items 5-7)."""
+
 import numpy as np
 import pytest
 
@@ -9,24 +10,41 @@ from embedkit.errors import EmbedkitError, SelectionLeakError
 
 
 def rec(cid, step, val_wga, val_mean=0.5, test_wga=0.0, **config):
-    return {"config_id": cid, "config": config, "step": step,
-            "val": {"worst_group_acc": val_wga, "mean_acc": val_mean, "worst_class_acc": val_mean,
-                    "class_gap": None if val_wga is None else 1 - val_wga},
-            "test": {"worst_group_acc": test_wga, "mean_acc": test_wga}}
+    return {
+        "config_id": cid,
+        "config": config,
+        "step": step,
+        "val": {
+            "worst_group_acc": val_wga,
+            "mean_acc": val_mean,
+            "worst_class_acc": val_mean,
+            "class_gap": None if val_wga is None else 1 - val_wga,
+        },
+        "test": {"worst_group_acc": test_wga, "mean_acc": test_wga},
+    }
 
 
 def make_split(n=200, seed=0, name="val"):
     r = np.random.default_rng(seed)
-    return Split(name=name, Z=r.normal(size=(n, 3)).astype(np.float32), y=r.integers(0, 2, n),
-                 a=r.integers(0, 2, n), ids=np.arange(n).astype(str), rows=np.arange(1000, 1000 + n),
-                 class_names=["c0", "c1"], attr_names=["t0", "t1"])
+    return Split(
+        name=name,
+        Z=r.normal(size=(n, 3)).astype(np.float32),
+        y=r.integers(0, 2, n),
+        a=r.integers(0, 2, n),
+        ids=np.arange(n).astype(str),
+        rows=np.arange(1000, 1000 + n),
+        class_names=["c0", "c1"],
+        attr_names=["t0", "t1"],
+    )
 
 
 def test_rules_table_and_regime_defaults():
     assert S.RULES["val_wga"] == ("val", "worst_group_acc")
     assert S.RULES["val_worst_class"] == ("val", "worst_class_acc")
     assert S.RULES["oracle_wga"] == ("test", "worst_group_acc")
-    assert len([r for r in S.RULES if r.startswith("val_")]) == 12     # SubpopBench 10 + val_gba + val_eval_wga
+    assert (
+        len([r for r in S.RULES if r.startswith("val_")]) == 12
+    )  # SubpopBench 10 + val_gba + val_eval_wga
     assert S.REGIME_RULE == {"R1": "val_wga", "R2": "val_wga", "R3": "val_worst_class"}
     tr, va = make_split(name="train"), make_split()
     assert S.regime(tr, va) == "R1"
@@ -35,8 +53,13 @@ def test_rules_table_and_regime_defaults():
 
 
 def test_select_reads_val_only_and_default_tie_chain():
-    records = [rec(0, 250, 0.7, 0.80, test_wga=0.99), rec(1, 250, 0.9, 0.70), rec(2, 500, 0.9, 0.75),
-               rec(3, 250, 0.9, 0.75), rec(4, 250, 0.9, 0.75)]
+    records = [
+        rec(0, 250, 0.7, 0.80, test_wga=0.99),
+        rec(1, 250, 0.9, 0.70),
+        rec(2, 500, 0.9, 0.75),
+        rec(3, 250, 0.9, 0.75),
+        rec(4, 250, 0.9, 0.75),
+    ]
     best = S.select(records, "val_wga")
     # ties at 0.9 -> higher val mean (.75: ids 2,3,4) -> earlier step (250: ids 3,4) -> lower id
     assert best["config_id"] == 3 and best["score"] == 0.9
@@ -72,7 +95,7 @@ def test_min_class_gap_minimises_and_none_scores_skipped():
 def test_oracle_only_behind_flag_and_tagged():
     records = [rec(0, 0, 0.9, test_wga=0.5), rec(1, 0, 0.5, test_wga=0.8)]
     with pytest.raises(SelectionLeakError, match="oracle=True"):
-        S.select(records, "oracle_wga")            # the SCER collector's OracleWorstAcc
+        S.select(records, "oracle_wga")  # the SCER collector's OracleWorstAcc
     best = S.select(records, "oracle_wga", oracle=True)
     assert best["config_id"] == 1 and best["flags"]["oracle"] is True and best["split"] == "test"
 
@@ -81,7 +104,10 @@ def test_guard_refuses_selection_on_fitted_rows_and_passes_dfr_halves():
     val = np.arange(100, 200)
     perm = np.random.default_rng(0).permutation(val)
     sel, fit = perm[:50], perm[50:]
-    assert S.check_leak(fit, sel) == {"selected_on_fit_data": False, "selected_on_report_rows": False}
+    assert S.check_leak(fit, sel) == {
+        "selected_on_fit_data": False,
+        "selected_on_report_rows": False,
+    }
     # SubpopBench DFR: fits on a group-subsampled val and selects on the same val
     with pytest.raises(SelectionLeakError, match="fitted on"):
         S.check_leak(np.sort(perm[:40]), val)
@@ -99,14 +125,18 @@ def test_guard_refuses_selection_on_fitted_rows_and_passes_dfr_halves():
 def test_rule_name_and_grid_size_stored():
     """group_DRO#10 (the rule actually used must be stored) and BalancingGroups#3 (grid size)."""
     best = S.select([rec(i, 0, 0.5 + i / 10) for i in range(4)], "val_worst_class")
-    assert best["rule"] == "val_worst_class" and best["metric"] == "worst_class_acc" and best["grid_size"] == 4
+    assert (
+        best["rule"] == "val_worst_class"
+        and best["metric"] == "worst_class_acc"
+        and best["grid_size"] == 4
+    )
 
 
 def test_label_budget_masks_identical_across_calls_nested_and_sized():
     n = 1199
     masks = {b: S.label_budget_mask(n, b, seed=7) for b in S.LABEL_BUDGETS}
     assert [int(m.sum()) for m in masks.values()] == [0, 12, 60, 120, 300, 600, 1199]
-    assert np.array_equal(masks[0.1], S.label_budget_mask(n, 0.1, seed=7))   # same for every method
+    assert np.array_equal(masks[0.1], S.label_budget_mask(n, 0.1, seed=7))  # same for every method
     assert not np.array_equal(masks[0.1], S.label_budget_mask(n, 0.1, seed=8))
     for small, big in zip(S.LABEL_BUDGETS, S.LABEL_BUDGETS[1:]):
         assert not (masks[small] & ~masks[big]).any()
@@ -117,7 +147,11 @@ def test_label_budget_masks_identical_across_calls_nested_and_sized():
 def test_label_budget_changes_attributes_only():
     val = make_split()
     seen = S.apply_label_budget(val, 0.25, seed=1)
-    assert np.array_equal(seen.Z, val.Z) and np.array_equal(seen.y, val.y) and np.array_equal(seen.rows, val.rows)
+    assert (
+        np.array_equal(seen.Z, val.Z)
+        and np.array_equal(seen.y, val.y)
+        and np.array_equal(seen.rows, val.rows)
+    )
     visible = seen.a >= 0
     assert visible.sum() == 50 and np.array_equal(seen.a[visible], val.a[visible])
     assert np.array_equal(visible, S.label_budget_mask(len(val), 0.25, 1))
@@ -136,7 +170,11 @@ def test_reserve_val_stratified_and_disjoint():
 
 def test_expand_grid_order_and_class_weight_grid():
     cfgs = S.expand_grid(S.SGD_GRID)
-    assert len(cfgs) == 9 and cfgs[0] == {"lr": 1e-3, "wd": 0.0} and cfgs[1] == {"lr": 1e-3, "wd": 1e-4}
+    assert (
+        len(cfgs) == 9
+        and cfgs[0] == {"lr": 1e-3, "wd": 0.0}
+        and cfgs[1] == {"lr": 1e-3, "wd": 1e-4}
+    )
     assert len(S.DFR_CLASS_WEIGHT_GRID) == 14
     assert S.DFR_CLASS_WEIGHT_GRID.count({0: 1.0, 1: 1.0}) == 2
     assert len(S.expand_grid(S.GRIDS["afr_waterbirds"])) == 132

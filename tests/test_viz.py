@@ -5,6 +5,7 @@ The image cache is `colored_digits` (scikit-learn's bundled digits, no files nee
 fixed random projection of the pixels, so thumbnails come through the dataset adapter recorded in
 the cache, as for any extracted cache.
 """
+
 import json
 
 import numpy as np
@@ -13,7 +14,8 @@ from PIL import Image
 
 from embedkit.analysis.edits import Edit
 from embedkit.cache import Cache, write_cache
-from embedkit.viz import accuracy, edits as edit_figs, embedding, grids, report_figures
+from embedkit.viz import accuracy, embedding, grids, report_figures
+from embedkit.viz import edits as edit_figs
 
 
 def png_size(path):
@@ -26,10 +28,13 @@ def png_size(path):
 @pytest.fixture(scope="module")
 def digits_cache(tmp_path_factory):
     from embedkit import data
+
     ds = data.create("colored_digits")
     s = ds.samples()
     X = np.stack([np.asarray(ds.load(i), np.float32).ravel() / 255 for i in range(len(s))])
-    R = np.random.default_rng(0).normal(size=(X.shape[1], 48)).astype(np.float32) / np.sqrt(X.shape[1])
+    R = np.random.default_rng(0).normal(size=(X.shape[1], 48)).astype(np.float32) / np.sqrt(
+        X.shape[1]
+    )
     path = tmp_path_factory.mktemp("viz") / "digits.h5"
     write_cache(path, s, "pixels_rp48", X @ R)
     return Cache.open(path)
@@ -44,9 +49,24 @@ def fake_records(tmp_path, cache_path, methods=("erm", "dfr", "hsfm"), seeds=(0,
             d = tmp_path / "runs" / m / f"seed{s}"
             d.mkdir(parents=True)
             per = {n: {"acc": float(rng.uniform(0.5, 1.0)), "n": 100} for n in names}
-            rec = {"method": m, "params": {}, "seed": s, "run_id": f"{m}/seed{s}", "flags": {},
-                   "cache": {"path": str(cache_path), "backbone_key": "pixels_rp48", "fingerprint": ""},
-                   "metrics": {"test": {"worst_group_acc": min(v["acc"] for v in per.values()), "per_group": per}}}
+            rec = {
+                "method": m,
+                "params": {},
+                "seed": s,
+                "run_id": f"{m}/seed{s}",
+                "flags": {},
+                "cache": {
+                    "path": str(cache_path),
+                    "backbone_key": "pixels_rp48",
+                    "fingerprint": "",
+                },
+                "metrics": {
+                    "test": {
+                        "worst_group_acc": min(v["acc"] for v in per.values()),
+                        "per_group": per,
+                    }
+                },
+            }
             (d / "record.json").write_text(json.dumps(rec))
     return tmp_path / "runs"
 
@@ -56,15 +76,19 @@ def test_group_accuracy_bars(tmp_path, digits_cache):
     recs = accuracy.load_run_records(runs)
     methods, groups, acc = accuracy.per_group_table(recs)
     assert methods == ["dfr", "erm", "hsfm"] and acc.shape == (3, 4, 3)
-    expect = [json.loads((runs / "erm" / f"seed{s}" / "record.json").read_text())["metrics"]["test"]["per_group"]
-              for s in range(3)]
+    expect = [
+        json.loads((runs / "erm" / f"seed{s}" / "record.json").read_text())["metrics"]["test"][
+            "per_group"
+        ]
+        for s in range(3)
+    ]
     np.testing.assert_allclose(acc[1, 0], [e["0-4|red"]["acc"] for e in expect])
     assert png_size(accuracy.group_accuracy_bars(recs, tmp_path / "bars.png")) == (1000, 500)
     # a run selected on test (oracle) stays out unless asked for, as in the results table
     assert accuracy.run_label(recs[0]) == "dfr"
-    recs[0]["flags"] = {"oracle": True}                                      # dfr seed 0
+    recs[0]["flags"] = {"oracle": True}  # dfr seed 0
     acc = accuracy.per_group_table(recs)[2]
-    assert np.isfinite(acc[0]).sum(axis=1).tolist() == [2, 2, 2, 2]          # dfr keeps its 2 other seeds
+    assert np.isfinite(acc[0]).sum(axis=1).tolist() == [2, 2, 2, 2]  # dfr keeps its 2 other seeds
     assert np.isfinite(accuracy.per_group_table(recs, include_flagged=True)[2][0]).all()
 
 
@@ -73,13 +97,19 @@ def test_map_heatmap_and_histograms(tmp_path, digits_cache):
     p, info = embedding.scatter_2d(tr.Z, tr.g, tr.group_names, tmp_path / "map.png", max_points=300)
     assert png_size(p) == (800, 700) and info == {"method": "pca", "n_points": 300}
     D = np.array([[0, 0.3, np.nan], [0.3, 0, np.nan], [np.nan, np.nan, np.nan]])
-    assert png_size(embedding.centroid_heatmap(D, ["a", "b", "c"], tmp_path / "heat.png")) == (700, 600)
+    assert png_size(embedding.centroid_heatmap(D, ["a", "b", "c"], tmp_path / "heat.png")) == (
+        700,
+        600,
+    )
     dirs = {"spurious": np.ones(48), "core": np.arange(48.0), "text": -np.ones(48)}
-    assert png_size(embedding.projection_histograms(tr.Z, tr.g, tr.group_names, dirs, tmp_path / "h.png")) == (1500, 420)
+    assert png_size(
+        embedding.projection_histograms(tr.Z, tr.g, tr.group_names, dirs, tmp_path / "h.png")
+    ) == (1500, 420)
 
 
 def test_stratified_map_sample_keeps_small_groups():
     from embedkit.analysis.groups import stratified_subsample
+
     g = np.repeat([0, 1, 2], [1000, 5, 50])
     idx = stratified_subsample(g, 100, seed=0)
     counts = np.bincount(g[idx])
@@ -89,9 +119,11 @@ def test_stratified_map_sample_keeps_small_groups():
 def test_image_grids_through_the_dataset_adapter(tmp_path, digits_cache):
     thumbs = grids.ThumbnailSource.from_cache(digits_cache)
     assert thumbs.n_missing == 0 and thumbs(0).mode == "RGB"
-    caption = lambda r: f"row {r}"                                          # noqa: E731
+    caption = lambda r: f"row {r}"  # noqa: E731
     nb = np.array([[1, 2, 3], [4, 5, 6]])
-    p = grids.neighbour_grid([0, 7], nb, thumbs, caption, tmp_path / "nn.png", scores=np.ones((2, 3)))
+    p = grids.neighbour_grid(
+        [0, 7], nb, thumbs, caption, tmp_path / "nn.png", scores=np.ones((2, 3))
+    )
     assert png_size(p) == grids.grid_size(2, 4)
     p = grids.retrieval_grid([0, -1], nb, nb[::-1], thumbs, caption, tmp_path / "ret.png")
     assert png_size(p) == grids.grid_size(2, 7)
@@ -100,18 +132,36 @@ def test_image_grids_through_the_dataset_adapter(tmp_path, digits_cache):
 def test_unreachable_images_say_why(tmp_path):
     from embedkit.errors import EmbedkitError
     from embedkit.synthetic import planted_cache
+
     path, _ = planted_cache(tmp_path / "p.h5", {"train": 50, "val": 10, "test": 10}, dim=4)
     with pytest.raises(EmbedkitError, match="planted"):
         grids.ThumbnailSource.from_cache(Cache.open(path))
 
 
 def test_text_probe_bars_and_decoded_edit_grid(tmp_path):
-    probe = {"edit": "e", "prompt_set": "s", "n_items": 2,
-             "ranked": [{"prompt": f"p{i}", "tag": "water" if i % 2 else "land", "cos_delta": 0.1 * i - 1,
-                         "shift": 0.01 * i} for i in range(30)],
-             "by_tag": {"water": {"cos_delta": 0.2, "shift": 0.1}, "land": {"cos_delta": -0.2, "shift": -0.1}}}
+    probe = {
+        "edit": "e",
+        "prompt_set": "s",
+        "n_items": 2,
+        "ranked": [
+            {
+                "prompt": f"p{i}",
+                "tag": "water" if i % 2 else "land",
+                "cos_delta": 0.1 * i - 1,
+                "shift": 0.01 * i,
+            }
+            for i in range(30)
+        ],
+        "by_tag": {
+            "water": {"cos_delta": 0.2, "shift": 0.1},
+            "land": {"cos_delta": -0.2, "shift": -0.1},
+        },
+    }
     assert png_size(edit_figs.text_probe_bars(probe, tmp_path / "tp.png")) == (900, 520)
-    assert png_size(edit_figs.text_probe_bars(probe, tmp_path / "tp2.png", value="shift")) == (900, 520)
+    assert png_size(edit_figs.text_probe_bars(probe, tmp_path / "tp2.png", value="shift")) == (
+        900,
+        520,
+    )
     # Fake decoder (section 8.1 step 5): an embedding becomes a flat image of its first coordinates.
     calls = []
 
@@ -120,7 +170,13 @@ def test_text_probe_bars_and_decoded_edit_grid(tmp_path):
         v = np.clip(np.abs(e[0, :3]) * 80 + 20 * seed, 0, 255).astype(np.uint8)
         return [Image.fromarray(np.tile(v, (16, 16, 1)))]
 
-    edit = Edit("hsfm", np.ones((3, 4)), np.full((3, 4), 2.0), y=np.array([0, 1, 1]), rows=np.array([-1, -1, -1]))
+    edit = Edit(
+        "hsfm",
+        np.ones((3, 4)),
+        np.full((3, 4), 2.0),
+        y=np.array([0, 1, 1]),
+        rows=np.array([-1, -1, -1]),
+    )
     p = edit_figs.decoded_edit_grid(edit, decode, tmp_path / "dec.png", seeds=(0, 1))
     assert png_size(p) == grids.grid_size(3, 5) and calls == [0, 0, 1, 1] * 3
 
@@ -130,19 +186,31 @@ def test_report_figures_with_hsfm_edits(tmp_path, digits_cache):
     tr = digits_cache.split("train")
     idx = np.array([0, 1, 2, 3, 10, 11, 12, 13])
     rng = np.random.default_rng(0)
-    np.savez(runs / "hsfm" / "seed0" / "artifacts.npz", artifact_support_before=tr.Z[idx],   # runs' prefix
-             artifact_support_after=tr.Z[idx] + rng.normal(scale=0.5, size=(8, 48)).astype(np.float32),
-             artifact_support_y=tr.y[idx], artifact_support_rows=tr.rows[idx], coef=np.zeros((2, 48)))
+    np.savez(
+        runs / "hsfm" / "seed0" / "artifacts.npz",
+        artifact_support_before=tr.Z[idx],  # runs' prefix
+        artifact_support_after=tr.Z[idx] + rng.normal(scale=0.5, size=(8, 48)).astype(np.float32),
+        artifact_support_y=tr.y[idx],
+        artifact_support_rows=tr.rows[idx],
+        coef=np.zeros((2, 48)),
+    )
     out = tmp_path / "figs"
-    paths = report_figures(runs, out)                   # the cache path comes from the records
+    paths = report_figures(runs, out)  # the cache path comes from the records
     names = {p.name for p in paths}
-    assert {"group_accuracy.png", "scatter_train.png", "centroid_distance.png", "projections.png",
-            "error_neighbours.png", "retrieval.png", "hsfm_retrieval.png"} <= names
+    assert {
+        "group_accuracy.png",
+        "scatter_train.png",
+        "centroid_distance.png",
+        "projections.png",
+        "error_neighbours.png",
+        "retrieval.png",
+        "hsfm_retrieval.png",
+    } <= names
     for p in paths:
         png_size(p)
     manifest = json.loads((out / "figures.json").read_text())
     skipped = {s["figure"]: s["reason"] for s in manifest["skipped"]}
-    assert "no text embeddings" in skipped["hsfm_text_probe_*.png"]          # no CLIP text in this cache
+    assert "no text embeddings" in skipped["hsfm_text_probe_*.png"]  # no CLIP text in this cache
     assert "text probe skipped" in skipped["text_probe_*.png"]
 
 
@@ -157,8 +225,23 @@ def test_report_figures_tolerate_missing_pieces(tmp_path):
 
 def test_analyze_command_writes_summary_and_figures(tmp_path, digits_cache, capsys):
     from embedkit.cli import main
+
     out = tmp_path / "an"
-    assert main(["analyze", "--cache", str(digits_cache.path), "--out", str(out), "--cluster-k", "2-3", "--store"]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "--cache",
+                str(digits_cache.path),
+                "--out",
+                str(out),
+                "--cluster-k",
+                "2-3",
+                "--store",
+            ]
+        )
+        == 0
+    )
     s = json.loads((out / "summary.json").read_text())
     assert s["backbone"] == "pixels_rp48" and s["purity"]["index"]["kind"] == "flat"
     assert s["clusters"]["k_per_class"] and 0 <= s["clusters"]["agreement"]["ari"] <= 1
@@ -176,6 +259,9 @@ def test_analyze_command_writes_summary_and_figures(tmp_path, digits_cache, caps
 
 def test_analyze_command_bad_input_is_one_line(tmp_path, capsys):
     from embedkit.cli import main
-    assert main(["analyze", "--cache", str(tmp_path / "none.h5"), "--out", str(tmp_path / "o")]) == 2
+
+    assert (
+        main(["analyze", "--cache", str(tmp_path / "none.h5"), "--out", str(tmp_path / "o")]) == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("embedkit analyze: error:") and "none.h5" in err[0]

@@ -19,10 +19,13 @@ Shims (module attributes monkeypatched; nothing copied or edited):
   - --reuse_embeddings False / --save_embeddings False (no stale embeddings.pkl between runs).
 Selection: within a run, the official logger's rule (first epoch with the highest val WGA, epochs
 1..E; the head it saves as best_last_layer.pt); across the grid, the highest val WGA, first in grid
-order on ties. We read per-epoch val/test WGA from its metrics.pkl. Its printed "Best test at val" is
-max over all val-improvement epochs of test WGA (not the test WGA at the final best-val epoch), so we
+order on ties. We read per-epoch val/test WGA from its metrics.pkl. Its printed "Best test at val"
+is
+max over all val-improvement epochs of test WGA (not the test WGA at the final best-val epoch), so
+we
 report the test WGA at the selected epoch and keep the printed value beside it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,6 +54,7 @@ def stub(name):
         if attr.startswith("__"):
             raise AttributeError(attr)
         return lambda *a, **k: None
+
     m.__getattr__ = getattr_
     sys.modules[name] = m
 
@@ -62,7 +66,9 @@ class FeatDS(torch.utils.data.Dataset):
         self.group_array = np.asarray(g, np.int64)
         self.n_classes = 2
         self.n_spurious = n_groups // 2
-        self.group_counts = torch.from_numpy(np.bincount(self.group_array, minlength=n_groups).astype(np.float64))
+        self.group_counts = torch.from_numpy(
+            np.bincount(self.group_array, minlength=n_groups).astype(np.float64)
+        )
         self.n_groups = n_groups
         self.active_groups = np.unique(self.group_array).tolist()
 
@@ -90,12 +96,13 @@ def main():
     sys.path.insert(0, str(CODE))
     work = Path(tempfile.mkdtemp(prefix=f"afr_{a.cache}_", dir="/tmp"))
     (work / "logs").mkdir()
-    os.chdir(work)                                  # save_plot writes to ./logs/
+    os.chdir(work)  # save_plot writes to ./logs/
     import matplotlib
+
     matplotlib.use("Agg")
     import models
-    import utils
     import train_embeddings as te
+    import utils
     from utils.common_utils import get_embeddings_args
 
     D = d["tr_Z"].shape[1]
@@ -108,12 +115,19 @@ def main():
 
         def forward(self, x):
             return self.fc(x)
+
     models.embedkit_linear = Lin
 
     def get_data(args, finetune_on_val=False):
         dl = torch.utils.data.DataLoader
-        return (dl(current["train"], batch_size=args.batch_size, shuffle=True),
-                {"val": dl(current["val"], batch_size=args.batch_size), "test": dl(current["test"], batch_size=args.batch_size)})
+        return (
+            dl(current["train"], batch_size=args.batch_size, shuffle=True),
+            {
+                "val": dl(current["val"], batch_size=args.batch_size),
+                "test": dl(current["test"], batch_size=args.batch_size),
+            },
+        )
+
     utils.get_data = get_data
     te.utils.get_data = get_data
 
@@ -121,10 +135,16 @@ def main():
     lam = [float(x) for x in a.lam.split(",")]
     val_ds = FeatDS(d["va_Z"], d["va_y"], d["va_g"])
     test_ds = FeatDS(d["te_Z"], d["te_y"], d["te_g"])
-    res = {"cache": a.cache, "grid": {"gamma": gam, "lam": lam, "lr": a.lr, "epochs": a.epochs}, "runs": []}
+    res = {
+        "cache": a.cache,
+        "grid": {"gamma": gam, "lam": lam, "lr": a.lr, "epochs": a.epochs},
+        "runs": [],
+    }
     for s in range(a.seeds):
         pos = d[f"afr_hold_{s}"]
-        current.update(train=FeatDS(d["tr_Z"][pos], d["tr_y"][pos], d["tr_g"][pos]), val=val_ds, test=test_ds)
+        current.update(
+            train=FeatDS(d["tr_Z"][pos], d["tr_y"][pos], d["tr_g"][pos]), val=val_ds, test=test_ds
+        )
         t = time.time()
         per_cfg = []
         for g_ in gam:
@@ -137,14 +157,52 @@ def main():
                     m.fc.weight.copy_(torch.from_numpy(d[f"afr_W0_{s}"]))
                     m.fc.bias.copy_(torch.from_numpy(d[f"afr_b0_{s}"]))
                 torch.save(m.state_dict(), base / "final_checkpoint.pt")
-                args = get_embeddings_args().parse_args([
-                    "--model", "embedkit_linear", "--data_dir", str(run), "--output_dir", str(run / "out"),
-                    "--seed", str(s), "--base_model_dir", str(base), "--num_epochs", str(a.epochs),
-                    "--batch_size", "128", "--emb_batch_size", "-1", "--optimizer", "sgd_optimizer",
-                    "--scheduler", "constant_lr_scheduler", "--init_lr", repr(a.lr), "--momentum", "0.",
-                    "--weight_decay", "0.", "--loss", "afr", "--tune_on", "train", "--gamma", repr(g_),
-                    "--num_augs", "1", "--grad_norm", "1.0", "--reg_coeff", repr(l_),
-                    "--reuse_embeddings", "False", "--save_embeddings", "False"])
+                args = get_embeddings_args().parse_args(
+                    [
+                        "--model",
+                        "embedkit_linear",
+                        "--data_dir",
+                        str(run),
+                        "--output_dir",
+                        str(run / "out"),
+                        "--seed",
+                        str(s),
+                        "--base_model_dir",
+                        str(base),
+                        "--num_epochs",
+                        str(a.epochs),
+                        "--batch_size",
+                        "128",
+                        "--emb_batch_size",
+                        "-1",
+                        "--optimizer",
+                        "sgd_optimizer",
+                        "--scheduler",
+                        "constant_lr_scheduler",
+                        "--init_lr",
+                        repr(a.lr),
+                        "--momentum",
+                        "0.",
+                        "--weight_decay",
+                        "0.",
+                        "--loss",
+                        "afr",
+                        "--tune_on",
+                        "train",
+                        "--gamma",
+                        repr(g_),
+                        "--num_augs",
+                        "1",
+                        "--grad_norm",
+                        "1.0",
+                        "--reg_coeff",
+                        repr(l_),
+                        "--reuse_embeddings",
+                        "False",
+                        "--save_embeddings",
+                        "False",
+                    ]
+                )
                 te.train_embeddings(args)
                 with open(run / "out" / "metrics.pkl", "rb") as f:
                     met = pickle.load(f)
@@ -152,14 +210,24 @@ def main():
                 vals = np.array([met[e]["val_worst_accuracy"] for e in epochs])
                 tests = np.array([met[e]["test_worst_accuracy"] for e in epochs])
                 means = np.array([met[e]["test_mean_accuracy"] for e in epochs])
-                k = int(np.argmax(vals))               # first epoch with the highest val WGA (strict >)
+                k = int(np.argmax(vals))  # first epoch with the highest val WGA (strict >)
                 printed = max(met[e].get("best_test_at_val", -1) for e in epochs)
-                per_cfg.append({"gamma": g_, "lam": l_, "epoch": k + 1, "val_wga": float(vals[k]),
-                                "test_wga": float(tests[k]), "test_mean": float(means[k]),
-                                "printed_best_test_at_val": float(printed)})
-        best = max(per_cfg, key=lambda r: r["val_wga"])   # max() keeps the first on ties
+                per_cfg.append(
+                    {
+                        "gamma": g_,
+                        "lam": l_,
+                        "epoch": k + 1,
+                        "val_wga": float(vals[k]),
+                        "test_wga": float(tests[k]),
+                        "test_mean": float(means[k]),
+                        "printed_best_test_at_val": float(printed),
+                    }
+                )
+        best = max(per_cfg, key=lambda r: r["val_wga"])  # max() keeps the first on ties
         res["runs"].append({"seed": s, **best, "seconds": time.time() - t, "configs": per_cfg})
-        print("official afr", {k: v for k, v in res["runs"][-1].items() if k != "configs"}, flush=True)
+        print(
+            "official afr", {k: v for k, v in res["runs"][-1].items() if k != "configs"}, flush=True
+        )
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"official_afr_{a.cache}{a.tag}.json").write_text(json.dumps(res, indent=1))
 

@@ -11,6 +11,7 @@ FAISS specifics [P: facebookresearch/faiss extra_wrappers.py]: `faiss.Kmeans` si
 `max_points_per_centroid * k` rows; embedkit raises that cap to N/k so every row is used (the sample
 size actually used is reported as `n_train`).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -30,10 +31,10 @@ TINY_ABS, TINY_FRAC = 25, 0.005
 
 @dataclass
 class KMeansResult:
-    centroids: np.ndarray        # [k, D]
-    labels: np.ndarray           # [N] nearest centroid of every input row
-    objective: float             # final sum of squared distances (or of similarities if spherical)
-    n_train: int                 # rows faiss actually trained on
+    centroids: np.ndarray  # [k, D]
+    labels: np.ndarray  # [N] nearest centroid of every input row
+    objective: float  # final sum of squared distances (or of similarities if spherical)
+    n_train: int  # rows faiss actually trained on
     params: dict = field(default_factory=dict)
 
     def assign(self, X) -> np.ndarray:
@@ -41,7 +42,11 @@ class KMeansResult:
         faiss = _faiss()
         X = as_float32(X)
         spherical = self.params.get("spherical", False)
-        idx = faiss.IndexFlatIP(self.centroids.shape[1]) if spherical else faiss.IndexFlatL2(self.centroids.shape[1])
+        idx = (
+            faiss.IndexFlatIP(self.centroids.shape[1])
+            if spherical
+            else faiss.IndexFlatL2(self.centroids.shape[1])
+        )
         idx.add(self.centroids)
         return idx.search(l2_normalize(X) if spherical else X, 1)[1][:, 0].astype(np.int64)
 
@@ -49,9 +54,19 @@ class KMeansResult:
 INITS = ("k-means++", "random")
 
 
-def kmeans(X, k: int, *, niter: int = 20, nredo: int = 1, seed: int = 0, spherical: bool = False,
-           init: str = "k-means++", use_all_rows: bool = True, max_points_per_centroid: int = 256,
-           use_gpu: bool | None = None) -> KMeansResult:
+def kmeans(
+    X,
+    k: int,
+    *,
+    niter: int = 20,
+    nredo: int = 1,
+    seed: int = 0,
+    spherical: bool = False,
+    init: str = "k-means++",
+    use_all_rows: bool = True,
+    max_points_per_centroid: int = 256,
+    use_gpu: bool | None = None,
+) -> KMeansResult:
     """`faiss.Kmeans` with the embedkit defaults: all rows used (unless `use_all_rows=False`, then
     faiss's own `max_points_per_centroid` subsampling), a fixed seed, k-means++ seeding (as
     scikit-learn and the GEORGE code; `init="random"` is faiss's own default), `spherical` for
@@ -66,26 +81,52 @@ def kmeans(X, k: int, *, niter: int = 20, nredo: int = 1, seed: int = 0, spheric
     if init not in INITS:
         raise EmbedkitError(f"unknown k-means init {init!r}: choose from {', '.join(INITS)}")
     gpu = bool(gpu_available() if use_gpu is None else use_gpu)
-    method = faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS if init == "k-means++" else faiss.ClusteringInitMethod_RANDOM
-    km = faiss.Kmeans(d, k, niter=int(niter), nredo=int(nredo), seed=int(seed), spherical=bool(spherical),
-                      max_points_per_centroid=mppc, min_points_per_centroid=1, gpu=gpu, verbose=False,
-                      init_method=method)
+    method = (
+        faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS
+        if init == "k-means++"
+        else faiss.ClusteringInitMethod_RANDOM
+    )
+    km = faiss.Kmeans(
+        d,
+        k,
+        niter=int(niter),
+        nredo=int(nredo),
+        seed=int(seed),
+        spherical=bool(spherical),
+        max_points_per_centroid=mppc,
+        min_points_per_centroid=1,
+        gpu=gpu,
+        verbose=False,
+        init_method=method,
+    )
     km.train(X)
     Xs = l2_normalize(X) if spherical else X
     _, labels = km.index.search(Xs, 1)
     n_train = min(n, k * mppc)
     return KMeansResult(
-        centroids=np.asarray(km.centroids, np.float32), labels=labels[:, 0].astype(np.int64),
-        objective=float(km.obj[-1]) if km.obj is not None and len(km.obj) else float("nan"), n_train=int(n_train),
-        params={"k": k, "niter": int(niter), "nredo": int(nredo), "seed": int(seed), "spherical": bool(spherical),
-                "init": init,
-                "max_points_per_centroid": mppc, "gpu": gpu, "faiss_version": faiss.__version__,
-                "threads": int(faiss.omp_get_max_threads())})
+        centroids=np.asarray(km.centroids, np.float32),
+        labels=labels[:, 0].astype(np.int64),
+        objective=float(km.obj[-1]) if km.obj is not None and len(km.obj) else float("nan"),
+        n_train=int(n_train),
+        params={
+            "k": k,
+            "niter": int(niter),
+            "nredo": int(nredo),
+            "seed": int(seed),
+            "spherical": bool(spherical),
+            "init": init,
+            "max_points_per_centroid": mppc,
+            "gpu": gpu,
+            "faiss_version": faiss.__version__,
+            "threads": int(faiss.omp_get_max_threads()),
+        },
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Agreement with true groups (section 14.4)
 # ----------------------------------------------------------------------------------------------
+
 
 def agreement(pred_groups, true_groups, y=None, true_a=None, pred_a=None) -> dict:
     """Adjusted Rand index and purity (embedkit.metrics) of inferred groups against true groups;
@@ -96,8 +137,11 @@ def agreement(pred_groups, true_groups, y=None, true_a=None, pred_a=None) -> dic
     m = true_groups >= 0
     if not m.any():
         return {"n": 0, "ari": None, "purity": None}
-    out = {"n": int(m.sum()), "ari": metrics.ari(true_groups[m], pred_groups[m]),
-           "purity": metrics.purity(true_groups[m], pred_groups[m])}
+    out = {
+        "n": int(m.sum()),
+        "ari": metrics.ari(true_groups[m], pred_groups[m]),
+        "purity": metrics.purity(true_groups[m], pred_groups[m]),
+    }
     if y is not None and true_a is not None and pred_a is not None:
         y, ta, pa = np.asarray(y)[m], np.asarray(true_a)[m], np.asarray(pred_a)[m]
         true_min, pred_min = np.zeros(len(y), bool), np.zeros(len(y), bool)
@@ -113,11 +157,17 @@ def agreement(pred_groups, true_groups, y=None, true_a=None, pred_a=None) -> dic
 # GEORGE (section 14.2)
 # ----------------------------------------------------------------------------------------------
 
+
 def _cluster_score(F, labels, rng, max_rows: int) -> float:
     """GEORGE's k-selection score: the mean over clusters of each cluster's mean silhouette
     (scikit-learn `silhouette_samples`), on at most `max_rows` rows drawn with the infer stream."""
     from sklearn.metrics import silhouette_samples
-    idx = np.arange(len(F)) if len(F) <= max_rows else np.sort(rng.choice(len(F), max_rows, replace=False))
+
+    idx = (
+        np.arange(len(F))
+        if len(F) <= max_rows
+        else np.sort(rng.choice(len(F), max_rows, replace=False))
+    )
     lab = labels[idx]
     if len(np.unique(lab)) < 2:
         return -1.0
@@ -144,12 +194,15 @@ def _losses(logits, y) -> np.ndarray:
 class InferredGroups:
     """Per-class clusters as pseudo-attributes. `a[i]` is row i's cluster within its class, so
     g = y*n_attrs + a numbers the pseudo-groups (section 14.2 step 4)."""
+
     a: np.ndarray
     y: np.ndarray
     n_attrs: int
     k_per_class: list[int]
-    models: list                          # per class: (reduce fn, KMeansResult, sub-cluster models | None, label map | None)
-    scores: list[dict]                    # per class: {k: score}
+    models: (
+        list  # per class: (reduce fn, KMeansResult, sub-cluster models | None, label map | None)
+    )
+    scores: list[dict]  # per class: {k: score}
     sizes: list[list[int]]
     warnings: list[str]
     params: dict
@@ -163,7 +216,8 @@ class InferredGroups:
         return self.y * self.n_attrs + self.a
 
     def assign(self, Z, y, logits=None) -> np.ndarray:
-        """Pseudo-attributes of new rows (e.g. val): nearest centroid of their class's clustering."""
+        """Pseudo-attributes of new rows (e.g. val): nearest centroid of their class's
+        clustering."""
         Z, y = as_float32(Z), np.asarray(y, np.int64)
         out = np.zeros(len(y), np.int64)
         for c, (reduce, km, sub, label_map) in enumerate(self.models):
@@ -189,10 +243,13 @@ def _reducer(kind: str, F_fit, logits, y, pca_dim: int, normalize: bool):
     """A function (Z, logits, y) -> features for clustering, fitted on one class's rows."""
     if kind == "margin":
         if logits is None:
-            raise EmbedkitError("reduce='margin' needs the cache's stored ERM logits (none for this backbone)")
+            raise EmbedkitError(
+                "reduce='margin' needs the cache's stored ERM logits (none for this backbone)"
+            )
         return lambda Z, L, yy: _margins(L, yy).astype(np.float32)
     if kind == "pca":
         from sklearn.decomposition import PCA
+
         p = PCA(n_components=min(pca_dim, *F_fit.shape), random_state=0).fit(F_fit)
         post = l2_normalize if normalize else (lambda X: X)
         return lambda Z, L, yy: post(p.transform(Z).astype(np.float32))
@@ -201,15 +258,29 @@ def _reducer(kind: str, F_fit, logits, y, pca_dim: int, normalize: bool):
     raise EmbedkitError(f"unknown reduce {kind!r}: choose from {', '.join(REDUCE)}")
 
 
-def infer_george(Z, y, *, logits=None, reduce: str = "none", pca_dim: int = 2, normalize: bool = False,
-                 k_grid=range(2, 11), niter: int = 20, n_init: int = 3, silhouette_rows: int = 10_000,
-                 overcluster: bool = False, overcluster_factor: int = 5, seed: int = 0) -> InferredGroups:
+def infer_george(
+    Z,
+    y,
+    *,
+    logits=None,
+    reduce: str = "none",
+    pca_dim: int = 2,
+    normalize: bool = False,
+    k_grid=range(2, 11),
+    niter: int = 20,
+    n_init: int = 3,
+    silhouette_rows: int = 10_000,
+    overcluster: bool = False,
+    overcluster_factor: int = 5,
+    seed: int = 0,
+) -> InferredGroups:
     """GEORGE step by step (methods.md 14.2), with FAISS k-means as the clustering backend.
 
     1. per class y: F_y = reduce(Z[y]) (`none`, `margin` from stored logits, or `pca` to `pca_dim`);
        optional L2 normalisation;
     2. k-means (faiss, `n_init` restarts, all rows) for every k in `k_grid`; k chosen by the mean
-       per-cluster silhouette on <= `silhouette_rows` rows, ties to the larger k (as the GEORGE code);
+       per-cluster silhouette on <= `silhouette_rows` rows, ties to the larger k (as the GEORGE
+       code);
     3. optional over-clustering: each cluster split into `overcluster_factor` sub-clusters; a
        sub-cluster is kept only if its silhouette rises above its parent's (and 0), its mean loss
        (CE of the stored logits) is at least its parent's, and it has >= max(0.5 % of the class, 25)
@@ -220,10 +291,16 @@ def infer_george(Z, y, *, logits=None, reduce: str = "none", pca_dim: int = 2, n
     if len(Z) != len(y):
         raise EmbedkitError(f"arrays of different lengths: Z has {len(Z)} rows, y has {len(y)}")
     if overcluster and logits is None:
-        raise EmbedkitError("over-clustering needs per-row losses from the cache's stored ERM logits (none found)")
-    if logits is not None and (np.ndim(logits) != 2 or len(logits) != len(y) or np.shape(logits)[1] <= y.max()):
-        raise EmbedkitError(f"logits of shape {np.shape(logits)} do not score the {int(y.max()) + 1} classes of "
-                            f"{len(y)} rows (a backbone's own head of another label set?)")
+        raise EmbedkitError(
+            "over-clustering needs per-row losses from the cache's stored ERM logits (none found)"
+        )
+    if logits is not None and (
+        np.ndim(logits) != 2 or len(logits) != len(y) or np.shape(logits)[1] <= y.max()
+    ):
+        raise EmbedkitError(
+            f"logits of shape {np.shape(logits)} do not score the {int(y.max()) + 1} classes of "
+            f"{len(y)} rows (a backbone's own head of another label set?)"
+        )
     rng = np.random.default_rng(seed)
     k_grid = sorted({int(k) for k in k_grid})
     a = np.zeros(len(y), np.int64)
@@ -232,13 +309,16 @@ def infer_george(Z, y, *, logits=None, reduce: str = "none", pca_dim: int = 2, n
         r = np.flatnonzero(y == c)
         Lc = None if logits is None else np.asarray(logits)[r]
         if r.size < 2:
-            models.append((None, None, None, None)); scores.append({}); sizes.append([int(r.size)]); ks.append(1)
+            models.append((None, None, None, None))
+            scores.append({})
+            sizes.append([int(r.size)])
+            ks.append(1)
             continue
         reduce_fn = _reducer(reduce, Z[r], Lc, y[r], pca_dim, normalize)
         F = reduce_fn(Z[r], Lc, y[r])
         best, best_score, sc = None, -2.0, {}
         for k in k_grid:
-            if k >= len(F):        # silhouette needs fewer clusters than rows
+            if k >= len(F):  # silhouette needs fewer clusters than rows
                 break
             km = kmeans(F, k, niter=niter, nredo=n_init, seed=seed + c)
             sc[k] = _cluster_score(F, km.labels, rng, silhouette_rows)
@@ -248,41 +328,89 @@ def infer_george(Z, y, *, logits=None, reduce: str = "none", pca_dim: int = 2, n
             best = kmeans(F, 1, niter=niter, seed=seed + c)
         labels, sub, label_map = best.labels, None, None
         if overcluster:
-            labels, sub, label_map = _overcluster(F, best, _losses(Lc, y[r]), overcluster_factor, niter, n_init,
-                                                  seed + c, rng, silhouette_rows)
+            labels, sub, label_map = _overcluster(
+                F,
+                best,
+                _losses(Lc, y[r]),
+                overcluster_factor,
+                niter,
+                n_init,
+                seed + c,
+                rng,
+                silhouette_rows,
+            )
         a[r] = labels
         count = np.bincount(labels)
         tiny = [int(j) for j in np.flatnonzero(count < max(TINY_ABS, TINY_FRAC * r.size))]
         if tiny:
-            notes.append(f"class {c}: inferred group(s) {tiny} have fewer than max(25, 0.5% of the class) rows")
-        models.append((reduce_fn, best, sub, label_map)); scores.append(sc); sizes.append(count.tolist())
+            notes.append(
+                f"class {c}: inferred group(s) {tiny} have fewer than max(25, 0.5% of the class) rows"
+            )
+        models.append((reduce_fn, best, sub, label_map))
+        scores.append(sc)
+        sizes.append(count.tolist())
         ks.append(int(labels.max()) + 1)
     for note in notes:
         warnings.warn(note)
-    return InferredGroups(a=a, y=y, n_attrs=max(ks) if ks else 1, k_per_class=ks, models=models, scores=scores,
-                         sizes=sizes, warnings=notes,
-                         params={"reduce": reduce, "pca_dim": pca_dim, "normalize": normalize, "k_grid": k_grid,
-                                 "niter": niter, "n_init": n_init, "silhouette_rows": silhouette_rows,
-                                 "overcluster": overcluster, "overcluster_factor": overcluster_factor, "seed": seed,
-                                 "backend": "faiss.Kmeans"})
+    return InferredGroups(
+        a=a,
+        y=y,
+        n_attrs=max(ks) if ks else 1,
+        k_per_class=ks,
+        models=models,
+        scores=scores,
+        sizes=sizes,
+        warnings=notes,
+        params={
+            "reduce": reduce,
+            "pca_dim": pca_dim,
+            "normalize": normalize,
+            "k_grid": k_grid,
+            "niter": niter,
+            "n_init": n_init,
+            "silhouette_rows": silhouette_rows,
+            "overcluster": overcluster,
+            "overcluster_factor": overcluster_factor,
+            "seed": seed,
+            "backend": "faiss.Kmeans",
+        },
+    )
 
 
-def _overcluster(F, base: KMeansResult, losses, fac: int, niter: int, n_init: int, seed: int, rng, max_rows: int):
-    """Section 14.2 step 3 on one class; returns (labels, sub-models per base cluster, label map)."""
+def _overcluster(
+    F, base: KMeansResult, losses, fac: int, niter: int, n_init: int, seed: int, rng, max_rows: int
+):
+    """Section 14.2 step 3 on one class; returns (labels, sub-models per base cluster, label
+    map)."""
     from sklearn.metrics import silhouette_samples
+
     k0 = base.centroids.shape[0]
     fine = np.zeros(len(F), np.int64)
     sub = []
     for b in range(k0):
         r = np.flatnonzero(base.labels == b)
         if r.size < fac:
-            sub.append(None); fine[r] = b * fac
+            sub.append(None)
+            fine[r] = b * fac
             continue
         km = kmeans(F[r], fac, niter=niter, nredo=n_init, seed=seed + 1000 + b)
-        sub.append(km); fine[r] = km.labels + b * fac
-    idx = np.arange(len(F)) if len(F) <= max_rows else np.sort(rng.choice(len(F), max_rows, replace=False))
-    s_orig = silhouette_samples(F[idx], base.labels[idx]) if len(np.unique(base.labels[idx])) > 1 else np.zeros(len(idx))
-    s_new = silhouette_samples(F[idx], fine[idx]) if len(np.unique(fine[idx])) > 1 else np.zeros(len(idx))
+        sub.append(km)
+        fine[r] = km.labels + b * fac
+    idx = (
+        np.arange(len(F))
+        if len(F) <= max_rows
+        else np.sort(rng.choice(len(F), max_rows, replace=False))
+    )
+    s_orig = (
+        silhouette_samples(F[idx], base.labels[idx])
+        if len(np.unique(base.labels[idx])) > 1
+        else np.zeros(len(idx))
+    )
+    s_new = (
+        silhouette_samples(F[idx], fine[idx])
+        if len(np.unique(fine[idx])) > 1
+        else np.zeros(len(idx))
+    )
     parent_loss = [losses[base.labels == b].mean() for b in range(k0)]
     counts = np.bincount(fine, minlength=k0 * fac)
     size_min = max(len(F) * TINY_FRAC, TINY_ABS)
@@ -291,8 +419,11 @@ def _overcluster(F, base: KMeansResult, losses, fac: int, niter: int, n_init: in
         m = fine[idx] == j
         if counts[j] == 0 or not m.any():
             continue
-        if (s_new[m].mean() > max(s_orig[m].mean(), 0.0) and losses[fine == j].mean() >= parent_loss[j // fac]
-                and counts[j] >= size_min):
+        if (
+            s_new[m].mean() > max(s_orig[m].mean(), 0.0)
+            and losses[fine == j].mean() >= parent_loss[j // fac]
+            and counts[j] >= size_min
+        ):
             keep.add(j)
     # Renumber: a parent whose sub-clusters are not all kept keeps one id for its merged rows.
     label_map, nxt = {}, 0

@@ -11,10 +11,12 @@ Symbols follow the SCER paper (arXiv:2511.04401) as summarised in the spec:
   Delta_spur = E_y[Delta_spur^(y)];
 - core difference (same domain, different classes) Delta_core^(d) = mu_(y_i,d) - mu_(y_j,d),
   Delta_core = E_d[Delta_core^(d)];
-- ||v||_Sigma = sqrt(v^T Sigma v); cor(beta, Delta) = <beta, Delta> / (||beta||_Sigma ||Delta||_Sigma).
+- ||v||_Sigma = sqrt(v^T Sigma v); cor(beta, Delta) = <beta, Delta> / (||beta||_Sigma
+||Delta||_Sigma).
 Pairs are oriented "larger index minus smaller index" (a < a', y < y'), so on binary data the core
 direction points from class 0 to class 1 and the spurious one from attribute 0 to attribute 1.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -37,6 +39,7 @@ def _is_torch(x) -> bool:
 def _xp(x):
     if _is_torch(x):
         import torch
+
         return torch
     return np
 
@@ -46,13 +49,14 @@ def _linalg(x):
 
 
 class Directions(NamedTuple):
-    core: object       # [D] (or [C, D] per class)
-    spurious: object   # [D] (or [P, D] per attribute pair)
+    core: object  # [D] (or [C, D] per class)
+    spurious: object  # [D] (or [P, D] per attribute pair)
 
 
 # ----------------------------------------------------------------------------------------------
 # Group means and pairwise differences
 # ----------------------------------------------------------------------------------------------
+
 
 def group_means(Z, y, a, C: int, A: int):
     """mu_(y,a) for every class y < C and attribute a < A.
@@ -63,7 +67,9 @@ def group_means(Z, y, a, C: int, A: int):
     xp = _xp(Z)
     y, a = np.asarray(_to_numpy(y), np.int64), np.asarray(_to_numpy(a), np.int64)
     if Z.ndim != 2 or len(y) != Z.shape[0] or len(a) != Z.shape[0]:
-        raise EmbedkitError(f"group_means: Z {tuple(Z.shape)}, y {y.shape}, a {a.shape} do not match")
+        raise EmbedkitError(
+            f"group_means: Z {tuple(Z.shape)}, y {y.shape}, a {a.shape} do not match"
+        )
     if len(y) and (y.min() < 0 or y.max() >= C or a.max(initial=-1) >= A):
         raise EmbedkitError(f"group_means: labels out of range for C={C}, A={A}")
     known = a >= 0
@@ -91,8 +97,10 @@ def group_means(Z, y, a, C: int, A: int):
 def pair_differences(mu, counts, kind: str):
     """Every signed pairwise mean difference of one kind, over groups present.
 
-    kind "spurious": mu_(y,a') - mu_(y,a) for each class y and a < a' (same class, different domains);
-    kind "core":     mu_(y',a) - mu_(y,a) for each attribute a and y < y' (same domain, different classes).
+    kind "spurious": mu_(y,a') - mu_(y,a) for each class y and a < a' (same class, different
+    domains);
+    kind "core":     mu_(y',a) - mu_(y,a) for each attribute a and y < y' (same domain, different
+    classes).
     Returns (diffs [P, D], pairs [P, 3] int: (y, a, a') or (a, y, y')).
     """
     counts = np.asarray(counts)
@@ -124,13 +132,17 @@ def unit(v):
     return v / (((v * v).sum(-1, keepdims=True)) ** 0.5 + EPS)
 
 
-def mean_difference_directions(mu, counts, mode: str = "signed", normalize: bool = False) -> Directions:
+def mean_difference_directions(
+    mu, counts, mode: str = "signed", normalize: bool = False
+) -> Directions:
     """(Delta_core, Delta_spur) [D] each, the mean over all pairs present of `pair_differences`.
 
-    mode "signed": the paper's Delta_spur = E_y[mu_(y,1) - mu_(y,0)] and Delta_core = E_d[mu_(1,d) - mu_(0,d)]
+    mode "signed": the paper's Delta_spur = E_y[mu_(y,1) - mu_(y,0)] and Delta_core = E_d[mu_(1,d) -
+    mu_(0,d)]
       on binary data (spec section 7.1);
     mode "abs": the released code's element-wise absolute values before averaging (spec section 7.2
-      step 4): delta_sp = 1/2(|mu_1 - mu_0| + |mu_3 - mu_2|), delta_c = 1/2(|mu_2 - mu_0| + |mu_3 - mu_1|)
+      step 4): delta_sp = 1/2(|mu_1 - mu_0| + |mu_3 - mu_2|), delta_c = 1/2(|mu_2 - mu_0| + |mu_3 -
+      mu_1|)
       with mu_g, g = y*2 + a.
     normalize: delta <- delta / (||delta||_2 + 1e-6).
     """
@@ -140,34 +152,46 @@ def mean_difference_directions(mu, counts, mode: str = "signed", normalize: bool
     for kind in ("core", "spurious"):
         diffs, _ = pair_differences(mu, counts, kind)
         if diffs is None:
-            raise EmbedkitError(f"no {kind} pair of non-empty groups: the {kind} direction needs two groups "
-                                f"that differ only in {'class' if kind == 'core' else 'attribute'}")
+            raise EmbedkitError(
+                f"no {kind} pair of non-empty groups: the {kind} direction needs two groups "
+                f"that differ only in {'class' if kind == 'core' else 'attribute'}"
+            )
         d = (abs(diffs) if mode == "abs" else diffs).mean(0)
         out.append(unit(d) if normalize else d)
     return Directions(*out)
 
 
 def class_core_directions(mu, counts, normalize: bool = False):
-    """Delta_c^(j) [C, D]: for each class j, the mean over domains d and classes y' != j (both groups
-    present) of the core difference mu_(j,d) - mu_(y',d). Binary: row 1 = Delta_core, row 0 = -Delta_core.
+    """Delta_c^(j) [C, D]: for each class j, the mean over domains d and classes y' != j (both
+    groups
+    present) of the core difference mu_(j,d) - mu_(y',d). Binary: row 1 = Delta_core, row 0 =
+    -Delta_core.
     A class without any such pair gets a zero row."""
     counts = np.asarray(counts)
     C, A = counts.shape
     rows = []
     for j in range(C):
-        diffs = [mu[j, d] - mu[k, d] for d in range(A) for k in range(C)
-                 if k != j and counts[j, d] and counts[k, d]]
+        diffs = [
+            mu[j, d] - mu[k, d]
+            for d in range(A)
+            for k in range(C)
+            if k != j and counts[j, d] and counts[k, d]
+        ]
         rows.append(_xp(mu).stack(diffs).mean(0) if diffs else _xp(mu).zeros_like(mu[0, 0]))
     out = _xp(mu).stack(rows)
     return unit(out) if normalize else out
 
 
 def attribute_pair_directions(mu, counts, normalize: bool = False):
-    """Delta_spur^(a,a') [P, D] = E_y[mu_(y,a') - mu_(y,a)] over classes with both groups present, one row
-    per attribute pair a < a' that has any (binary: the single row Delta_spur). Returns (dirs, pairs [P, 2])."""
+    """Delta_spur^(a,a') [P, D] = E_y[mu_(y,a') - mu_(y,a)] over classes with both groups present,
+    one row
+    per attribute pair a < a' that has any (binary: the single row Delta_spur). Returns (dirs, pairs
+    [P, 2])."""
     diffs, pairs = pair_differences(mu, counts, "spurious")
     if diffs is None:
-        raise EmbedkitError("no spurious pair of non-empty groups: every class has a single attribute value")
+        raise EmbedkitError(
+            "no spurious pair of non-empty groups: every class has a single attribute value"
+        )
     keys = sorted({(int(i), int(j)) for _, i, j in pairs})
     rows = [diffs[np.flatnonzero((pairs[:, 1] == i) & (pairs[:, 2] == j))].mean(0) for i, j in keys]
     out = _xp(mu).stack(rows)
@@ -178,14 +202,19 @@ def attribute_pair_directions(mu, counts, normalize: bool = False):
 # Sigma and the Sigma-norm
 # ----------------------------------------------------------------------------------------------
 
+
 class Sigma:
     """Sigma = r*I + c * G^T G with G [m, D], kept in factored form when m < D (else dense).
 
-    `code_shrunk` is the released code's Sigma = I + 0.1 * C / (||C||_F + 1e-6), C the unbiased covariance
-    (spec section 7.2 step 1): G = centred rows / sqrt(n - 1), c = 0.1 / (||C||_F + 1e-6), r = 1. On a
-    minibatch of B << D rows it is a rank-(B-1) update of I, so solves use the Woodbury identity on a
+    `code_shrunk` is the released code's Sigma = I + 0.1 * C / (||C||_F + 1e-6), C the unbiased
+    covariance
+    (spec section 7.2 step 1): G = centred rows / sqrt(n - 1), c = 0.1 / (||C||_F + 1e-6), r = 1. On
+    a
+    minibatch of B << D rows it is a rank-(B-1) update of I, so solves use the Woodbury identity on
+    a
     (B+1) x (B+1) system (exact, and differentiable in torch).
-    `within_ridge` [W, embedkit option of section 7.3]: the pooled within-group covariance (the shared Sigma
+    `within_ridge` [W, embedkit option of section 7.3]: the pooled within-group covariance (the
+    shared Sigma
     of the paper's Theorem 1) plus ridge * tr(S_w)/D * I.
     """
 
@@ -197,27 +226,27 @@ class Sigma:
         self._dense = self._make_dense() if m >= D else None
 
     @classmethod
-    def code_shrunk(cls, Z) -> "Sigma":
+    def code_shrunk(cls, Z) -> Sigma:
         n, D = Z.shape
         if n < 2:
             raise EmbedkitError("Sigma: needs at least 2 rows for a covariance")
-        Xc = (Z - Z.mean(0, keepdims=True)) / (n - 1) ** 0.5          # C = Xc^T Xc
-        gram = Xc @ Xc.T if n <= D else Xc.T @ Xc                     # same nonzero spectrum
+        Xc = (Z - Z.mean(0, keepdims=True)) / (n - 1) ** 0.5  # C = Xc^T Xc
+        gram = Xc @ Xc.T if n <= D else Xc.T @ Xc  # same nonzero spectrum
         fro = ((gram * gram).sum()) ** 0.5
         scale = SHRINK / (fro + EPS)
-        if n > D:                                                     # gram is C itself
+        if n > D:  # gram is C itself
             return cls.from_dense(_eye_like(gram) + scale * gram)
         return cls(Xc, scale, 1.0, gram=gram)
 
     @classmethod
-    def from_dense(cls, M) -> "Sigma":
+    def from_dense(cls, M) -> Sigma:
         """A Sigma given as a dense symmetric positive-definite [D, D] matrix."""
         obj = cls.__new__(cls)
         obj.G, obj.c, obj.r, obj._gram, obj._dense = None, None, None, None, M
         return obj
 
     @classmethod
-    def within_ridge(cls, Z, y, a, C: int, A: int, ridge: float = 1e-2) -> "Sigma":
+    def within_ridge(cls, Z, y, a, C: int, A: int, ridge: float = 1e-2) -> Sigma:
         mu, counts = group_means(Z, y, a, C, A)
         y, a = np.asarray(_to_numpy(y)), np.asarray(_to_numpy(a))
         known = np.flatnonzero(a >= 0)
@@ -225,7 +254,7 @@ class Sigma:
         if len(known) - n_groups < 1:
             raise EmbedkitError("Sigma within_ridge: needs more rows than groups")
         R = (Z[known] - mu.reshape(C * A, -1)[(y * A + a)[known]]) / (len(known) - n_groups) ** 0.5
-        r = ridge * float(_to_numpy((R * R).sum())) / Z.shape[1]       # a constant scale, no gradient
+        r = ridge * float(_to_numpy((R * R).sum())) / Z.shape[1]  # a constant scale, no gradient
         if r <= 0:
             raise EmbedkitError("Sigma within_ridge: zero within-group variance; ridge must be > 0")
         return cls(R, 1.0, r)
@@ -253,16 +282,19 @@ class Sigma:
         if self._dense is not None:
             M = self._dense if u is None else self._dense + a0 * _outer(u, u)
             return la.solve(M, rhs[:, None])[:, 0]
-        # Woodbury with Sigma + a0 u u^T = r I + M M^T, M = [sqrt(c) G^T, sqrt(a0) u] (never formed).
-        G, sc = self.G, self.c ** 0.5
+        # Woodbury with Sigma + a0 u u^T = r I + M M^T, M = [sqrt(c) G^T, sqrt(a0) u] (never
+        # formed).
+        G, sc = self.G, self.c**0.5
         gram = self._gram if self._gram is not None else G @ G.T
         Mt_rhs = sc * (G @ rhs)
         MtM = self.c * gram
         if u is not None:
-            su = (a0 ** 0.5) * u
+            su = (a0**0.5) * u
             Gu = (sc * (G @ su))[:, None]
-            MtM = xp.concatenate([xp.concatenate([MtM, Gu], 1),
-                                  xp.concatenate([Gu.T, (su @ su).reshape(1, 1)], 1)], 0)
+            MtM = xp.concatenate(
+                [xp.concatenate([MtM, Gu], 1), xp.concatenate([Gu.T, (su @ su).reshape(1, 1)], 1)],
+                0,
+            )
             Mt_rhs = xp.concatenate([Mt_rhs, (su @ rhs).reshape(1)])
         w = la.solve(self.r * _eye_like(MtM) + MtM, Mt_rhs[:, None])[:, 0]
         m = G.shape[0]

@@ -9,9 +9,11 @@ removes a spurious direction, or any pair of matrices. Two quantitative views:
 - retrieval: the k nearest real cached embeddings of h0 and of h* (cosine), and the share of those
   neighbours whose attribute differs from the item's, before vs after.
 
-Prompt sets are plain text files, one `TAG | PROMPT` per line (`#` comments); the built-in ones are in
+Prompt sets are plain text files, one `TAG | PROMPT` per line (`#` comments); the built-in ones are
+in
 `embedkit/prompts/` and any path works too.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -25,9 +27,11 @@ from embedkit.errors import EmbedkitError
 PROMPT_DIR = Path(__file__).resolve().parents[1] / "prompts"
 # Built-in prompt sets per dataset family: (attribute prompts, class prompts).
 DEFAULT_PROMPT_SETS = {
-    "waterbirds": ("backgrounds", "birds"), "waterbirds_like": ("backgrounds", "birds"),
+    "waterbirds": ("backgrounds", "birds"),
+    "waterbirds_like": ("backgrounds", "birds"),
     "celeba": ("gender", "hair"),
-    "colored_mnist": ("colors", "digits"), "colored_digits": ("colors", "digits"),
+    "colored_mnist": ("colors", "digits"),
+    "colored_digits": ("colors", "digits"),
 }
 
 
@@ -36,8 +40,8 @@ class PromptSet:
     name: str
     tags: list[str]
     prompts: list[str]
-    source: str = ""                                   # the file it was read from
-    lines: list[int] = field(default_factory=list)     # line number of each prompt there
+    source: str = ""  # the file it was read from
+    lines: list[int] = field(default_factory=list)  # line number of each prompt there
 
     def __len__(self):
         return len(self.prompts)
@@ -53,8 +57,10 @@ def load_prompt_set(name_or_path) -> PromptSet:
     if not p.suffix and not p.exists():
         p = PROMPT_DIR / f"{name_or_path}.txt"
     if not p.exists():
-        raise EmbedkitError(f"prompt set {name_or_path!r}: no such file (built-in sets: "
-                            f"{', '.join(available_prompt_sets())})")
+        raise EmbedkitError(
+            f"prompt set {name_or_path!r}: no such file (built-in sets: "
+            f"{', '.join(available_prompt_sets())})"
+        )
     tags, prompts, lines = [], [], []
     for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
         line = line.strip()
@@ -75,8 +81,12 @@ def load_prompt_set(name_or_path) -> PromptSet:
 
 def prompt_sets_from_names(class_names, attr_names) -> tuple[PromptSet, PromptSet]:
     """Fallback prompt sets written from a cache's own class and attribute names."""
-    attrs = PromptSet("attributes", list(attr_names), [f"a photo with {t.replace('_', ' ')}." for t in attr_names])
-    classes = PromptSet("classes", list(class_names), [f"a photo of a {c.replace('_', ' ')}." for c in class_names])
+    attrs = PromptSet(
+        "attributes", list(attr_names), [f"a photo with {t.replace('_', ' ')}." for t in attr_names]
+    )
+    classes = PromptSet(
+        "classes", list(class_names), [f"a photo of a {c.replace('_', ' ')}." for c in class_names]
+    )
     return attrs, classes
 
 
@@ -87,9 +97,16 @@ def stored_prompt_set(text: dict, class_names, attr_names, kind: str) -> PromptS
     rows = [i for i, k in enumerate(text["kind"]) if k == kind]
     if not rows:
         return None
-    return PromptSet(f"cache_{kind}", [names[int(text["index"][i])] if 0 <= text["index"][i] < len(names)
-                                       else str(text["index"][i]) for i in rows],
-                     [text["prompts"][i] for i in rows])
+    return PromptSet(
+        f"cache_{kind}",
+        [
+            names[int(text["index"][i])]
+            if 0 <= text["index"][i] < len(names)
+            else str(text["index"][i])
+            for i in rows
+        ],
+        [text["prompts"][i] for i in rows],
+    )
 
 
 class TextEmbedder:
@@ -101,10 +118,16 @@ class TextEmbedder:
         if encoder is not None and hasattr(encoder, "encode_text"):
             encoder = encoder.encode_text
         self.encoder = encoder
-        self.stored = {} if not stored else dict(zip(stored["prompts"], np.asarray(stored["feats"], np.float32)))
+        self.stored = (
+            {}
+            if not stored
+            else dict(zip(stored["prompts"], np.asarray(stored["feats"], np.float32)))
+        )
         if self.encoder is None and not self.stored:
-            raise EmbedkitError("no text embeddings: the cache has no /text group for this backbone and no "
-                                "text tower was given (--text-backbone openclip:MODEL:PRETRAINED)")
+            raise EmbedkitError(
+                "no text embeddings: the cache has no /text group for this backbone and no "
+                "text tower was given (--text-backbone openclip:MODEL:PRETRAINED)"
+            )
 
     @property
     def source(self) -> str:
@@ -115,8 +138,10 @@ class TextEmbedder:
             return as_float32(self.encoder(list(prompts)), "text embeddings")
         missing = [p for p in prompts if p not in self.stored]
         if missing:
-            raise EmbedkitError(f"prompt {missing[0]!r} (and {len(missing) - 1} more) is not in the cache's /text "
-                                f"group; give a text tower or use the stored prompts")
+            raise EmbedkitError(
+                f"prompt {missing[0]!r} (and {len(missing) - 1} more) is not in the cache's /text "
+                f"group; give a text tower or use the stored prompts"
+            )
         return np.stack([self.stored[p] for p in prompts])
 
 
@@ -124,6 +149,7 @@ class TextEmbedder:
 class Edit:
     """Items before (h0 [n, D]) and after (h* [n, D]) an edit; `rows` are the items' rows in the
     cache (or -1), `y` / `a` their labels when known."""
+
     name: str
     before: np.ndarray
     after: np.ndarray
@@ -133,9 +159,14 @@ class Edit:
     source: str = ""
 
     def __post_init__(self):
-        self.before, self.after = as_float32(self.before, "edit before"), as_float32(self.after, "edit after")
+        self.before, self.after = (
+            as_float32(self.before, "edit before"),
+            as_float32(self.after, "edit after"),
+        )
         if self.before.shape != self.after.shape:
-            raise EmbedkitError(f"edit {self.name!r}: before {self.before.shape} and after {self.after.shape} differ")
+            raise EmbedkitError(
+                f"edit {self.name!r}: before {self.before.shape} and after {self.after.shape} differ"
+            )
 
     @property
     def delta(self) -> np.ndarray:
@@ -143,7 +174,9 @@ class Edit:
 
     def relative_norm(self) -> np.ndarray:
         """||h* - h0|| / ||h0|| per item."""
-        return np.linalg.norm(self.delta, axis=1) / np.maximum(np.linalg.norm(self.before, axis=1), 1e-12)
+        return np.linalg.norm(self.delta, axis=1) / np.maximum(
+            np.linalg.norm(self.before, axis=1), 1e-12
+        )
 
     def top_items(self, per_class: int, n_random: int = 0, seed: int = 0) -> np.ndarray:
         """Section 8.1 step 2: per class the `per_class` items with the largest ||h* - h0|| plus
@@ -156,7 +189,11 @@ class Edit:
             pick.extend(r[np.argsort(-size[r], kind="stable")[:per_class]].tolist())
         rest = np.setdiff1d(np.arange(len(size)), pick)
         if n_random and rest.size:
-            pick.extend(np.random.default_rng(seed).choice(rest, min(n_random, rest.size), replace=False).tolist())
+            pick.extend(
+                np.random.default_rng(seed)
+                .choice(rest, min(n_random, rest.size), replace=False)
+                .tolist()
+            )
         return np.array(sorted(pick), np.int64)
 
 
@@ -169,7 +206,9 @@ def load_hsfm_edit(artifacts, name: str = "hsfm") -> Edit:
             arrays = {k.removeprefix("artifact_"): k for k in z.files}
             missing = [k for k in ("support_before", "support_after") if k not in arrays]
             if missing:
-                raise EmbedkitError(f"{path}: no {', '.join(missing)} array (not an HSFM run's artifacts)")
+                raise EmbedkitError(
+                    f"{path}: no {', '.join(missing)} array (not an HSFM run's artifacts)"
+                )
 
             def get(key, dtype=None):
                 if key not in arrays:
@@ -177,18 +216,26 @@ def load_hsfm_edit(artifacts, name: str = "hsfm") -> Edit:
                 v = z[arrays[key]]
                 return v if dtype is None else v.astype(dtype)
 
-            return Edit(name, get("support_before"), get("support_after"), y=get("support_y", np.int64),
-                        rows=get("support_rows", np.int64), source=str(path))
+            return Edit(
+                name,
+                get("support_before"),
+                get("support_after"),
+                y=get("support_y", np.int64),
+                rows=get("support_rows", np.int64),
+                source=str(path),
+            )
     except (OSError, ValueError) as e:
         raise EmbedkitError(f"{path}: cannot read as .npz ({e})") from None
 
 
-def projection_edit(Z, directions, name: str, *, y=None, a=None, rows=None, source: str = "") -> Edit:
+def projection_edit(
+    Z, directions, name: str, *, y=None, a=None, rows=None, source: str = ""
+) -> Edit:
     """Remove the span of `directions` [m, D] from each row (methods.md 13.4, "project out an
     orthonormalised set"): h* = (I - Q^T Q) h0 with Q an orthonormal basis of the directions."""
     V = np.atleast_2d(np.asarray(directions, np.float64))
     Q, R = np.linalg.qr(V.T)
-    Q = Q[:, np.abs(np.diag(R)) > 1e-6]           # drop dependent directions (13.3 pitfall)
+    Q = Q[:, np.abs(np.diag(R)) > 1e-6]  # drop dependent directions (13.3 pitfall)
     Z = as_float32(Z)
     after = Z - (Z.astype(np.float64) @ Q @ Q.T).astype(np.float32)
     return Edit(name, Z, after, y=y, a=a, rows=rows, source=source)
@@ -198,35 +245,61 @@ def text_probe(edit: Edit, prompts: PromptSet, text_feats: np.ndarray) -> dict:
     """Cosines between the edit and each prompt's text embedding.
 
     cos_delta[p] = mean_i cos(h*_i - h0_i, t_p)         (where the edit points)
-    shift[p]     = mean_i [cos(h*_i, t_p) - cos(h0_i, t_p)]   (how much closer items got to the prompt)
+    shift[p]     = mean_i [cos(h*_i, t_p) - cos(h0_i, t_p)]   (how much closer items got to the
+    prompt)
     Rows are ranked by cos_delta, largest first; `by_tag` averages both over a tag's prompts.
     """
     T = l2_normalize(as_float32(text_feats, "text embeddings"))
     if T.shape[1] != edit.before.shape[1]:
-        raise EmbedkitError(f"text embeddings are {T.shape[1]}-d but the edited embeddings are "
-                            f"{edit.before.shape[1]}-d: use the text tower of the same CLIP model")
+        raise EmbedkitError(
+            f"text embeddings are {T.shape[1]}-d but the edited embeddings are "
+            f"{edit.before.shape[1]}-d: use the text tower of the same CLIP model"
+        )
     moving = np.linalg.norm(edit.delta, axis=1) > 0
-    cos_delta = (l2_normalize(edit.delta[moving]) @ T.T).mean(axis=0) if moving.any() else np.zeros(len(T))
+    cos_delta = (
+        (l2_normalize(edit.delta[moving]) @ T.T).mean(axis=0) if moving.any() else np.zeros(len(T))
+    )
     shift = (l2_normalize(edit.after) @ T.T - l2_normalize(edit.before) @ T.T).mean(axis=0)
     order = np.argsort(-cos_delta, kind="stable")
-    rows = [{"prompt": prompts.prompts[i], "tag": prompts.tags[i], "cos_delta": float(cos_delta[i]),
-             "shift": float(shift[i])} for i in order]
+    rows = [
+        {
+            "prompt": prompts.prompts[i],
+            "tag": prompts.tags[i],
+            "cos_delta": float(cos_delta[i]),
+            "shift": float(shift[i]),
+        }
+        for i in order
+    ]
     by_tag = {}
     for t in dict.fromkeys(prompts.tags):
         m = np.array([tt == t for tt in prompts.tags])
         by_tag[t] = {"cos_delta": float(cos_delta[m].mean()), "shift": float(shift[m].mean())}
-    return {"edit": edit.name, "prompt_set": prompts.name, "n_items": int(len(edit.before)),
-            "n_moved": int(moving.sum()), "ranked": rows, "by_tag": by_tag}
+    return {
+        "edit": edit.name,
+        "prompt_set": prompts.name,
+        "n_items": int(len(edit.before)),
+        "n_moved": int(moving.sum()),
+        "ranked": rows,
+        "by_tag": by_tag,
+    }
 
 
-def retrieval(edit: Edit, Z_db, a_db=None, y_db=None, k: int = 10, index: Index | None = None) -> dict:
+def retrieval(
+    edit: Edit, Z_db, a_db=None, y_db=None, k: int = 10, index: Index | None = None
+) -> dict:
     """The k nearest cached rows (cosine) of every item before and after the edit, and the share of
     neighbours whose attribute differs from the item's (section 8.1 step 4) before vs after."""
     index = index or Index(Z_db, "cosine")
     S0, I0 = index.search(edit.before, k)
     S1, I1 = index.search(edit.after, k)
-    out = {"k": int(k), "before": I0, "after": I1, "scores_before": S0, "scores_after": S1,
-           "relative_edit_norm": float(edit.relative_norm().mean())}
+    out = {
+        "k": int(k),
+        "before": I0,
+        "after": I1,
+        "scores_before": S0,
+        "scores_after": S1,
+        "relative_edit_norm": float(edit.relative_norm().mean()),
+    }
     if a_db is not None and edit.a is not None:
         a_db = np.asarray(a_db)
         known = edit.a >= 0

@@ -1,7 +1,9 @@
-"""The FAISS index every nearest-neighbour query in embedkit goes through (ecosystem-notes section 4).
+"""The FAISS index every nearest-neighbour query in embedkit goes through (ecosystem-notes section
+4).
 
 Exact search (`IndexFlatIP` / `IndexFlatL2`) is the default: worst-group analysis wants the true
-neighbours. Above `ivf_threshold` rows (one million by default) an `IndexIVFFlat` is built instead and
+neighbours. Above `ivf_threshold` rows (one million by default) an `IndexIVFFlat` is built instead
+and
 its recall against exact search is measured on a sample of the rows and kept in `recall_`, so an
 approximate answer is never silent. GPU indexes are used when `faiss.get_num_gpus() > 0` (and
 `use_gpu` is not False); otherwise everything runs on the CPU.
@@ -9,6 +11,7 @@ approximate answer is never silent. GPU indexes are used when `faiss.get_num_gpu
 Metrics: "ip" (inner product, larger is closer), "cosine" (inner product of L2-normalised rows),
 "l2" (faiss reports *squared* Euclidean distances, smaller is closer).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,8 +27,10 @@ GPU_MAX_K = 2048
 def _faiss():
     try:
         import faiss
-    except ImportError:   # pragma: no cover - faiss is a dependency
-        raise EmbedkitError("faiss is not installed: pip install faiss-cpu (or faiss-gpu on Linux x86_64)") from None
+    except ImportError:  # pragma: no cover - faiss is a dependency
+        raise EmbedkitError(
+            "faiss is not installed: pip install faiss-cpu (or faiss-gpu on Linux x86_64)"
+        ) from None
     return faiss
 
 
@@ -52,14 +57,25 @@ class Index:
     """Nearest-neighbour search over the rows of `X` [N, D].
 
     ivf_threshold: N above which an IVF index replaces exact search (a parameter so tests can
-        exercise IVF on small data). nlist defaults to about 4*sqrt(N); nprobe to nlist/8 (at least 1).
+        exercise IVF on small data). nlist defaults to about 4*sqrt(N); nprobe to nlist/8 (at least
+        1).
     recall_queries: rows used to measure the IVF index's recall@k against exact search.
     use_gpu: None = GPU when faiss sees one, False = CPU, True = GPU or an error.
     """
 
-    def __init__(self, X, metric: str = "cosine", *, ivf_threshold: int = IVF_THRESHOLD, nlist: int | None = None,
-                 nprobe: int | None = None, use_gpu: bool | None = None, seed: int = 0,
-                 recall_queries: int = 1000, recall_k: int = 10):
+    def __init__(
+        self,
+        X,
+        metric: str = "cosine",
+        *,
+        ivf_threshold: int = IVF_THRESHOLD,
+        nlist: int | None = None,
+        nprobe: int | None = None,
+        use_gpu: bool | None = None,
+        seed: int = 0,
+        recall_queries: int = 1000,
+        recall_k: int = 10,
+    ):
         if metric not in METRICS:
             raise EmbedkitError(f"unknown metric {metric!r}: choose from {', '.join(METRICS)}")
         faiss = _faiss()
@@ -85,7 +101,9 @@ class Index:
             # faiss's own rule: about 256 training points per list are plenty.
             rng = np.random.default_rng(seed)
             n_train = min(self.n, 256 * self.nlist)
-            train = X if n_train == self.n else X[np.sort(rng.choice(self.n, n_train, replace=False))]
+            train = (
+                X if n_train == self.n else X[np.sort(rng.choice(self.n, n_train, replace=False))]
+            )
             index.cp.seed = int(seed)
             index.train(train)
             index.nprobe = self.nprobe
@@ -93,7 +111,9 @@ class Index:
             self._res = faiss.StandardGpuResources()
             index = faiss.index_cpu_to_gpu(self._res, 0, index)
             if self.kind == "ivf":
-                faiss.GpuParameterSpace().set_index_parameter(index, "nprobe", min(self.nprobe, GPU_MAX_K))
+                faiss.GpuParameterSpace().set_index_parameter(
+                    index, "nprobe", min(self.nprobe, GPU_MAX_K)
+                )
         index.add(X)
         self._index, self._stored = index, X
         if self.kind == "ivf":
@@ -106,7 +126,9 @@ class Index:
     def _prepare(self, Q) -> np.ndarray:
         Q = as_float32(Q, "queries")
         if Q.shape[1] != self.dim:
-            raise EmbedkitError(f"queries have dimension {Q.shape[1]}, the index holds {self.dim}-d rows")
+            raise EmbedkitError(
+                f"queries have dimension {Q.shape[1]}, the index holds {self.dim}-d rows"
+            )
         return l2_normalize(Q) if self.metric == "cosine" else Q
 
     def search(self, Q, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -115,7 +137,9 @@ class Index:
         if k < 1:
             raise EmbedkitError(f"k must be at least 1, got {k}")
         if self.on_gpu and k > GPU_MAX_K:
-            raise EmbedkitError(f"k={k} is above the faiss GPU limit of {GPU_MAX_K}; pass use_gpu=False")
+            raise EmbedkitError(
+                f"k={k} is above the faiss GPU limit of {GPU_MAX_K}; pass use_gpu=False"
+            )
         Q = self._prepare(Q)
         if len(Q) == 0:
             return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
@@ -130,7 +154,9 @@ class Index:
         """
         k = int(k)
         if k >= self.n:
-            raise EmbedkitError(f"k={k} neighbours requested but the index holds only {self.n} rows")
+            raise EmbedkitError(
+                f"k={k} neighbours requested but the index holds only {self.n} rows"
+            )
         rows = np.arange(self.n) if rows is None else np.asarray(rows, np.int64)
         D, I = self.search(self._stored[rows], k + 1)
         own = I == rows[:, None]
@@ -149,13 +175,24 @@ class Index:
         _, I_exact = exact.search(X[q], k)
         _, I_ivf = self._index.search(X[q], k)
         hits = [len(np.intersect1d(a, b[b >= 0])) for a, b in zip(I_exact, I_ivf)]
-        return {"recall_at_k": float(np.mean(hits) / k), "k": int(k), "n_queries": int(len(q)),
-                "nlist": self.nlist, "nprobe": self.nprobe}
+        return {
+            "recall_at_k": float(np.mean(hits) / k),
+            "k": int(k),
+            "n_queries": int(len(q)),
+            "nlist": self.nlist,
+            "nprobe": self.nprobe,
+        }
 
     def describe(self) -> dict:
         """What was built, for JSON summaries."""
-        out = {"kind": self.kind, "metric": self.metric, "n": self.n, "dim": self.dim,
-               "device": "gpu" if self.on_gpu else "cpu", "faiss_version": _faiss().__version__}
+        out = {
+            "kind": self.kind,
+            "metric": self.metric,
+            "n": self.n,
+            "dim": self.dim,
+            "device": "gpu" if self.on_gpu else "cpu",
+            "faiss_version": _faiss().__version__,
+        }
         if self.recall_ is not None:
             out["recall"] = self.recall_
         return out

@@ -9,6 +9,7 @@ more values the direction is the leading right singular vector of the centred we
 direction is oriented so that it points from value 0 towards value 1 (<v, mu_1 - mu_0> >= 0), like
 the group-mean directions.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,11 +32,14 @@ def linear_probe(Z, target, weights=None, *, C: float = 1.0, max_iter: int = 200
     "direction" [D] unit, "train_balanced_acc"}."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import balanced_accuracy_score
+
     Z = as_float32(Z)
     target = np.asarray(target, np.int64)
     classes = np.unique(target)
     if classes.size < 2:
-        raise EmbedkitError(f"a linear probe needs at least two label values, got {classes.tolist()}")
+        raise EmbedkitError(
+            f"a linear probe needs at least two label values, got {classes.tolist()}"
+        )
     mu, sd = Z.mean(axis=0), Z.std(axis=0)
     sd = np.where(sd > 0, sd, 1.0)
     clf = LogisticRegression(C=C, max_iter=max_iter)
@@ -52,9 +56,13 @@ def linear_probe(Z, target, weights=None, *, C: float = 1.0, max_iter: int = 200
     if float(v @ (m[1] - m[0])) < 0:
         v = -v
     pred = clf.predict((Z - mu) / sd)
-    return {"W": W.astype(np.float32), "b": b.astype(np.float32), "classes": classes.tolist(),
-            "direction": (v / np.linalg.norm(v)).astype(np.float32),
-            "train_balanced_acc": float(balanced_accuracy_score(target, pred))}
+    return {
+        "W": W.astype(np.float32),
+        "b": b.astype(np.float32),
+        "classes": classes.tolist(),
+        "direction": (v / np.linalg.norm(v)).astype(np.float32),
+        "train_balanced_acc": float(balanced_accuracy_score(target, pred)),
+    }
 
 
 def probe_directions(Z, y, a, *, C: float = 1.0) -> dict:
@@ -84,12 +92,21 @@ def direction_estimates(Z, y, a, n_classes: int, n_attrs: int, *, C: float = 1.0
         return float(u @ v / (np.linalg.norm(u) * np.linalg.norm(v)))
 
     return {
-        "group_mean": {"spurious": np.asarray(gm.spurious, np.float32), "core": np.asarray(gm.core, np.float32)},
+        "group_mean": {
+            "spurious": np.asarray(gm.spurious, np.float32),
+            "core": np.asarray(gm.core, np.float32),
+        },
         "probe": {"spurious": pr["spurious"]["direction"], "core": pr["core"]["direction"]},
-        "probe_train_balanced_acc": {"attribute": pr["spurious"]["train_balanced_acc"],
-                                     "class": pr["core"]["train_balanced_acc"]},
-        "cos_group_mean_vs_probe": {"spurious": cos(gm.spurious, pr["spurious"]["direction"]),
-                                    "core": cos(gm.core, pr["core"]["direction"])},
-        "cos_spurious_core": {"group_mean": cos(gm.spurious, gm.core),
-                              "probe": cos(pr["spurious"]["direction"], pr["core"]["direction"])},
+        "probe_train_balanced_acc": {
+            "attribute": pr["spurious"]["train_balanced_acc"],
+            "class": pr["core"]["train_balanced_acc"],
+        },
+        "cos_group_mean_vs_probe": {
+            "spurious": cos(gm.spurious, pr["spurious"]["direction"]),
+            "core": cos(gm.core, pr["core"]["direction"]),
+        },
+        "cos_spurious_core": {
+            "group_mean": cos(gm.spurious, gm.core),
+            "probe": cos(pr["spurious"]["direction"], pr["core"]["direction"]),
+        },
     }

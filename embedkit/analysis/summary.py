@@ -9,6 +9,7 @@ analysed split. With text embeddings (the cache's /text group or a text tower): 
 the spurious centroid shift mu(y,a') - mu(y,a) per prompt set (a Domino-style description of the
 offset, methods.md 13.4). Each missing piece is skipped with a note saying why.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -24,15 +25,15 @@ from embedkit.errors import EmbedkitError
 @dataclass
 class CacheAnalysis:
     summary: dict
-    split: object                       # embedkit.cache.Split analysed
+    split: object  # embedkit.cache.Split analysed
     eval_split: object | None
-    pred: np.ndarray | None = None      # predictions on eval_split
+    pred: np.ndarray | None = None  # predictions on eval_split
     centroids: np.ndarray | None = None
     distances: np.ndarray | None = None
-    directions: dict = field(default_factory=dict)      # {"spurious": v, "core": v} (group means)
+    directions: dict = field(default_factory=dict)  # {"spurious": v, "core": v} (group means)
     errors: dict = field(default_factory=dict)
     inferred: object | None = None
-    edits: dict = field(default_factory=dict)           # name -> Edit
+    edits: dict = field(default_factory=dict)  # name -> Edit
     text_probes: list = field(default_factory=list)
     retrieval: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
@@ -53,7 +54,9 @@ def _predictions(train, ev) -> tuple[np.ndarray, str]:
     return np.asarray(p["classes"])[pred], f"logistic-regression probe of y fitted on {train.name}"
 
 
-def resolve_prompt_sets(dataset: str, class_names, attr_names, text: dict | None, encoder, names=None):
+def resolve_prompt_sets(
+    dataset: str, class_names, attr_names, text: dict | None, encoder, names=None
+):
     """Prompt sets to probe with: the named ones; else with a text tower the dataset's built-in
     attribute and class sets (or sets written from the cache's names); else the prompts stored in
     the cache's /text group."""
@@ -65,8 +68,14 @@ def resolve_prompt_sets(dataset: str, class_names, attr_names, text: dict | None
         return list(edits.prompt_sets_from_names(class_names, attr_names))
     if text is None:
         return []
-    return [s for s in (edits.stored_prompt_set(text, class_names, attr_names, kind) for kind in ("attr", "class"))
-            if s is not None]
+    return [
+        s
+        for s in (
+            edits.stored_prompt_set(text, class_names, attr_names, kind)
+            for kind in ("attr", "class")
+        )
+        if s is not None
+    ]
 
 
 def _jsonable(x):
@@ -83,14 +92,28 @@ def _jsonable(x):
     return x
 
 
-def analyze_cache(cache, backbone: str | None = None, *, split: str = "train", eval_split: str = "test",
-                  k: int = 10, metric: str = "cosine", max_queries: int = 20_000, george: bool = True,
-                  george_params: dict | None = None, text_encoder=None, prompt_sets=None,
-                  max_error_queries: int = 8, seed: int = 0) -> CacheAnalysis:
+def analyze_cache(
+    cache,
+    backbone: str | None = None,
+    *,
+    split: str = "train",
+    eval_split: str = "test",
+    k: int = 10,
+    metric: str = "cosine",
+    max_queries: int = 20_000,
+    george: bool = True,
+    george_params: dict | None = None,
+    text_encoder=None,
+    prompt_sets=None,
+    max_error_queries: int = 8,
+    seed: int = 0,
+) -> CacheAnalysis:
     """Run the whole analysis on one backbone of `cache` (an embedkit.cache.Cache)."""
     tr = cache.split(split, backbone)
     if len(tr) <= k:
-        raise EmbedkitError(f"{cache.path}: split {split!r} has {len(tr)} rows; the analysis needs more than k={k}")
+        raise EmbedkitError(
+            f"{cache.path}: split {split!r} has {len(tr)} rows; the analysis needs more than k={k}"
+        )
     ev = cache.split(eval_split, backbone) if eval_split else None
     if ev is not None and len(ev) == 0:
         ev = None
@@ -98,30 +121,58 @@ def analyze_cache(cache, backbone: str | None = None, *, split: str = "train", e
     res = CacheAnalysis(summary={}, split=tr, eval_split=ev)
     notes = res.notes
     known = tr.a >= 0
-    s = {"cache": str(cache.path), "backbone": tr.backbone, "dataset": cache.dataset, "split": split,
-         "eval_split": eval_split if ev is not None else None, "n_rows": int(len(tr)), "dim": int(tr.Z.shape[1]),
-         "group_names": names, "group_counts": tr.group_counts().tolist(), "k": int(k), "metric": metric}
+    s = {
+        "cache": str(cache.path),
+        "backbone": tr.backbone,
+        "dataset": cache.dataset,
+        "split": split,
+        "eval_split": eval_split if ev is not None else None,
+        "n_rows": int(len(tr)),
+        "dim": int(tr.Z.shape[1]),
+        "group_names": names,
+        "group_counts": tr.group_counts().tolist(),
+        "k": int(k),
+        "metric": metric,
+    }
 
     # Centroids, purity and directions need attributes on the analysed split.
     if known.sum() > k:
         mu, n = groups.group_centroids(tr.Z, tr.y, tr.a, C, A)
         res.centroids = mu
         res.distances = groups.centroid_distances(mu, "cosine")
-        s["centroids"] = {"counts": n.tolist(), "cosine_distance": res.distances,
-                          "euclidean_distance": groups.centroid_distances(mu, "euclidean")}
-        s["purity"] = groups.knn_purity(tr.Z, tr.y, tr.a, C, A, k=k, metric=metric, group_names=names,
-                                        max_queries=max_queries, seed=seed)
+        s["centroids"] = {
+            "counts": n.tolist(),
+            "cosine_distance": res.distances,
+            "euclidean_distance": groups.centroid_distances(mu, "euclidean"),
+        }
+        s["purity"] = groups.knn_purity(
+            tr.Z,
+            tr.y,
+            tr.a,
+            C,
+            A,
+            k=k,
+            metric=metric,
+            group_names=names,
+            max_queries=max_queries,
+            seed=seed,
+        )
         try:
             est = probes.direction_estimates(tr.Z, tr.y, tr.a, C, A)
             res.directions = dict(est["group_mean"])
             sig = Sigma.within_ridge(tr.Z, tr.y, tr.a, C, A)
-            d = {"cos_group_mean_vs_probe": est["cos_group_mean_vs_probe"],
-                 "cos_spurious_core": est["cos_spurious_core"],
-                 "probe_train_balanced_acc": est["probe_train_balanced_acc"], "sigma": "within_ridge (ridge 1e-2)"}
+            d = {
+                "cos_group_mean_vs_probe": est["cos_group_mean_vs_probe"],
+                "cos_spurious_core": est["cos_spurious_core"],
+                "probe_train_balanced_acc": est["probe_train_balanced_acc"],
+                "sigma": "within_ridge (ridge 1e-2)",
+            }
             for kind, v in est["group_mean"].items():
                 d[f"{kind}_norm"] = float(np.linalg.norm(v))
                 d[f"{kind}_sigma_norm"] = float(sigma_norm(v[None].astype(np.float64), sig)[0])
-            if tr.erm_head is not None and C == 2 and len(tr.erm_head[1]) == 2:   # the task's own 2-way head
+            if (
+                tr.erm_head is not None and C == 2 and len(tr.erm_head[1]) == 2
+            ):  # the task's own 2-way head
                 w = (tr.erm_head[0][1] - tr.erm_head[0][0]).astype(np.float64)
                 for kind, v in est["group_mean"].items():
                     d[f"erm_head_cor_{kind}"] = float(alignment(w, v.astype(np.float64), sig))
@@ -129,12 +180,26 @@ def analyze_cache(cache, backbone: str | None = None, *, split: str = "train", e
         except EmbedkitError as e:
             notes.append(f"directions skipped: {e}")
     else:
-        notes.append(f"centroids, purity and directions skipped: split {split!r} has no rows with a known attribute")
+        notes.append(
+            f"centroids, purity and directions skipped: split {split!r} has no rows with a known attribute"
+        )
 
     if ev is not None:
         res.pred, source = _predictions(tr, ev)
-        err = groups.error_neighbours(ev.Z, ev.y, ev.a, res.pred, tr.Z, tr.y, tr.a, A, k=k, metric=metric,
-                                      max_queries=max_error_queries, group_names=names)
+        err = groups.error_neighbours(
+            ev.Z,
+            ev.y,
+            ev.a,
+            res.pred,
+            tr.Z,
+            tr.y,
+            tr.a,
+            A,
+            k=k,
+            metric=metric,
+            max_queries=max_error_queries,
+            group_names=names,
+        )
         err["predictions"] = source
         err["eval_acc"] = float(np.mean(res.pred == ev.y))
         res.errors = err
@@ -144,21 +209,30 @@ def analyze_cache(cache, backbone: str | None = None, *, split: str = "train", e
 
     if george:
         gp = {"seed": seed, **(george_params or {})}
-        with warnings.catch_warnings():           # the tiny-group warnings go to the notes instead
+        with warnings.catch_warnings():  # the tiny-group warnings go to the notes instead
             warnings.simplefilter("ignore", UserWarning)
             inf = clusters.infer_george(tr.Z, tr.y, logits=clusters.task_logits(tr), **gp)
         res.inferred = inf
         notes.extend(f"clusters: {w}" for w in inf.warnings)
-        s["clusters"] = {"k_per_class": inf.k_per_class, "sizes": inf.sizes, "scores": inf.scores,
-                         "warnings": inf.warnings, "params": inf.params}
+        s["clusters"] = {
+            "k_per_class": inf.k_per_class,
+            "sizes": inf.sizes,
+            "scores": inf.scores,
+            "warnings": inf.warnings,
+            "params": inf.params,
+        }
         if known.any():
-            s["clusters"]["agreement"] = clusters.agreement(inf.g, tr.g, y=tr.y, true_a=tr.a, pred_a=inf.a)
+            s["clusters"]["agreement"] = clusters.agreement(
+                inf.g, tr.g, y=tr.y, true_a=tr.a, pred_a=inf.a
+            )
 
     _text_views(res, cache, tr, text_encoder, prompt_sets, notes)
     s["text_probes"] = res.text_probes
     if res.errors.get("queries") and "spurious" in res.directions:
         _retrieval_view(res, tr, ev, k)
-        s["retrieval"] = {key: v for key, v in res.retrieval.items() if not isinstance(v, np.ndarray)}
+        s["retrieval"] = {
+            key: v for key, v in res.retrieval.items() if not isinstance(v, np.ndarray)
+        }
     s["notes"] = notes
     res.summary = _jsonable(s)
     return res
@@ -173,14 +247,23 @@ def _text_views(res: CacheAnalysis, cache, tr, encoder, prompt_names, notes) -> 
     if diffs is None:
         notes.append("text probe skipped: no class has two attribute values")
         return
-    shift = edits.Edit("spurious centroid shift", before=np.stack([mu[y, i] for y, i, _ in pairs]),
-                       after=np.stack([mu[y, j] for y, _, j in pairs]), y=pairs[:, 0], source="group means")
+    shift = edits.Edit(
+        "spurious centroid shift",
+        before=np.stack([mu[y, i] for y, i, _ in pairs]),
+        after=np.stack([mu[y, j] for y, _, j in pairs]),
+        y=pairs[:, 0],
+        source="group means",
+    )
     res.edits["centroid_shift"] = shift
     try:
         embed = edits.TextEmbedder(encoder, tr.text)
-        sets = resolve_prompt_sets(cache.dataset, tr.class_names, tr.attr_names, tr.text, encoder, prompt_names)
+        sets = resolve_prompt_sets(
+            cache.dataset, tr.class_names, tr.attr_names, tr.text, encoder, prompt_names
+        )
         for ps in sets:
-            res.text_probes.append(edits.text_probe(shift, ps, embed(ps.prompts)) | {"text_source": embed.source})
+            res.text_probes.append(
+                edits.text_probe(shift, ps, embed(ps.prompts)) | {"text_source": embed.source}
+            )
     except EmbedkitError as e:
         notes.append(f"text probe skipped: {e}")
 
@@ -189,17 +272,43 @@ def _retrieval_view(res: CacheAnalysis, tr, ev, k: int) -> None:
     """Remove the group-mean spurious direction from the worst group's misclassified rows and look
     up their nearest rows (at most 6) of the analysed split before and after (indices into `tr`)."""
     q = np.asarray(res.errors["queries"])
-    edit = edits.projection_edit(ev.Z[q], res.directions["spurious"], "remove spurious direction",
-                                 y=ev.y[q], a=ev.a[q], rows=ev.rows[q], source="group-mean spurious direction")
+    edit = edits.projection_edit(
+        ev.Z[q],
+        res.directions["spurious"],
+        "remove spurious direction",
+        y=ev.y[q],
+        a=ev.a[q],
+        rows=ev.rows[q],
+        source="group-mean spurious direction",
+    )
     res.edits["remove_spurious"] = edit
-    res.retrieval = edits.retrieval(edit, tr.Z, a_db=tr.a, y_db=tr.y, k=min(k, 6)) | {"edit": edit.name}
+    res.retrieval = edits.retrieval(edit, tr.Z, a_db=tr.a, y_db=tr.y, k=min(k, 6)) | {
+        "edit": edit.name
+    }
 
 
-def run_analysis(cache_path, out, *, backbone: str | None = None, split: str = "train", eval_split: str | None = "test",
-                 k: int = 10, metric: str = "cosine", max_queries: int = 20_000, george: bool = True,
-                 george_params: dict | None = None, text_backbone: str | None = None, allow_random_init: bool = False,
-                 prompt_sets=None, root=None, map_method: str = "pca", store: bool = False, figures: bool = True,
-                 seed: int = 0, log=print) -> dict:
+def run_analysis(
+    cache_path,
+    out,
+    *,
+    backbone: str | None = None,
+    split: str = "train",
+    eval_split: str | None = "test",
+    k: int = 10,
+    metric: str = "cosine",
+    max_queries: int = 20_000,
+    george: bool = True,
+    george_params: dict | None = None,
+    text_backbone: str | None = None,
+    allow_random_init: bool = False,
+    prompt_sets=None,
+    root=None,
+    map_method: str = "pca",
+    store: bool = False,
+    figures: bool = True,
+    seed: int = 0,
+    log=print,
+) -> dict:
     """Everything `embedkit analyze` does: the analysis of one backbone of a cache, written to
     `out/summary.json` with its figures (and `figures.json`), optionally stored under
     /derived/analysis_<key> in the cache. Returns the summary."""
@@ -212,17 +321,32 @@ def run_analysis(cache_path, out, *, backbone: str | None = None, split: str = "
     encoder = None
     if text_backbone:
         from embedkit import backbones
+
         encoder = backbones.create(text_backbone, allow_random_init=allow_random_init)
-    res = analyze_cache(cache, backbone, split=split, eval_split=eval_split, k=k, metric=metric,
-                        max_queries=max_queries, george=george, george_params=george_params,
-                        text_encoder=encoder, prompt_sets=prompt_sets, seed=seed)
+    res = analyze_cache(
+        cache,
+        backbone,
+        split=split,
+        eval_split=eval_split,
+        k=k,
+        metric=metric,
+        max_queries=max_queries,
+        george=george,
+        george_params=george_params,
+        text_encoder=encoder,
+        prompt_sets=prompt_sets,
+        seed=seed,
+    )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     made = []
     if figures:
         from embedkit.viz.report import analysis_figures, thumbnail_source
+
         thumbs, why = thumbnail_source(cache, root)
-        figs = analysis_figures(res, cache, out, thumbs=thumbs, thumbs_reason=why, map_method=map_method)
+        figs = analysis_figures(
+            res, cache, out, thumbs=thumbs, thumbs_reason=why, map_method=map_method
+        )
         figs.write_manifest({"cache": str(cache.path)})
         made = [p.name for p in figs.paths]
         res.summary["figures"] = made
@@ -236,20 +360,30 @@ def run_analysis(cache_path, out, *, backbone: str | None = None, split: str = "
             arrays[f"{kind}_direction"] = v
         if res.inferred is not None:
             arrays["inferred_a"] = res.inferred.a
-        write_derived(cache.path, f"analysis_{res.split.backbone.replace(':', '_')}", arrays,
-                      {"split": split, "k": k, "metric": metric, "seed": seed})
+        write_derived(
+            cache.path,
+            f"analysis_{res.split.backbone.replace(':', '_')}",
+            arrays,
+            {"split": split, "k": k, "metric": metric, "seed": seed},
+        )
     s = res.summary
     log(f"analysed {s['n_rows']} {split} rows of {s['backbone']} ({s['dim']}-d) in {cache.path}")
     if "purity" in s:
         o = s["purity"]["overall"]
-        log(f"  {k}-NN purity: same group {o['same_group']:.3f}, same class {o['same_class']:.3f}, "
-            f"same attribute {o['same_attr']:.3f}")
+        log(
+            f"  {k}-NN purity: same group {o['same_group']:.3f}, same class {o['same_class']:.3f}, "
+            f"same attribute {o['same_attr']:.3f}"
+        )
     if s.get("errors", {}).get("worst_group") is not None:
         e = s["errors"]
-        log(f"  worst group on {eval_split}: {e['worst_group']} ({e['n_errors']} errors, {e['predictions']})")
+        log(
+            f"  worst group on {eval_split}: {e['worst_group']} ({e['n_errors']} errors, {e['predictions']})"
+        )
     if "clusters" in s and "agreement" in s["clusters"]:
         a = s["clusters"]["agreement"]
-        log(f"  per-class k-means: k = {s['clusters']['k_per_class']}, ARI {a['ari']:.3f}, purity {a['purity']:.3f}")
+        log(
+            f"  per-class k-means: k = {s['clusters']['k_per_class']}, ARI {a['ari']:.3f}, purity {a['purity']:.3f}"
+        )
     for note in s.get("notes", []):
         log(f"  note: {note}")
     log(f"wrote {out / 'summary.json'}" + (f" and {len(made)} figures" if made else ""))

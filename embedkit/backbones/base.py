@@ -10,6 +10,7 @@ embedding at the chosen layer and, when the model has its own classifier, that c
 the CIFAR ResNets, embedkit checkpoints): the default embedding is the input of that last Linear
 (the penultimate representation), captured with a forward pre-hook, so no model needs surgery.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -27,7 +28,8 @@ PENULTIMATE = "penultimate"
 
 
 def resolve_device(device) -> torch.device:
-    """'auto' -> cuda when present; a CUDA request without CUDA is an error, never a silent CPU run."""
+    """'auto' -> cuda when present; a CUDA request without CUDA is an error, never a silent CPU
+    run."""
     name = str(device or "auto")
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -36,7 +38,9 @@ def resolve_device(device) -> torch.device:
     except RuntimeError:
         raise EmbedkitError(f"--device {name!r}: use auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise EmbedkitError(f"--device {name}: CUDA is not available on this machine (use --device cpu)")
+        raise EmbedkitError(
+            f"--device {name}: CUDA is not available on this machine (use --device cpu)"
+        )
     return dev
 
 
@@ -49,7 +53,9 @@ def check_precision(precision: str) -> str:
 def allow_random(spec: str, allow_random_init: bool) -> None:
     """Untrained weights only on explicit request (they are for testing mechanics, not numbers)."""
     if not allow_random_init:
-        raise EmbedkitError(f"backbone {spec}: no weights; pass --allow-random-init to build it randomly initialised")
+        raise EmbedkitError(
+            f"backbone {spec}: no weights; pass --allow-random-init to build it randomly initialised"
+        )
 
 
 def sha256_file(path, block: int = 1 << 20) -> str:
@@ -67,12 +73,16 @@ def load_weights_file(path, spec: str) -> dict:
         raise EmbedkitError(f"backbone {spec}: checkpoint {p} not found")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:      # pickle, zip and weights-only refusals all land here
+    except Exception as e:  # pickle, zip and weights-only refusals all land here
         detail = (str(e).splitlines() or [""])[0][:200]
-        raise EmbedkitError(f"backbone {spec}: cannot load checkpoint {p} with weights_only=True "
-                            f"({type(e).__name__}: {detail})") from None
+        raise EmbedkitError(
+            f"backbone {spec}: cannot load checkpoint {p} with weights_only=True "
+            f"({type(e).__name__}: {detail})"
+        ) from None
     if not isinstance(obj, dict):
-        raise EmbedkitError(f"backbone {spec}: checkpoint {p} holds a {type(obj).__name__}, not a dict of tensors")
+        raise EmbedkitError(
+            f"backbone {spec}: checkpoint {p} holds a {type(obj).__name__}, not a dict of tensors"
+        )
     return obj
 
 
@@ -85,10 +95,12 @@ def state_dict_of(obj: dict, path, spec: str) -> dict:
             sd = obj[k]
             break
     if not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise EmbedkitError(f"backbone {spec}: checkpoint {path} holds no state dict (keys: "
-                            f"{', '.join(list(obj)[:6])})")
+        raise EmbedkitError(
+            f"backbone {spec}: checkpoint {path} holds no state dict (keys: "
+            f"{', '.join(list(obj)[:6])})"
+        )
     if all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
     return sd
 
 
@@ -100,16 +112,22 @@ def load_strict(model: nn.Module, sd: dict, path, spec: str, arch: str) -> None:
     what = []
     if wrong:
         k = wrong[0]
-        what.append(f"{len(wrong)} shape mismatches (e.g. {k}: checkpoint {tuple(sd[k].shape)}, "
-                    f"model {tuple(own[k].shape)})")
+        what.append(
+            f"{len(wrong)} shape mismatches (e.g. {k}: checkpoint {tuple(sd[k].shape)}, "
+            f"model {tuple(own[k].shape)})"
+        )
     else:
         res = model.load_state_dict(sd, strict=False)
         if res.missing_keys:
             what.append(f"{len(res.missing_keys)} missing keys (e.g. {res.missing_keys[0]})")
         if res.unexpected_keys:
-            what.append(f"{len(res.unexpected_keys)} unexpected keys (e.g. {res.unexpected_keys[0]})")
+            what.append(
+                f"{len(res.unexpected_keys)} unexpected keys (e.g. {res.unexpected_keys[0]})"
+            )
     if what:
-        raise EmbedkitError(f"backbone {spec}: checkpoint {path} is not a {arch} checkpoint: {'; '.join(what)}")
+        raise EmbedkitError(
+            f"backbone {spec}: checkpoint {path} is not a {arch} checkpoint: {'; '.join(what)}"
+        )
 
 
 class Backbone:
@@ -125,13 +143,13 @@ class Backbone:
     device: torch.device
     precision: str = "fp32"
     layer: str = PENULTIMATE
-    default_dtype = "float32"       # storage dtype of the cache (CLIP towers default to float16)
-    normalised = False              # are the stored features L2-normalised
+    default_dtype = "float32"  # storage dtype of the cache (CLIP towers default to float16)
+    normalised = False  # are the stored features L2-normalised
     has_text = False
     # Rows the weights were trained on, per dataset ({name: {"uids", ...}}): only embedkit's own
     # train-erm checkpoints know them; None everywhere else ("unknown", never "unseen").
     seen_record: dict | None = None
-    modality = "image"              # what the extractor feeds it: "image" or "text" rows
+    modality = "image"  # what the extractor feeds it: "image" or "text" rows
 
     # The data path, in three steps the extractor calls: `transform.geometry(row)` per row in the
     # DataLoader workers, `collate_fn(items)` per batch there too, `prepare(batch)` on the model's
@@ -140,6 +158,7 @@ class Backbone:
     @property
     def collate_fn(self):
         from .preprocess import stack_images
+
         return stack_images
 
     def prepare(self, batch):
@@ -150,7 +169,9 @@ class Backbone:
         self.precision = check_precision(precision)
         # channels_last on CPU too: oneDNN convolutions run ~1.5-2x faster in NHWC on this class
         # of machine (README-mobilenet.md measured 25 -> 55 img/s for MobileNetV2).
-        self.model = model.eval().requires_grad_(False).to(self.device, memory_format=torch.channels_last)
+        self.model = (
+            model.eval().requires_grad_(False).to(self.device, memory_format=torch.channels_last)
+        )
 
     def _autocast(self):
         dt = PRECISIONS[self.precision]
@@ -174,13 +195,21 @@ class Backbone:
         return None
 
     def encode_text(self, prompts) -> np.ndarray:
-        raise EmbedkitError(f"backbone {self.key} has no text tower (only openclip:MODEL:PRETRAINED has one)")
+        raise EmbedkitError(
+            f"backbone {self.key} has no text tower (only openclip:MODEL:PRETRAINED has one)"
+        )
 
     def provenance(self) -> dict:
-        return {"backbone_spec": self.spec, "layer": self.layer, "precision": self.precision,
-                "normalised": bool(self.normalised), "num_classes": self.num_classes or 0,
-                "preprocess_json": self.preprocess_config, "torch_version": str(torch.__version__),
-                **self._provenance}
+        return {
+            "backbone_spec": self.spec,
+            "layer": self.layer,
+            "precision": self.precision,
+            "normalised": bool(self.normalised),
+            "num_classes": self.num_classes or 0,
+            "preprocess_json": self.preprocess_config,
+            "torch_version": str(torch.__version__),
+            **self._provenance,
+        }
 
     def __repr__(self):
         return f"<{type(self).__name__} {self.key} dim={self.dim} on {self.device}>"
@@ -191,8 +220,10 @@ def _pool(t: torch.Tensor, name: str) -> torch.Tensor:
         return t.mean(dim=(2, 3))
     if t.ndim == 2:
         return t
-    raise EmbedkitError(f"layer {name!r} gives a {t.ndim}-D output; choose a layer with a [B, C, H, W] "
-                        f"or [B, D] output")
+    raise EmbedkitError(
+        f"layer {name!r} gives a {t.ndim}-D output; choose a layer with a [B, C, H, W] "
+        f"or [B, D] output"
+    )
 
 
 class ClassifierBackbone(Backbone):
@@ -200,9 +231,20 @@ class ClassifierBackbone(Backbone):
     (`layer` None or 'penultimate') or the output of the named submodule, global-average-pooled
     when it is a feature map; the logits are always the full network's output."""
 
-    def __init__(self, spec: str, key: str, model: nn.Module, head: nn.Linear, preprocess_config: dict,
-                 transform, *, device="cpu", precision="fp32", layer: str | None = None,
-                 provenance: dict | None = None):
+    def __init__(
+        self,
+        spec: str,
+        key: str,
+        model: nn.Module,
+        head: nn.Linear,
+        preprocess_config: dict,
+        transform,
+        *,
+        device="cpu",
+        precision="fp32",
+        layer: str | None = None,
+        provenance: dict | None = None,
+    ):
         self.spec = spec
         self.layer = layer or PENULTIMATE
         self.key = key if self.layer == PENULTIMATE else f"{key}@{self.layer}"
@@ -213,18 +255,25 @@ class ClassifierBackbone(Backbone):
         self._head = head
         self._captured: dict = {}
         if self.layer == PENULTIMATE:
-            head.register_forward_pre_hook(lambda m, args: self._captured.__setitem__("feats", args[0]))
+            head.register_forward_pre_hook(
+                lambda m, args: self._captured.__setitem__("feats", args[0])
+            )
             self.dim = int(head.in_features)
         else:
             modules = dict(self.model.named_modules())
             if self.layer not in modules:
                 names = [n for n, _ in self.model.named_children()]
-                raise EmbedkitError(f"backbone {spec}: no layer {self.layer!r}; top-level layers: {', '.join(names)}")
+                raise EmbedkitError(
+                    f"backbone {spec}: no layer {self.layer!r}; top-level layers: {', '.join(names)}"
+                )
             modules[self.layer].register_forward_hook(
-                lambda m, args, out: self._captured.__setitem__("feats", _pool(out, self.layer)))
+                lambda m, args, out: self._captured.__setitem__("feats", _pool(out, self.layer))
+            )
             self.dim = int(self._probe_dim())
-        self._provenance = {"pooling": "none" if self.layer == PENULTIMATE else "global_avg",
-                            **(provenance or {})}
+        self._provenance = {
+            "pooling": "none" if self.layer == PENULTIMATE else "global_avg",
+            **(provenance or {}),
+        }
 
     def _probe_dim(self) -> int:
         size = self.preprocess_config.get("crop") or self.preprocess_config.get("resize") or 32
@@ -241,6 +290,9 @@ class ClassifierBackbone(Backbone):
         if self.layer != PENULTIMATE:
             return None
         W = self._head.weight.detach().float().cpu().numpy()
-        b = (self._head.bias.detach().float().cpu().numpy() if self._head.bias is not None
-             else np.zeros(W.shape[0], np.float32))
+        b = (
+            self._head.bias.detach().float().cpu().numpy()
+            if self._head.bias is not None
+            else np.zeros(W.shape[0], np.float32)
+        )
         return W, b

@@ -10,6 +10,7 @@ and its activation sparsity (spec 11.2) is meaningful. Parameter counts (weights
 Double-MNIST's 3 x 28 x 56 input and 10 classes: 5 x 2000 -> 4704*2000 + 2000 + 4 (2000*2000 +
 2000) + 2000*10 + 10 = 25,438,010; the quick study's 5 x 256 -> 1,470,218.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,12 +45,16 @@ def mlp_config(input_shape=None, depth: int = 5, width: int = 2000, dropout: flo
     """Every constructor argument resolved (what a checkpoint stores). `input_shape` [C, H, W] is
     the image the network reads; train-erm fills it in from the data."""
     if input_shape is None:
-        raise EmbedkitError("mlp: input_shape [C, H, W] is required (train-erm sets it from the images)")
+        raise EmbedkitError(
+            "mlp: input_shape [C, H, W] is required (train-erm sets it from the images)"
+        )
     shape = [int(v) for v in input_shape]
     depth, width, dropout = int(depth), int(width), float(dropout)
     if len(shape) != 3 or min(shape) < 1 or depth < 1 or width < 1 or not 0.0 <= dropout < 1.0:
-        raise EmbedkitError(f"mlp: need input_shape [C, H, W], depth >= 1, width >= 1, 0 <= dropout < 1 "
-                            f"(got {shape}, {depth}, {width}, {dropout})")
+        raise EmbedkitError(
+            f"mlp: need input_shape [C, H, W], depth >= 1, width >= 1, 0 <= dropout < 1 "
+            f"(got {shape}, {depth}, {width}, {dropout})"
+        )
     return {"input_shape": shape, "depth": depth, "width": width, "dropout": dropout}
 
 

@@ -15,6 +15,7 @@ Config keys (all stored in the cache's `preprocess_json`):
 The rules follow the published pipelines they stand for: torchvision's `Resize(int)` +
 `CenterCrop` for "shortest" on a square input, open_clip's keep-ratio rounding otherwise.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,17 +29,31 @@ from embedkit.errors import EmbedkitError
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 MODES = ("shortest", "squash", "longest", "none")
-_INTERP = {"bilinear": InterpolationMode.BILINEAR, "bicubic": InterpolationMode.BICUBIC,
-           "nearest": InterpolationMode.NEAREST}
+_INTERP = {
+    "bilinear": InterpolationMode.BILINEAR,
+    "bicubic": InterpolationMode.BICUBIC,
+    "nearest": InterpolationMode.NEAREST,
+}
 
 
-def preprocess_config(size=None, resize_mode="shortest", resize=None, interpolation="bilinear",
-                      mean=IMAGENET_MEAN, std=IMAGENET_STD, fill=0) -> dict:
+def preprocess_config(
+    size=None,
+    resize_mode="shortest",
+    resize=None,
+    interpolation="bilinear",
+    mean=IMAGENET_MEAN,
+    std=IMAGENET_STD,
+    fill=0,
+) -> dict:
     """A validated, JSON-ready preprocessing config."""
     if resize_mode not in MODES:
-        raise EmbedkitError(f"preprocess: resize_mode {resize_mode!r} is not one of {', '.join(MODES)}")
+        raise EmbedkitError(
+            f"preprocess: resize_mode {resize_mode!r} is not one of {', '.join(MODES)}"
+        )
     if interpolation not in _INTERP:
-        raise EmbedkitError(f"preprocess: interpolation {interpolation!r} is not one of {', '.join(_INTERP)}")
+        raise EmbedkitError(
+            f"preprocess: interpolation {interpolation!r} is not one of {', '.join(_INTERP)}"
+        )
     if size is not None:
         size = [int(s) for s in ([size] if np.isscalar(size) else size)]
         size = size * 2 if len(size) == 1 else size
@@ -48,8 +63,15 @@ def preprocess_config(size=None, resize_mode="shortest", resize=None, interpolat
         resize = int(resize or min(size))
     else:
         resize = None
-    return {"size": size, "resize_mode": resize_mode, "resize": resize, "interpolation": interpolation,
-            "mean": [float(m) for m in mean], "std": [float(s) for s in std], "fill": int(fill)}
+    return {
+        "size": size,
+        "resize_mode": resize_mode,
+        "resize": resize,
+        "interpolation": interpolation,
+        "mean": [float(m) for m in mean],
+        "std": [float(s) for s in std],
+        "fill": int(fill),
+    }
 
 
 class Preprocess:
@@ -75,21 +97,30 @@ class Preprocess:
             if size[0] == size[1]:
                 img = F.resize(img, c["resize"], interpolation=self._interp)
             else:
-                img = F.resize(img, self._keep_ratio(img, size, longest=False, scale=c["resize"] / min(size)),
-                               interpolation=self._interp)
+                img = F.resize(
+                    img,
+                    self._keep_ratio(img, size, longest=False, scale=c["resize"] / min(size)),
+                    interpolation=self._interp,
+                )
             img = F.center_crop(img, size)
         elif mode == "squash":
             img = F.resize(img, size, interpolation=self._interp)
         elif mode == "longest":
-            img = F.resize(img, self._keep_ratio(img, size, longest=True), interpolation=self._interp)
+            img = F.resize(
+                img, self._keep_ratio(img, size, longest=True), interpolation=self._interp
+            )
             img = self._pad_to(img, size, c["fill"])
         return F.pil_to_tensor(img)
 
     def normalize(self, batch: torch.Tensor) -> torch.Tensor:
         """uint8 [B, 3, H, W] -> float32, scaled to [0, 1] then standardised: the same operations,
         in the same order, as torchvision's to_tensor + normalize (bitwise equal)."""
-        mean = torch.as_tensor(self.config["mean"], dtype=torch.float32, device=batch.device).view(1, -1, 1, 1)
-        std = torch.as_tensor(self.config["std"], dtype=torch.float32, device=batch.device).view(1, -1, 1, 1)
+        mean = torch.as_tensor(self.config["mean"], dtype=torch.float32, device=batch.device).view(
+            1, -1, 1, 1
+        )
+        std = torch.as_tensor(self.config["std"], dtype=torch.float32, device=batch.device).view(
+            1, -1, 1, 1
+        )
         return batch.to(torch.float32).div(255).sub(mean).div(std)
 
     @staticmethod
@@ -104,8 +135,16 @@ class Preprocess:
         w, h = img.size
         th, tw = size
         if th > h or tw > w:
-            img = F.pad(img, [max(tw - w, 0) // 2, max(th - h, 0) // 2,
-                              (max(tw - w, 0) + 1) // 2, (max(th - h, 0) + 1) // 2], fill=fill)
+            img = F.pad(
+                img,
+                [
+                    max(tw - w, 0) // 2,
+                    max(th - h, 0) // 2,
+                    (max(tw - w, 0) + 1) // 2,
+                    (max(th - h, 0) + 1) // 2,
+                ],
+                fill=fill,
+            )
         return F.center_crop(img, size)
 
     def __repr__(self):
@@ -120,8 +159,10 @@ def stack_images(items):
     reasons = [why for _, why in items]
     shape = xs[0].shape if xs else (3, 32, 32)
     if any(x.shape != shape for x in xs):
-        raise EmbedkitError(f"images of different sizes in one batch ({tuple(shape)} and others); the backbone's "
-                            f"preprocessing does not resize: choose a backbone with a fixed input size")
+        raise EmbedkitError(
+            f"images of different sizes in one batch ({tuple(shape)} and others); the backbone's "
+            f"preprocessing does not resize: choose a backbone with a fixed input size"
+        )
     dtype = xs[0].dtype if xs else torch.uint8
     x = torch.stack([x if x is not None else torch.zeros(shape, dtype=dtype) for x, _ in items])
     return x, reasons

@@ -8,6 +8,7 @@ pool, fc); on 28 x 56 Double-MNIST the last stage is 1 x 2. The embedding is fc'
 state dict file (e.g. `resnet18-f37072fd.pth`), drawing a new fc when the class count differs;
 the trained checkpoint then holds every weight, so extraction never needs that file again.
 """
+
 from __future__ import annotations
 
 import torchvision
@@ -32,7 +33,9 @@ def init_resnet18(model, path) -> dict:
     own = model.state_dict()
     new_fc = any(k.startswith("fc.") and k in sd and sd[k].shape != own[k].shape for k in own)
     if new_fc:
-        sd = {**{k: v for k, v in sd.items() if not k.startswith("fc.")},
-              **{k: v for k, v in own.items() if k.startswith("fc.")}}
+        sd = {
+            **{k: v for k, v in sd.items() if not k.startswith("fc.")},
+            **{k: v for k, v in own.items() if k.startswith("fc.")},
+        }
     load_strict(model, sd, path, spec, "torchvision resnet18")
     return {"path": str(path), "new_fc": new_fc}

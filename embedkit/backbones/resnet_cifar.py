@@ -12,6 +12,7 @@ except that their `linear` is our `fc` (the embedkit-backbone contract). Depths 
 are n = 3/5/7/9/18. Input: RGB in [0, 1] normalised with ImageNet mean/std, the statistics the
 published checkpoints were trained with (../shared/data/weights/resnet_cifar/NOTES.md).
 """
+
 from __future__ import annotations
 
 import re
@@ -23,7 +24,14 @@ from torch import nn
 
 from embedkit.errors import EmbedkitError
 
-from .base import ClassifierBackbone, allow_random, load_strict, load_weights_file, sha256_file, state_dict_of
+from .base import (
+    ClassifierBackbone,
+    allow_random,
+    load_strict,
+    load_weights_file,
+    sha256_file,
+    state_dict_of,
+)
 from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess, preprocess_config
 
 DEPTHS = (20, 32, 44, 56, 110)
@@ -82,7 +90,9 @@ def build_resnet_cifar(depth: int, num_classes: int = 10) -> ResNetCifar:
     """CIFAR ResNet-`depth` (6n+2); its arguments are what a checkpoint stores as `arch_kwargs`."""
     depth = int(depth)
     if depth < 8 or (depth - 2) % 6:
-        raise EmbedkitError(f"resnet_cifar: depth {depth} is not 6n+2 (use one of {', '.join(map(str, DEPTHS))})")
+        raise EmbedkitError(
+            f"resnet_cifar: depth {depth} is not 6n+2 (use one of {', '.join(map(str, DEPTHS))})"
+        )
     return ResNetCifar(depth, int(num_classes))
 
 
@@ -90,16 +100,24 @@ def cifar_preprocess() -> dict:
     return preprocess_config(size=None, resize_mode="none", mean=IMAGENET_MEAN, std=IMAGENET_STD)
 
 
-def create(spec: str, args: list[str], *, device, allow_random_init, layer, precision) -> ClassifierBackbone:
+def create(
+    spec: str, args: list[str], *, device, allow_random_init, layer, precision
+) -> ClassifierBackbone:
     """`resnet_cifar:DEPTH:CHECKPOINT` (the published akamaster .th files or any state dict of
     this architecture; `random` builds an untrained one with --allow-random-init)."""
     if len(args) < 2 or not args[0].isdigit() or not args[1]:
-        raise EmbedkitError(f"backbone {spec!r}: expected resnet_cifar:DEPTH:CHECKPOINT (e.g. "
-                            f"resnet_cifar:20:resnet20-12fca82f.th)")
+        raise EmbedkitError(
+            f"backbone {spec!r}: expected resnet_cifar:DEPTH:CHECKPOINT (e.g. "
+            f"resnet_cifar:20:resnet20-12fca82f.th)"
+        )
     depth, path = int(args[0]), ":".join(args[1:])
     model = build_resnet_cifar(depth)
-    prov = {"library": "embedkit", "model_name": f"resnet_cifar{depth}", "arch": "resnet_cifar",
-            "arch_kwargs_json": {"depth": depth}}
+    prov = {
+        "library": "embedkit",
+        "model_name": f"resnet_cifar{depth}",
+        "arch": "resnet_cifar",
+        "arch_kwargs_json": {"depth": depth},
+    }
     if path == "random":
         allow_random(spec, allow_random_init)
         prov.update(random_init=True, weights_tag="random-init", weights_sha256="")
@@ -107,19 +125,35 @@ def create(spec: str, args: list[str], *, device, allow_random_init, layer, prec
     else:
         obj = load_weights_file(path, spec)
         if obj.get("format") == "embedkit-backbone" and obj.get("arch") != "resnet_cifar":
-            raise EmbedkitError(f"backbone {spec}: checkpoint {path} is an embedkit {obj.get('arch')} "
-                                f"backbone, not resnet_cifar (use checkpoint:{path})")
+            raise EmbedkitError(
+                f"backbone {spec}: checkpoint {path} is an embedkit {obj.get('arch')} "
+                f"backbone, not resnet_cifar (use checkpoint:{path})"
+            )
         sd = {re.sub(r"^linear\.", "fc.", k): v for k, v in state_dict_of(obj, path, spec).items()}
         num_classes = sd["fc.weight"].shape[0] if "fc.weight" in sd else 10
         if num_classes != 10:
             model = build_resnet_cifar(depth, num_classes)
         load_strict(model, sd, path, spec, f"resnet_cifar depth-{depth}")
         name = path.rstrip("/").rsplit("/", 1)[-1]
-        prov.update(random_init=False, weights_tag=name, weights_file=str(Path(path).resolve()),
-                    weights_sha256=sha256_file(path))
+        prov.update(
+            random_init=False,
+            weights_tag=name,
+            weights_file=str(Path(path).resolve()),
+            weights_sha256=sha256_file(path),
+        )
         if "best_prec1" in obj:
             prov["published_top1"] = round(float(obj["best_prec1"]), 4)
         key = f"resnet_cifar:{depth}:{name}"
     cfg = cifar_preprocess()
-    return ClassifierBackbone(spec, key, model, model.fc, cfg, Preprocess(cfg), device=device,
-                              precision=precision, layer=layer, provenance=prov)
+    return ClassifierBackbone(
+        spec,
+        key,
+        model,
+        model.fc,
+        cfg,
+        Preprocess(cfg),
+        device=device,
+        precision=precision,
+        layer=layer,
+        provenance=prov,
+    )

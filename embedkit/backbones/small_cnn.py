@@ -15,6 +15,7 @@ The embedding is the post-ReLU output of a fully connected layer, so "activation
 (spec 11.2: fraction of exactly-zero post-ReLU activations at the penultimate layer) is
 meaningful on it; a pooled conv map would almost never be exactly zero.
 """
+
 from __future__ import annotations
 
 import torch
@@ -24,12 +25,19 @@ from embedkit.errors import EmbedkitError
 
 
 class SmallCNN(nn.Module):
-    def __init__(self, num_classes: int, width: int, depth: int, hidden: int, batchnorm: bool,
-                 in_channels: int = 3):
+    def __init__(
+        self,
+        num_classes: int,
+        width: int,
+        depth: int,
+        hidden: int,
+        batchnorm: bool,
+        in_channels: int = 3,
+    ):
         super().__init__()
         layers, c_in = [], in_channels
         for i in range(depth):
-            c_out = width * 2 ** i
+            c_out = width * 2**i
             layers.append(nn.Conv2d(c_in, c_out, 3, padding=1, bias=not batchnorm))
             if batchnorm:
                 layers.append(nn.BatchNorm2d(c_out))
@@ -53,15 +61,23 @@ class SmallCNN(nn.Module):
         return self.fc(self.forward_features(x))
 
 
-def small_cnn_config(width: int = 16, depth: int = 3, hidden: int | None = None, batchnorm: bool = True) -> dict:
+def small_cnn_config(
+    width: int = 16, depth: int = 3, hidden: int | None = None, batchnorm: bool = True
+) -> dict:
     """Every constructor argument resolved (hidden defaults to 4x the last conv width), so a
     checkpoint's `arch_kwargs` rebuild the same network even if these defaults change."""
     width, depth = int(width), int(depth)
     if width < 1 or depth < 1 or (hidden is not None and int(hidden) < 1):
-        raise EmbedkitError(f"small_cnn: width, depth and hidden must be positive "
-                            f"(got width={width}, depth={depth}, hidden={hidden})")
-    return {"width": width, "depth": depth, "hidden": int(hidden or 4 * width * 2 ** (depth - 1)),
-            "batchnorm": bool(batchnorm)}
+        raise EmbedkitError(
+            f"small_cnn: width, depth and hidden must be positive "
+            f"(got width={width}, depth={depth}, hidden={hidden})"
+        )
+    return {
+        "width": width,
+        "depth": depth,
+        "hidden": int(hidden or 4 * width * 2 ** (depth - 1)),
+        "batchnorm": bool(batchnorm),
+    }
 
 
 def build_small_cnn(num_classes: int, **arch_kwargs) -> SmallCNN:

@@ -9,38 +9,68 @@
 `add_dataset_arguments` and `dataset_from_args` give other commands (extract, train-erm) the same
 `--dataset NAME --root PATH --dataset-opt KEY=VALUE` flags.
 """
+
 from __future__ import annotations
 
 
 def add_dataset_arguments(p, required: bool = True) -> None:
-    p.add_argument("--dataset", required=required, metavar="NAME",
-                   help="dataset adapter (`embedkit datasets` lists them)")
-    p.add_argument("--root", default=None, metavar="PATH",
-                   help="the dataset's folder (offline benchmarks: the shared data folder; default "
-                        "$EMBEDKIT_DATA, else ../shared/data)")
-    p.add_argument("--dataset-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="adapter option, repeatable (`embedkit datasets NAME --options` lists them)")
+    p.add_argument(
+        "--dataset",
+        required=required,
+        metavar="NAME",
+        help="dataset adapter (`embedkit datasets` lists them)",
+    )
+    p.add_argument(
+        "--root",
+        default=None,
+        metavar="PATH",
+        help="the dataset's folder (offline benchmarks: the shared data folder; default "
+        "$EMBEDKIT_DATA, else ../shared/data)",
+    )
+    p.add_argument(
+        "--dataset-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="adapter option, repeatable (`embedkit datasets NAME --options` lists them)",
+    )
 
 
 def dataset_from_args(args):
     from embedkit import data
     from embedkit.cli import parse_key_values
-    return data.create(args.dataset, root=args.root, **parse_key_values(args.dataset_opt, "--dataset-opt"))
+
+    return data.create(
+        args.dataset, root=args.root, **parse_key_values(args.dataset_opt, "--dataset-opt")
+    )
 
 
 def add_arguments(p):
     p.add_argument("name", nargs="?", help="describe this dataset instead of listing all")
     p.add_argument("--root", default=None, metavar="PATH", help="the dataset's folder")
-    p.add_argument("--dataset-opt", action="append", default=[], metavar="KEY=VALUE",
-                   help="adapter option, repeatable")
+    p.add_argument(
+        "--dataset-opt",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="adapter option, repeatable",
+    )
     p.add_argument("--options", action="store_true", help="list the dataset's options and defaults")
-    p.add_argument("--layout", action="store_true", help="print the folder layout and columns the adapter expects")
-    p.add_argument("--check", action="store_true",
-                   help="also read every image once and count the unreadable ones")
+    p.add_argument(
+        "--layout",
+        action="store_true",
+        help="print the folder layout and columns the adapter expects",
+    )
+    p.add_argument(
+        "--check",
+        action="store_true",
+        help="also read every image once and count the unreadable ones",
+    )
 
 
 def run(args):
     from embedkit import data
+
     if args.name is None:
         entries = data.available()
         width = max(len(n) for n in entries)
@@ -50,6 +80,7 @@ def run(args):
     cls = data.dataset_class(args.name)
     if args.layout:
         import sys
+
         print((sys.modules[cls.__module__].__doc__ or cls.description).strip())
         return 0
     if args.options:

@@ -2,18 +2,28 @@
 
 
 def add_arguments(p):
-    p.add_argument("runs", help="a run folder (…/seed0) or a folder of runs (the --out of fit or sweep)")
-    p.add_argument("--out", required=True, help="folder for results.md, results.csv and the figures")
-    p.add_argument("--include-flagged", action="store_true",
-                   help="also tabulate runs selected on test (oracle) or on rows they were fitted on")
+    p.add_argument(
+        "runs", help="a run folder (…/seed0) or a folder of runs (the --out of fit or sweep)"
+    )
+    p.add_argument(
+        "--out", required=True, help="folder for results.md, results.csv and the figures"
+    )
+    p.add_argument(
+        "--include-flagged",
+        action="store_true",
+        help="also tabulate runs selected on test (oracle) or on rows they were fitted on",
+    )
 
 
 def run(args):
     from embedkit import runs
     from embedkit.errors import EmbedkitError
+
     if not runs.collect(args.runs):
-        raise EmbedkitError(f"{args.runs}: no run records under it (record.json of a finished run); "
-                            f"point it at the --out of `embedkit fit` or `embedkit sweep`")
+        raise EmbedkitError(
+            f"{args.runs}: no run records under it (record.json of a finished run); "
+            f"point it at the --out of `embedkit fit` or `embedkit sweep`"
+        )
     rep = runs.write_report(args.runs, args.out, include_flagged=args.include_flagged)
     print(runs.markdown_table(rep["rows"]))
     for f in rep["files"]:

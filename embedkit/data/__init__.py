@@ -8,6 +8,7 @@
 `available()` lists every adapter with one line. Each adapter documents the folder layout it
 expects in its module docstring; `OPTIONS` lists its options with defaults.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -35,7 +36,15 @@ _REGISTRY = {
     "civilcomments": "civilcomments:CivilComments",
 }
 
-__all__ = ["create", "available", "dataset_class", "ImageDataset", "ImageReadError", "Option", "open_image"]
+__all__ = [
+    "create",
+    "available",
+    "dataset_class",
+    "ImageDataset",
+    "ImageReadError",
+    "Option",
+    "open_image",
+]
 
 
 def dataset_class(name: str) -> type[ImageDataset]:
@@ -48,7 +57,6 @@ def dataset_class(name: str) -> type[ImageDataset]:
 def available() -> dict[str, str]:
     """{name: one-line description} for every adapter."""
     return {name: dataset_class(name).description for name in _REGISTRY}
-
 
 
 def create(name: str, root=None, **options) -> ImageDataset:

@@ -5,6 +5,7 @@ y, a) plus `load(i)`, the RGB image of row i. Groups are g = y * n_attrs + a. Op
 per adapter (`OPTIONS`), validated once, and recorded in `meta` with the seed and the realised
 correlation per split, so a cache says exactly which variant of a benchmark it holds.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,13 +26,13 @@ THUMBNAIL_SIZE = 96
 @dataclass(frozen=True)
 class Option:
     default: Any
-    kind: type          # int, float, str or bool
+    kind: type  # int, float, str or bool
     help: str
 
     def parse(self, dataset: str, name: str, value):
         """Coerce a Python or CLI (JSON-parsed) value; one error naming the option otherwise."""
         kind = self.kind
-        if value is None and self.default is None:      # None is a value only where it is the default
+        if value is None and self.default is None:  # None is a value only where it is the default
             return None
         try:
             if kind is bool:
@@ -48,19 +49,22 @@ class Option:
                 return int(value) if not isinstance(value, str) else int(value.strip())
             if kind is float:
                 return float(value)
-            if isinstance(value, (list, tuple)):       # `--dataset-opt core_classes=[7,9]`
+            if isinstance(value, (list, tuple)):  # `--dataset-opt core_classes=[7,9]`
                 return ",".join(str(v) for v in value)
             return str(value)
         except (TypeError, ValueError):
-            raise EmbedkitError(f"dataset {dataset}: option {name}={value!r} is not a valid "
-                                f"{kind.__name__}") from None
+            raise EmbedkitError(
+                f"dataset {dataset}: option {name}={value!r} is not a valid {kind.__name__}"
+            ) from None
 
 
 def resolve_options(dataset: str, declared: dict[str, Option], given: dict) -> dict:
     unknown = sorted(set(given) - set(declared))
     if unknown:
-        raise EmbedkitError(f"dataset {dataset}: unknown option{'s' if len(unknown) > 1 else ''} "
-                            f"{', '.join(unknown)} (options: {', '.join(declared) or 'none'})")
+        raise EmbedkitError(
+            f"dataset {dataset}: unknown option{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(unknown)} (options: {', '.join(declared) or 'none'})"
+        )
     out = {}
     for name, opt in declared.items():
         out[name] = opt.parse(dataset, name, given[name]) if name in given else opt.default
@@ -76,9 +80,15 @@ def check_fraction(dataset: str, name: str, value: float) -> float:
 def parse_list(dataset: str, option: str, value, allowed: list[str], minimum: int = 2) -> list[str]:
     """A comma-separated option of distinct names from `allowed`, at least `minimum` of them."""
     items = [v.strip() for v in str(value).split(",") if v.strip()]
-    if len(items) < minimum or len(set(items)) != len(items) or any(v not in allowed for v in items):
-        raise EmbedkitError(f"dataset {dataset}: option {option}={value!r}: give {minimum} or more distinct "
-                            f"values from {', '.join(allowed)}")
+    if (
+        len(items) < minimum
+        or len(set(items)) != len(items)
+        or any(v not in allowed for v in items)
+    ):
+        raise EmbedkitError(
+            f"dataset {dataset}: option {option}={value!r}: give {minimum} or more distinct "
+            f"values from {', '.join(allowed)}"
+        )
     return items
 
 
@@ -88,6 +98,7 @@ class ImageDataset:
 
     Instances are picklable; adapters that read files open them lazily per process.
     """
+
     name = ""
     description = ""
     OPTIONS: dict[str, Option] = {}
@@ -102,16 +113,35 @@ class ImageDataset:
     def _setup(self) -> None:
         raise NotImplementedError
 
-    def _finish(self, uid, split, y, a, class_names, attr_names, eval_groups=None, eval_group_names=(),
-                **meta) -> None:
+    def _finish(
+        self,
+        uid,
+        split,
+        y,
+        a,
+        class_names,
+        attr_names,
+        eval_groups=None,
+        eval_group_names=(),
+        **meta,
+    ) -> None:
         """Store the sample table; record the group definition and the realised P(a = y) per split
         where classes and attributes are aligned (the synthetic benchmarks, Waterbirds).
         `eval_groups` [N, G_eval] are optional overlapping evaluation groups (CivilComments)."""
         self.meta.update(meta)
         self.meta.setdefault("group_definition", "g = y * n_attrs + a")
-        self._samples = Samples(uid=uid, split=split, y=y, a=a, class_names=class_names,
-                                attr_names=attr_names, dataset=self.name, meta=self.meta,
-                                eval_groups=eval_groups, eval_group_names=list(eval_group_names))
+        self._samples = Samples(
+            uid=uid,
+            split=split,
+            y=y,
+            a=a,
+            class_names=class_names,
+            attr_names=attr_names,
+            dataset=self.name,
+            meta=self.meta,
+            eval_groups=eval_groups,
+            eval_group_names=list(eval_group_names),
+        )
 
     # -- the contract -------------------------------------------------------------------------
     def samples(self) -> Samples:
@@ -174,30 +204,48 @@ class ImageDataset:
         names = s.group_names()
         width = max([len(n) for n in names] + [len("P(a = y)")])
         opts = ", ".join(f"{k}={v}" for k, v in self.options.items())
-        lines = [f"dataset: {self.name}   rows: {len(s)}",
-                 f"options: {opts or '(none)'}",
-                 f"classes: {', '.join(s.class_names)}",
-                 f"attributes: {', '.join(s.attr_names)}",
-                 f"groups: {self.meta['group_definition']}", "",
-                 f"{'group':<{width}}  " + "  ".join(f"{sp:>7}" for sp in SPLITS)]
+        lines = [
+            f"dataset: {self.name}   rows: {len(s)}",
+            f"options: {opts or '(none)'}",
+            f"classes: {', '.join(s.class_names)}",
+            f"attributes: {', '.join(s.attr_names)}",
+            f"groups: {self.meta['group_definition']}",
+            "",
+            f"{'group':<{width}}  " + "  ".join(f"{sp:>7}" for sp in SPLITS),
+        ]
         for gi, name in enumerate(names):
             lines.append(f"{name:<{width}}  " + "  ".join(f"{counts[sp][gi]:>7}" for sp in SPLITS))
         unknown = [int(((s.split == c) & (s.a < 0)).sum()) for c in range(len(SPLITS))]
         if any(unknown):
             lines.append(f"{'unknown a':<{width}}  " + "  ".join(f"{u:>7}" for u in unknown))
-        lines.append(f"{'total':<{width}}  " + "  ".join(f"{int((s.split == c).sum()):>7}"
-                                                       for c in range(len(SPLITS))))
+        lines.append(
+            f"{'total':<{width}}  "
+            + "  ".join(f"{int((s.split == c).sum()):>7}" for c in range(len(SPLITS)))
+        )
         if s.eval_groups is not None:
             w = max(len(n) for n in s.eval_group_names)
-            lines += ["", f"overlapping evaluation groups: {self.meta.get('eval_group_definition', '')}",
-                      f"{'eval group':<{w}}  " + "  ".join(f"{sp:>7}" for sp in SPLITS)]
+            lines += [
+                "",
+                f"overlapping evaluation groups: {self.meta.get('eval_group_definition', '')}",
+                f"{'eval group':<{w}}  " + "  ".join(f"{sp:>7}" for sp in SPLITS),
+            ]
             for j, name in enumerate(s.eval_group_names):
-                lines.append(f"{name:<{w}}  " + "  ".join(
-                    f"{int(s.eval_groups[s.split == c, j].sum()):>7}" for c in range(len(SPLITS))))
+                lines.append(
+                    f"{name:<{w}}  "
+                    + "  ".join(
+                        f"{int(s.eval_groups[s.split == c, j].sum()):>7}"
+                        for c in range(len(SPLITS))
+                    )
+                )
         corr = self.meta.get("correlation")
         if corr:
-            lines.append(f"{'P(a = y)':<{width}}  " + "  ".join(
-                f"{corr[sp]:>7.3f}" if corr.get(sp) is not None else f"{'-':>7}" for sp in SPLITS))
+            lines.append(
+                f"{'P(a = y)':<{width}}  "
+                + "  ".join(
+                    f"{corr[sp]:>7.3f}" if corr.get(sp) is not None else f"{'-':>7}"
+                    for sp in SPLITS
+                )
+            )
         return "\n".join(lines)
 
     def __repr__(self):
@@ -220,6 +268,7 @@ class ArrayDataset(ImageDataset):
     The benchmarks own their construction, so they also render true counterfactuals:
     `counterfactual(i, a)` is row i with only its spurious part changed to attribute value a
     (methods spec 10.3, P4 pairs)."""
+
     images: np.ndarray
 
     def load(self, i: int) -> Image.Image:
@@ -228,7 +277,9 @@ class ArrayDataset(ImageDataset):
     def counterfactual(self, i: int, a: int) -> Image.Image:
         s = self._samples
         if not 0 <= a < len(s.attr_names):
-            raise EmbedkitError(f"dataset {self.name}: attribute {a} out of range 0..{len(s.attr_names) - 1}")
+            raise EmbedkitError(
+                f"dataset {self.name}: attribute {a} out of range 0..{len(s.attr_names) - 1}"
+            )
         if a == s.a[i]:
             return self.load(i)
         return Image.fromarray(self._render(i, a))
@@ -239,6 +290,7 @@ class ArrayDataset(ImageDataset):
 
 class FileDataset(ImageDataset):
     """A dataset of image files on disk (`self.paths[i]` for row i), decoded on each `load`."""
+
     paths: list
 
     def folder(self, what: str) -> Path:

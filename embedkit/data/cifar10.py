@@ -11,6 +11,7 @@ train.tar the `val_per_class` highest-numbered files of each class are val, the 
 Members are read with positioned reads (`os.pread`) from one file descriptor per process, opened
 on first use, so DataLoader workers (forked or spawned) never share a file offset.
 """
+
 from __future__ import annotations
 
 import functools
@@ -90,7 +91,9 @@ def tar_members(folder: Path, tar: str, classes: list[str]) -> dict[str, list[st
     for name in sorted(tar_index(path)):
         cls = name.split("/", 1)[0]
         if cls not in out:
-            raise EmbedkitError(f"{path}: member {name!r} is not under a class folder of classes.txt")
+            raise EmbedkitError(
+                f"{path}: member {name!r} is not under a class folder of classes.txt"
+            )
         out[cls].append(name)
     return out
 
@@ -102,7 +105,9 @@ def decode_members(folder: Path, tar: str, members: list[str]) -> np.ndarray:
     for k, m in enumerate(members):
         im = open_image(reader.read(m), name=f"{reader.path}:{m}")
         if im.size != (32, 32):
-            raise EmbedkitError(f"{reader.path}:{m}: expected a 32x32 image, found {im.size[0]}x{im.size[1]}")
+            raise EmbedkitError(
+                f"{reader.path}:{m}: expected a 32x32 image, found {im.size[0]}x{im.size[1]}"
+            )
         out[k] = np.asarray(im)
     return out
 
@@ -111,8 +116,12 @@ class Cifar10(ImageDataset):
     name = "cifar10"
     description = "CIFAR-10 from the shared tars (class = CIFAR class, one dummy attribute); val from train.tar"
     OPTIONS = {
-        "val_per_class": Option(500, int, "the highest-numbered files of each class in train.tar form val"),
-        "max_per_class": Option(0, int, "keep at most this many images per class and split (0 = all)"),
+        "val_per_class": Option(
+            500, int, "the highest-numbered files of each class in train.tar form val"
+        ),
+        "max_per_class": Option(
+            0, int, "keep at most this many images per class and split (0 = all)"
+        ),
     }
 
     def _setup(self):
@@ -127,19 +136,31 @@ class Cifar10(ImageDataset):
             for c, members in enumerate(tar_members(folder, tar, classes).values()):
                 if tar == "train":
                     if val_n > len(members):
-                        raise EmbedkitError(f"dataset cifar10: val_per_class={val_n} but class "
-                                            f"{classes[c]} has {len(members)} train images")
-                    parts = [(0, members[:len(members) - val_n]), (1, members[len(members) - val_n:])]
+                        raise EmbedkitError(
+                            f"dataset cifar10: val_per_class={val_n} but class "
+                            f"{classes[c]} has {len(members)} train images"
+                        )
+                    parts = [
+                        (0, members[: len(members) - val_n]),
+                        (1, members[len(members) - val_n :]),
+                    ]
                 else:
                     parts = [(2, members)]
                 for code, names in parts:
-                    for m in names[:cap or None]:
+                    for m in names[: cap or None]:
                         uid.append(f"{tar}/{m}")
                         split.append(code)
                         y.append(c)
                         self._where.append((tar, m))
-        self._finish(uid, np.asarray(split, np.uint8), y, np.zeros(len(y), np.int64), classes, ["all"],
-                     source={t: str(r.path) for t, r in self._readers.items()})
+        self._finish(
+            uid,
+            np.asarray(split, np.uint8),
+            y,
+            np.zeros(len(y), np.int64),
+            classes,
+            ["all"],
+            source={t: str(r.path) for t, r in self._readers.items()},
+        )
 
     def load(self, i):
         tar, member = self._where[i]

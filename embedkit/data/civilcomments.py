@@ -23,10 +23,10 @@ columns WILDS evaluates: male, female, LGBTQ, christian, muslim, other_religions
   coarse `worst_group_acc`. (SubpopBench's fine *training* duplicates each comment once per
   identity; that is not reproduced: rows stay one per comment.)
 """
+
 from __future__ import annotations
 
 import csv
-from pathlib import Path
 
 import numpy as np
 
@@ -51,24 +51,36 @@ def _value(path, line, col, v) -> float:
 
 class CivilComments(TextDataset):
     name = "civilcomments"
-    description = ("CivilComments (WILDS all_data_with_identities.csv); y toxic, a any of 8 identities (coarse), "
-                   "16 overlapping toxic x identity evaluation groups (fine)")
+    description = (
+        "CivilComments (WILDS all_data_with_identities.csv); y toxic, a any of 8 identities (coarse), "
+        "16 overlapping toxic x identity evaluation groups (fine)"
+    )
     OPTIONS = {
         "file": Option("all_data_with_identities.csv", str, "the WILDS table, relative to --root"),
         "threshold": Option(0.5, float, "toxicity and identity values >= threshold count as 1"),
-        "coarse": Option("any8", str,
-                         "coarse attribute: any8 (any of the 8 identities) or identity_any (WILDS column)"),
+        "coarse": Option(
+            "any8",
+            str,
+            "coarse attribute: any8 (any of the 8 identities) or identity_any (WILDS column)",
+        ),
     }
 
     def _setup(self):
         o = self.options
         if o["coarse"] not in ("any8", "identity_any"):
-            raise EmbedkitError(f"dataset {self.name}: option coarse={o['coarse']!r}: use any8 or identity_any")
+            raise EmbedkitError(
+                f"dataset {self.name}: option coarse={o['coarse']!r}: use any8 or identity_any"
+            )
         path = self.table_path(o["file"], "all_data_with_identities.csv")
         if not path.is_file():
-            raise EmbedkitError(f"{path}: no such file (dataset {self.name}: the WILDS all_data_with_identities.csv)")
-        need = ["id", "comment_text", "split", "toxicity"] + IDENTITIES + (
-            ["identity_any"] if o["coarse"] == "identity_any" else [])
+            raise EmbedkitError(
+                f"{path}: no such file (dataset {self.name}: the WILDS all_data_with_identities.csv)"
+            )
+        need = (
+            ["id", "comment_text", "split", "toxicity"]
+            + IDENTITIES
+            + (["identity_any"] if o["coarse"] == "identity_any" else [])
+        )
         allow_long_fields()
         uid, texts, split, tox, ident, anyw, empty = [], [], [], [], [], [], 0
         # Streamed column by column of interest: the full table (450k rows x 50 columns) would not
@@ -81,19 +93,25 @@ class CivilComments(TextDataset):
             header = [h.strip() for h in header]
             missing = [c for c in need if c not in header]
             if missing:
-                raise EmbedkitError(f"{path}: missing column{'s' if len(missing) > 1 else ''} "
-                                    f"{', '.join(repr(c) for c in missing)} (the WILDS layout has "
-                                    f"{', '.join(need)})")
+                raise EmbedkitError(
+                    f"{path}: missing column{'s' if len(missing) > 1 else ''} "
+                    f"{', '.join(repr(c) for c in missing)} (the WILDS layout has "
+                    f"{', '.join(need)})"
+                )
             j = {c: header.index(c) for c in need}
             for row in reader:
                 if not any(field.strip() for field in row):
                     continue
                 line = reader.line_num
                 if len(row) != len(header):
-                    raise EmbedkitError(f"{path}, line {line}: {len(row)} fields, the header has {len(header)}")
+                    raise EmbedkitError(
+                        f"{path}, line {line}: {len(row)} fields, the header has {len(header)}"
+                    )
                 code = SPLIT_ALIASES.get(row[j["split"]].strip().lower())
                 if code is None:
-                    raise EmbedkitError(f"{path}, line {line}: unknown split {row[j['split']]!r} (train/val/test)")
+                    raise EmbedkitError(
+                        f"{path}, line {line}: unknown split {row[j['split']]!r} (train/val/test)"
+                    )
                 t = _value(path, line, "toxicity", row[j["toxicity"]])
                 if not t == t:
                     raise EmbedkitError(f"{path}, line {line}: empty toxicity")
@@ -115,20 +133,41 @@ class CivilComments(TextDataset):
             seen[u] = i
         thr = float(o["threshold"])
         y = (np.asarray(tox) >= thr).astype(np.int64)
-        ident = np.nan_to_num(np.asarray(ident, np.float64), nan=0.0) >= thr     # [N, 8]
-        a = (ident.any(axis=1) if o["coarse"] == "any8" else
-             np.nan_to_num(np.asarray(anyw, np.float64), nan=0.0) >= thr).astype(np.int64)
-        eval_groups = np.stack([ident[:, k] & (y == c) for k in range(len(IDENTITIES)) for c in (0, 1)], axis=1)
+        ident = np.nan_to_num(np.asarray(ident, np.float64), nan=0.0) >= thr  # [N, 8]
+        a = (
+            ident.any(axis=1)
+            if o["coarse"] == "any8"
+            else np.nan_to_num(np.asarray(anyw, np.float64), nan=0.0) >= thr
+        ).astype(np.int64)
+        eval_groups = np.stack(
+            [ident[:, k] & (y == c) for k in range(len(IDENTITIES)) for c in (0, 1)], axis=1
+        )
         names = [f"{idn}|{cls}" for idn in IDENTITIES for cls in CLASSES]
         self.texts = texts
-        coarse = ("any of " + ", ".join(IDENTITIES) if o["coarse"] == "any8"
-                  else "the identity_any column (all 24 annotated identities)")
-        self._finish(uid, np.asarray(split, np.uint8), y, a, CLASSES, ["no_identity", "identity"],
-                     eval_groups=eval_groups, eval_group_names=names,
-                     metadata_sha256=sha256_file(path), file=path.name,
-                     group_definition=(f"coarse: g = 2 y + a; y = toxicity >= {thr}; a = 1 when {coarse} "
-                                       f">= {thr} (the 4 toxic x identity groups of DFR/JTT)"),
-                     eval_group_definition=(f"fine: 16 overlapping groups (identity, y) for {', '.join(IDENTITIES)} "
-                                            f"(identity >= {thr}); worst_eval_group_acc = min over them "
-                                            f"(WILDS/JTT/SubpopBench CivilCommentsFine)"),
-                     rows_with_empty_identity_cells=int(empty))
+        coarse = (
+            "any of " + ", ".join(IDENTITIES)
+            if o["coarse"] == "any8"
+            else "the identity_any column (all 24 annotated identities)"
+        )
+        self._finish(
+            uid,
+            np.asarray(split, np.uint8),
+            y,
+            a,
+            CLASSES,
+            ["no_identity", "identity"],
+            eval_groups=eval_groups,
+            eval_group_names=names,
+            metadata_sha256=sha256_file(path),
+            file=path.name,
+            group_definition=(
+                f"coarse: g = 2 y + a; y = toxicity >= {thr}; a = 1 when {coarse} "
+                f">= {thr} (the 4 toxic x identity groups of DFR/JTT)"
+            ),
+            eval_group_definition=(
+                f"fine: 16 overlapping groups (identity, y) for {', '.join(IDENTITIES)} "
+                f"(identity >= {thr}); worst_eval_group_acc = min over them "
+                f"(WILDS/JTT/SubpopBench CivilCommentsFine)"
+            ),
+            rows_with_empty_identity_cells=int(empty),
+        )

@@ -9,6 +9,7 @@ test from the official test files, so a backbone pretrained on CIFAR-10 train ne
 image's core half. The digit (28x28) is centred on a black 32x32 square and repeated over the
 three channels.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,17 +20,30 @@ from embedkit.errors import EmbedkitError
 from .base import ArrayDataset, Option, parse_list, realised_correlation
 from .cifar10 import cifar_folder, decode_members, read_classes, tar_members
 from .mnist import load_mnist
-from .spurious import (Pool, correlation_options, donor_row, draw_groups, group_table, pad_to,
-                       resolve_correlations)
+from .spurious import (
+    Pool,
+    correlation_options,
+    donor_row,
+    draw_groups,
+    group_table,
+    pad_to,
+    resolve_correlations,
+)
 
 
 class Dominoes(ArrayDataset):
     name = "dominoes"
-    description = ("MNIST-CIFAR dominoes (DFR paper): MNIST 0/1 on top (spurious) over CIFAR-10 "
-                   "automobile/truck (core), P(a=y) 0.95 in train, balanced val/test; 64x32 RGB")
+    description = (
+        "MNIST-CIFAR dominoes (DFR paper): MNIST 0/1 on top (spurious) over CIFAR-10 "
+        "automobile/truck (core), P(a=y) 0.95 in train, balanced val/test; 64x32 RGB"
+    )
     OPTIONS = {
-        "core_classes": Option("automobile,truck", str, "CIFAR-10 classes (the labels), comma-separated"),
-        "digits": Option("0,1", str, "MNIST digits (the attribute), one per class, digit k aligned with class k"),
+        "core_classes": Option(
+            "automobile,truck", str, "CIFAR-10 classes (the labels), comma-separated"
+        ),
+        "digits": Option(
+            "0,1", str, "MNIST digits (the attribute), one per class, digit k aligned with class k"
+        ),
         **correlation_options((0.95, None, None)),
         "n_train": Option(8000, int, "rows in train"),
         "n_val": Option(2000, int, "rows in val"),
@@ -41,9 +55,14 @@ class Dominoes(ArrayDataset):
         o = self.options
         folder = cifar_folder(self.root)
         classes = parse_list(self.name, "core_classes", o["core_classes"], read_classes(folder))
-        digits = [int(d) for d in parse_list(self.name, "digits", o["digits"], [str(d) for d in range(10)])]
+        digits = [
+            int(d)
+            for d in parse_list(self.name, "digits", o["digits"], [str(d) for d in range(10)])
+        ]
         if len(digits) != len(classes):
-            raise EmbedkitError(f"dataset dominoes: {len(classes)} core classes need as many digits, got {digits}")
+            raise EmbedkitError(
+                f"dataset dominoes: {len(classes)} core classes need as many digits, got {digits}"
+            )
         rho = resolve_correlations(self.name, o, len(classes))
         rng = np.random.default_rng(o["seed"])
         images, uid, split, ys, as_ = [], [], [], [], []
@@ -51,7 +70,10 @@ class Dominoes(ArrayDataset):
             members = tar_members(folder, tar, read_classes(folder))
             core = [Pool(members[c], rng, f"CIFAR-10 {tar} images of {c}") for c in classes]
             x, lab = load_mnist(self.root, part)
-            spur = [Pool(np.flatnonzero(lab == d), rng, f"MNIST {part} images of digit {d}") for d in digits]
+            spur = [
+                Pool(np.flatnonzero(lab == d), rng, f"MNIST {part} images of digit {d}")
+                for d in digits
+            ]
             for name in names:
                 n = o[f"n_{name}"]
                 if n < 0:
@@ -67,9 +89,20 @@ class Dominoes(ArrayDataset):
                 as_.append(a)
         self.images = np.concatenate(images) if images else np.zeros((0, 64, 32, 3), np.uint8)
         y, a, split = np.concatenate(ys), np.concatenate(as_), np.concatenate(split)
-        self._finish(uid, split, y, a, classes, [f"digit{d}" for d in digits], seed=o["seed"],
-                     correlation=realised_correlation(y, a, split), target_correlation=rho,
-                     image_size=[64, 32], spurious_rows=[0, 32], layout="MNIST digit on top (spurious), CIFAR-10 image below (core)")
+        self._finish(
+            uid,
+            split,
+            y,
+            a,
+            classes,
+            [f"digit{d}" for d in digits],
+            seed=o["seed"],
+            correlation=realised_correlation(y, a, split),
+            target_correlation=rho,
+            image_size=[64, 32],
+            spurious_rows=[0, 32],
+            layout="MNIST digit on top (spurious), CIFAR-10 image below (core)",
+        )
 
     def _render(self, i, a):
         """Row i's CIFAR half under the digit half of a same-split row with attribute a."""

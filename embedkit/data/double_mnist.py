@@ -16,6 +16,7 @@ Pixels: the core half is the MNIST image unchanged, the spurious half round(inte
 (round half up); stored grey as RGB with three equal channels. `meta["spurious_columns"]` is
 [start, stop) of the spurious half, the mask the attribution share of spec 11.2 reads.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,38 +38,64 @@ def dim(gray: np.ndarray, intensity: float) -> np.ndarray:
 
 class DoubleMnist(ArrayDataset):
     name = "double_mnist"
-    description = ("Double-MNIST (LR paper Fig. 1): core digit at full intensity beside a dimmed spurious digit, "
-                   "P(a=y) 0.9 in train and val, balanced test; 28x56")
+    description = (
+        "Double-MNIST (LR paper Fig. 1): core digit at full intensity beside a dimmed spurious digit, "
+        "P(a=y) 0.9 in train and val, balanced test; 28x56"
+    )
     OPTIONS = {
-        "digits": Option("0,1,2,3,4,5,6,7,8,9", str, "the K digit classes (labels and spurious digits)"),
+        "digits": Option(
+            "0,1,2,3,4,5,6,7,8,9", str, "the K digit classes (labels and spurious digits)"
+        ),
         "train_corr": Option(0.9, float, "P(a = y) in train (the paper's grid: 0.9, 0.95, 0.99)"),
-        "val_corr": Option(None, float, "P(a = y) in val (default: train_corr; val is 10 % of train)"),
+        "val_corr": Option(
+            None, float, "P(a = y) in val (default: train_corr; val is 10 % of train)"
+        ),
         "test_corr": Option(None, float, "P(a = y) in test (default 1/K, balanced)"),
         "layout": Option("core_left", str, "core_left (default) or core_right"),
-        "intensity": Option(0.5, float, "spurious-digit intensity relative to the core digit (0.5 = dimmed x0.5)"),
+        "intensity": Option(
+            0.5, float, "spurious-digit intensity relative to the core digit (0.5 = dimmed x0.5)"
+        ),
         "n_train": Option(18000, int, "rows in train"),
-        "n_val": Option(2000, int, "rows in val (drawn from the official train file, 10 % of train+val)"),
+        "n_val": Option(
+            2000, int, "rows in val (drawn from the official train file, 10 % of train+val)"
+        ),
         "n_test": Option(4000, int, "rows in test (from the official t10k file only)"),
         "seed": Option(0, int, "seed of the pairing and the draws"),
     }
 
     def _setup(self):
         o = self.options
-        digits = [int(d) for d in parse_list(self.name, "digits", o["digits"], [str(d) for d in range(10)])]
+        digits = [
+            int(d)
+            for d in parse_list(self.name, "digits", o["digits"], [str(d) for d in range(10)])
+        ]
         k = len(digits)
         if o["layout"] not in LAYOUTS:
-            raise EmbedkitError(f"dataset double_mnist: option layout={o['layout']!r}: choose {' or '.join(LAYOUTS)}")
+            raise EmbedkitError(
+                f"dataset double_mnist: option layout={o['layout']!r}: choose {' or '.join(LAYOUTS)}"
+            )
         intensity = check_fraction(self.name, "intensity", o["intensity"])
         rho = {"train": check_fraction(self.name, "train_corr", o["train_corr"])}
-        rho["val"] = rho["train"] if o["val_corr"] is None else check_fraction(self.name, "val_corr", o["val_corr"])
-        rho["test"] = 1.0 / k if o["test_corr"] is None else check_fraction(self.name, "test_corr", o["test_corr"])
+        rho["val"] = (
+            rho["train"]
+            if o["val_corr"] is None
+            else check_fraction(self.name, "val_corr", o["val_corr"])
+        )
+        rho["test"] = (
+            1.0 / k
+            if o["test_corr"] is None
+            else check_fraction(self.name, "test_corr", o["test_corr"])
+        )
         rng = np.random.default_rng(o["seed"])
         core_left = o["layout"] == "core_left"
         images, uid, split, ys, as_ = [], [], [], [], []
         for part, names in (("train", ("train", "val")), ("t10k", ("test",))):
             x, lab = load_mnist(self.root, part)
             # One pool per digit serves both halves, so no image appears twice in the dataset.
-            pools = [Pool(np.flatnonzero(lab == d), rng, f"MNIST {part} images of digit {d}") for d in digits]
+            pools = [
+                Pool(np.flatnonzero(lab == d), rng, f"MNIST {part} images of digit {d}")
+                for d in digits
+            ]
             for name in names:
                 n = o[f"n_{name}"]
                 if n < 0:
@@ -86,11 +113,22 @@ class DoubleMnist(ArrayDataset):
         self.images = np.concatenate(images)
         self.spurious_columns = (28, 56) if core_left else (0, 28)
         y, a, split = np.concatenate(ys), np.concatenate(as_), np.concatenate(split)
-        self._finish(uid, split, y, a, [str(d) for d in digits], [f"spur{d}" for d in digits], seed=o["seed"],
-                     correlation=realised_correlation(y, a, split), target_correlation=rho, image_size=[28, 56],
-                     spurious_columns=list(self.spurious_columns), intensity=intensity,
-                     layout=f"{o['layout']}: core digit x1.0, spurious digit x{intensity:g}",
-                     uid_format="<core part>-<index>+<spurious part>-<index> (MNIST file and row)")
+        self._finish(
+            uid,
+            split,
+            y,
+            a,
+            [str(d) for d in digits],
+            [f"spur{d}" for d in digits],
+            seed=o["seed"],
+            correlation=realised_correlation(y, a, split),
+            target_correlation=rho,
+            image_size=[28, 56],
+            spurious_columns=list(self.spurious_columns),
+            intensity=intensity,
+            layout=f"{o['layout']}: core digit x1.0, spurious digit x{intensity:g}",
+            uid_format="<core part>-<index>+<spurious part>-<index> (MNIST file and row)",
+        )
 
     def _render(self, i, a):
         """Row i with its spurious half taken from a same-split row whose attribute is a."""

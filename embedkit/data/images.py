@@ -4,6 +4,7 @@
 The extractor catches `ImageReadError` and flags the row invalid (`/samples/valid`), unless it
 runs strict; nothing here silently substitutes a blank image.
 """
+
 from __future__ import annotations
 
 import io
@@ -15,7 +16,8 @@ from PIL import Image
 from embedkit.errors import EmbedkitError
 
 # Decoding failures Pillow reports: truncated or corrupt data (OSError, including
-# UnidentifiedImageError), malformed headers (SyntaxError, ValueError, EOFError) and oversized images.
+# UnidentifiedImageError), malformed headers (SyntaxError, ValueError, EOFError) and oversized
+# images.
 _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I"}
 
@@ -42,7 +44,7 @@ def open_image(source, name: str | None = None) -> Image.Image:
             raise ImageReadError(f"{label}: empty image file (0 bytes)")
     try:
         with Image.open(fp) as im:
-            im.load()     # decode now: Image.open only reads the header, truncation shows up here
+            im.load()  # decode now: Image.open only reads the header, truncation shows up here
             return to_rgb(im)
     except _DECODE_ERRORS as e:
         detail = (str(e).splitlines() or [""])[0]

@@ -16,6 +16,7 @@ not).
 `mnist`: class = digit, one dummy attribute. Split: t10k is test; the last `n_val` rows of the
 official train file are val (the classic 55,000 / 5,000 cut), the rest train.
 """
+
 from __future__ import annotations
 
 import functools
@@ -41,8 +42,18 @@ MNIST_MD5 = {
     "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
 }
 PARTS = {"train": 60000, "t10k": 10000}
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 def read_idx(path, md5: str | None = None) -> np.ndarray:
@@ -60,35 +71,53 @@ def read_idx(path, md5: str | None = None) -> np.ndarray:
     start = 4 + 4 * ndim
     if len(raw) < start:
         raise EmbedkitError(f"{path}: truncated idx header")
-    dims = tuple(int.from_bytes(raw[4 + 4 * k: 8 + 4 * k], "big") for k in range(ndim))
+    dims = tuple(int.from_bytes(raw[4 + 4 * k : 8 + 4 * k], "big") for k in range(ndim))
     if len(raw) != start + int(np.prod(dims)):
-        raise EmbedkitError(f"{path}: idx header promises {dims} = {int(np.prod(dims))} bytes, "
-                            f"the file holds {len(raw) - start}")
+        raise EmbedkitError(
+            f"{path}: idx header promises {dims} = {int(np.prod(dims))} bytes, "
+            f"the file holds {len(raw) - start}"
+        )
     if md5 is not None and hashlib.md5(raw).hexdigest() != md5:
-        raise EmbedkitError(f"{path}: decompressed content has MD5 {hashlib.md5(raw).hexdigest()}, "
-                            f"expected {md5} (a corrupt or different file)")
+        raise EmbedkitError(
+            f"{path}: decompressed content has MD5 {hashlib.md5(raw).hexdigest()}, "
+            f"expected {md5} (a corrupt or different file)"
+        )
     return np.frombuffer(raw, np.uint8, offset=start).reshape(dims)
 
 
 @functools.lru_cache(maxsize=8)
 def _pair(folder: str, part: str, verify: bool, stamp: tuple) -> tuple[np.ndarray, np.ndarray]:
     base = Path(folder)
-    x = read_idx(base / f"{part}-images-idx3-ubyte.gz", MNIST_MD5[f"{part}-images-idx3-ubyte"] if verify else None)
-    y = read_idx(base / f"{part}-labels-idx1-ubyte.gz", MNIST_MD5[f"{part}-labels-idx1-ubyte"] if verify else None)
+    x = read_idx(
+        base / f"{part}-images-idx3-ubyte.gz",
+        MNIST_MD5[f"{part}-images-idx3-ubyte"] if verify else None,
+    )
+    y = read_idx(
+        base / f"{part}-labels-idx1-ubyte.gz",
+        MNIST_MD5[f"{part}-labels-idx1-ubyte"] if verify else None,
+    )
     if x.ndim != 3 or x.shape[1:] != (28, 28) or y.ndim != 1:
-        raise EmbedkitError(f"{base}: {part} images have shape {x.shape}, labels {y.shape}; "
-                            f"expected [N, 28, 28] and [N]")
+        raise EmbedkitError(
+            f"{base}: {part} images have shape {x.shape}, labels {y.shape}; "
+            f"expected [N, 28, 28] and [N]"
+        )
     if len(x) != len(y) or len(x) != PARTS[part]:
-        raise EmbedkitError(f"{base}: {part} has {len(x)} images and {len(y)} labels, "
-                            f"expected {PARTS[part]} of each")
+        raise EmbedkitError(
+            f"{base}: {part} has {len(x)} images and {len(y)} labels, "
+            f"expected {PARTS[part]} of each"
+        )
     if y.max() > 9:
-        raise EmbedkitError(f"{base}/{part}-labels-idx1-ubyte.gz: label {y.max()} out of range 0..9")
+        raise EmbedkitError(
+            f"{base}/{part}-labels-idx1-ubyte.gz: label {y.max()} out of range 0..9"
+        )
     return x, y
 
 
 def _load(folder: Path, part: str, verify: bool, hint: str):
-    files = [require_file(folder / f"{part}-{kind}-idx{n}-ubyte.gz", hint)
-             for kind, n in (("images", 3), ("labels", 1))]
+    files = [
+        require_file(folder / f"{part}-{kind}-idx{n}-ubyte.gz", hint)
+        for kind, n in (("images", 3), ("labels", 1))
+    ]
     stamp = tuple((os.stat(f).st_size, os.stat(f).st_mtime) for f in files)
     return _pair(str(folder), part, verify, stamp)
 
@@ -106,7 +135,9 @@ def load_fashion(folder, part: str) -> tuple[np.ndarray, np.ndarray]:
 
 class Mnist(ImageDataset):
     name = "mnist"
-    description = "MNIST digits from the shared idx files (class = digit, one dummy attribute), 28x28"
+    description = (
+        "MNIST digits from the shared idx files (class = digit, one dummy attribute), 28x28"
+    )
     OPTIONS = {
         "n_val": Option(5000, int, "the last n_val rows of the official train file form val"),
         "verify": Option(True, bool, "check the MD5 of each decompressed file"),
@@ -119,11 +150,21 @@ class Mnist(ImageDataset):
         (xtr, ytr), (xte, yte) = (load_mnist(self.root, p, self.options["verify"]) for p in PARTS)
         self.images = np.concatenate([xtr, xte])
         n_train = PARTS["train"] - n_val
-        split = np.concatenate([np.zeros(n_train), np.ones(n_val), np.full(len(xte), 2)]).astype(np.uint8)
-        uid = [f"train-{i:05d}" for i in range(len(xtr))] + [f"t10k-{i:05d}" for i in range(len(xte))]
-        self._finish(uid, split, np.concatenate([ytr, yte]), np.zeros(len(split), np.int64),
-                     [str(d) for d in range(10)], ["all"],
-                     source=str(shared_data_root(self.root) / "mnist"))
+        split = np.concatenate([np.zeros(n_train), np.ones(n_val), np.full(len(xte), 2)]).astype(
+            np.uint8
+        )
+        uid = [f"train-{i:05d}" for i in range(len(xtr))] + [
+            f"t10k-{i:05d}" for i in range(len(xte))
+        ]
+        self._finish(
+            uid,
+            split,
+            np.concatenate([ytr, yte]),
+            np.zeros(len(split), np.int64),
+            [str(d) for d in range(10)],
+            ["all"],
+            source=str(shared_data_root(self.root) / "mnist"),
+        )
 
     def load(self, i):
         return Image.fromarray(self.images[i]).convert("RGB")

@@ -5,6 +5,7 @@ $EMBEDKIT_DATA, else `../shared/data` relative to the current directory. Fashion
 the Debian package `dataset-fashion-mnist`: the `fashion_root` option, else
 $EMBEDKIT_FASHION_MNIST, else /usr/share/datasets/fashion-mnist.
 """
+
 from __future__ import annotations
 
 import os
@@ -38,5 +39,7 @@ def require_file(path: Path, hint: str) -> Path:
 
 
 SHARED_HINT = "pass --root or set EMBEDKIT_DATA to the shared data folder"
-FASHION_HINT = ("Fashion-MNIST comes from the Debian package dataset-fashion-mnist: "
-                "apt-get install -y dataset-fashion-mnist, or set EMBEDKIT_FASHION_MNIST or the fashion_root option")
+FASHION_HINT = (
+    "Fashion-MNIST comes from the Debian package dataset-fashion-mnist: "
+    "apt-get install -y dataset-fashion-mnist, or set EMBEDKIT_FASHION_MNIST or the fashion_root option"
+)

@@ -6,6 +6,7 @@ exact rather than Bernoulli draws: within each class y of n_y rows, round(rho * 
 aligned attribute a = y and the rest are spread evenly over the other attribute values. So the
 realised correlation equals rho up to rounding, and the group table follows from the options alone.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -48,7 +49,9 @@ def group_table(n: int, class_fractions, rho: float) -> np.ndarray:
     return np.stack([attribute_counts(int(m), y, rho, len(n_y)) for y, m in enumerate(n_y)])
 
 
-def assign_attributes(y: np.ndarray, rho: float, n_attrs: int, rng: np.random.Generator) -> np.ndarray:
+def assign_attributes(
+    y: np.ndarray, rho: float, n_attrs: int, rng: np.random.Generator
+) -> np.ndarray:
     """Attributes for given labels with the exact per-class counts of `attribute_counts`, placed on
     a random subset of each class's rows."""
     a = np.empty(len(y), np.int64)
@@ -59,7 +62,9 @@ def assign_attributes(y: np.ndarray, rho: float, n_attrs: int, rng: np.random.Ge
     return a
 
 
-def flip_labels(y: np.ndarray, noise: float, n_classes: int, rng: np.random.Generator) -> np.ndarray:
+def flip_labels(
+    y: np.ndarray, noise: float, n_classes: int, rng: np.random.Generator
+) -> np.ndarray:
     """Label noise with exact counts: round(noise * n_c) random rows of each class c move to a
     uniformly drawn other class. Returns the mask of flipped rows (y is changed in place)."""
     flipped = np.zeros(len(y), bool)
@@ -77,7 +82,7 @@ def pad_to(gray: np.ndarray, size: int) -> np.ndarray:
     n, h, w = gray.shape
     top, left = (size - h) // 2, (size - w) // 2
     out = np.zeros((n, size, size), gray.dtype)
-    out[:, top:top + h, left:left + w] = gray
+    out[:, top : top + h, left : left + w] = gray
     return out
 
 
@@ -92,14 +97,18 @@ class Pool:
 
     def take(self, n: int) -> np.ndarray:
         if self.used + n > len(self.items):
-            raise EmbedkitError(f"not enough {self.what}: the options need {self.used + n}, "
-                                f"the source has {len(self.items)}; lower the split sizes")
-        out = self.items[self.used:self.used + n]
+            raise EmbedkitError(
+                f"not enough {self.what}: the options need {self.used + n}, "
+                f"the source has {len(self.items)}; lower the split sizes"
+            )
+        out = self.items[self.used : self.used + n]
         self.used += n
         return out
 
 
-def draw_groups(table: np.ndarray, core: list[Pool], spurious: list[Pool], rng: np.random.Generator):
+def draw_groups(
+    table: np.ndarray, core: list[Pool], spurious: list[Pool], rng: np.random.Generator
+):
     """Rows of one split of a composite benchmark: for each group (y, a) with table[y, a] rows,
     that many core items from core[y] and spurious items from spurious[a], in a random row order.
     Returns (y, a, core items, spurious items)."""

@@ -1,24 +1,35 @@
 """Metadata tables (CSV manifests, Waterbirds' metadata.csv, CelebA's lists) with errors that
 name the file and line: a missing column, an unknown split, a label out of range or a duplicate id
 is one `EmbedkitError`, never a skipped row."""
+
 from __future__ import annotations
 
 import csv
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from embedkit.errors import EmbedkitError
 
-SPLIT_ALIASES = {"train": 0, "val": 1, "valid": 1, "validation": 1, "test": 2, "0": 0, "1": 1, "2": 2}
+SPLIT_ALIASES = {
+    "train": 0,
+    "val": 1,
+    "valid": 1,
+    "validation": 1,
+    "test": 2,
+    "0": 0,
+    "1": 1,
+    "2": 2,
+}
 
 
 @dataclass
 class Table:
     """Rows of text fields; `lines[i]` is the 1-based line number of row i in `path`."""
+
     path: Path
     header: list[str]
     rows: list[list[str]]
@@ -34,8 +45,11 @@ class Table:
         j = self.header.index(name)
         return [r[j].strip() for r in self.rows]
 
-    def ints(self, name: str, allowed: Sequence[int] | None = None, what: str | None = None) -> np.ndarray:
-        """Column `name` as integers; a non-integer or (with `allowed`) an unlisted value is an error."""
+    def ints(
+        self, name: str, allowed: Sequence[int] | None = None, what: str | None = None
+    ) -> np.ndarray:
+        """Column `name` as integers; a non-integer or (with `allowed`) an unlisted value is an
+        error."""
         out = np.empty(len(self.rows), np.int64)
         ok = None if allowed is None else set(allowed)
         for i, v in enumerate(self.column(name)):
@@ -44,8 +58,11 @@ class Table:
             except ValueError:
                 raise self.error(i, f"{what or name} {v!r} is not an integer") from None
             if ok is not None and out[i] not in ok:
-                raise self.error(i, f"{what or name} {v!r} out of range (allowed: "
-                                    f"{', '.join(str(a) for a in sorted(ok))})")
+                raise self.error(
+                    i,
+                    f"{what or name} {v!r} out of range (allowed: "
+                    f"{', '.join(str(a) for a in sorted(ok))})",
+                )
         return out
 
     def splits(self, name: str) -> np.ndarray:
@@ -54,8 +71,9 @@ class Table:
         for i, v in enumerate(self.column(name)):
             code = SPLIT_ALIASES.get(v.lower())
             if code is None:
-                raise self.error(i, f"unknown split value {v!r} in column {name!r} "
-                                    f"(use train/val/test or 0/1/2)")
+                raise self.error(
+                    i, f"unknown split value {v!r} in column {name!r} (use train/val/test or 0/1/2)"
+                )
             out[i] = code
         return out
 
@@ -67,7 +85,9 @@ class Table:
             first[v] = i
 
 
-def read_csv(path, required: Sequence[str], delimiter: str = ",", quoting: int = csv.QUOTE_MINIMAL) -> Table:
+def read_csv(
+    path, required: Sequence[str], delimiter: str = ",", quoting: int = csv.QUOTE_MINIMAL
+) -> Table:
     """Read a CSV file with a header line; every name in `required` must be a column.
     `quoting=csv.QUOTE_NONE` reads files whose fields may hold bare quote characters (TaxiNLI)."""
     path = Path(path)
@@ -81,15 +101,19 @@ def read_csv(path, required: Sequence[str], delimiter: str = ",", quoting: int =
         header = [h.strip() for h in header]
         missing = [c for c in required if c not in header]
         if missing:
-            raise EmbedkitError(f"{path}: missing column{'s' if len(missing) > 1 else ''} "
-                                f"{', '.join(repr(c) for c in missing)} (found: {', '.join(header)})")
+            raise EmbedkitError(
+                f"{path}: missing column{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(repr(c) for c in missing)} (found: {', '.join(header)})"
+            )
         rows, lines = [], []
         for row in reader:
             if not any(field.strip() for field in row):
                 continue
             if len(row) != len(header):
-                raise EmbedkitError(f"{path}, line {reader.line_num}: {len(row)} fields, "
-                                    f"the header has {len(header)}")
+                raise EmbedkitError(
+                    f"{path}, line {reader.line_num}: {len(row)} fields, "
+                    f"the header has {len(header)}"
+                )
             rows.append(row)
             lines.append(reader.line_num)
     return Table(path, header, rows, lines)

@@ -5,13 +5,15 @@
 `create` imports the method's module on first use; `available()` lists every registered name
 with its one-line description and the label regimes it supports.
 """
+
 from __future__ import annotations
 
 import importlib
 
 from embedkit.errors import EmbedkitError
 
-# name -> (module, class name). Aliases from specs/methods.md map to the same class with preset params.
+# name -> (module, class name). Aliases from specs/methods.md map to the same class with preset
+# params.
 _REGISTRY: dict[str, tuple[str, str, dict]] = {}
 
 
@@ -36,7 +38,9 @@ def available() -> dict[str, str]:
     for name in _REGISTRY:
         cls, preset = _cls(name)
         doc = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
-        out[name] = doc + (f" ({', '.join(f'{k}={v}' for k, v in preset.items())})" if preset else "")
+        out[name] = doc + (
+            f" ({', '.join(f'{k}={v}' for k, v in preset.items())})" if preset else ""
+        )
     return out
 
 
@@ -80,5 +84,26 @@ for _v in ("dropout_disagreement", "es_misclassification", "misclassification", 
 register("gb_llr", "llr", "LLRHead", balance="subsetting", unit="group")
 
 # The heads `embedkit sweep --methods all` runs (aliases and variants excluded).
-DEFAULT_SWEEP = ["erm_native", "erm", "rw_class", "rw_group", "rs_group", "sub_group", "dfr", "groupdro", "jtt", "afr",
-                 "zeroshot", "textproj", "scer", "hsfm", "gerne", "ipg", "llr", "cb_llr", "cb_llr_mixture", "dpe", "self"]
+DEFAULT_SWEEP = [
+    "erm_native",
+    "erm",
+    "rw_class",
+    "rw_group",
+    "rs_group",
+    "sub_group",
+    "dfr",
+    "groupdro",
+    "jtt",
+    "afr",
+    "zeroshot",
+    "textproj",
+    "scer",
+    "hsfm",
+    "gerne",
+    "ipg",
+    "llr",
+    "cb_llr",
+    "cb_llr_mixture",
+    "dpe",
+    "self",
+]

@@ -5,12 +5,14 @@
 | `rw_class`, `rw_group` | loss weight w_i = (N / (K n_k(i)))^p, p = 1, rescaled to mean 1 |
 | `rw_sqrt` | the same with p = 1/2 (unit: `unit` parameter, class by default) |
 | `rs_class`, `rs_group` | sampler with replacement, P(i) = 1 / (K n_k(i)); plain batch mean |
-| `sub_class`, `sub_group` | m = min_k n_k rows per unit without replacement (subsample stream), then ERM |
+| `sub_class`, `sub_group` | m = min_k n_k rows per unit without replacement (subsample stream),
+then ERM |
 
 k(i) is the unit of row i (its class or its group g = y A + a); K counts the units with n_k > 0.
 Empty units are skipped with a warning (recorded in `info_["empty_units"]`); a fit with no unit
 at all is refused.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -22,9 +24,13 @@ from embedkit.heads.params import Param
 from embedkit.heads.trainer import SGDHead, Variant
 
 MODES = {
-    "rw_class": ("rw", "class", 1.0), "rw_group": ("rw", "group", 1.0), "rw_sqrt": ("rw", None, 0.5),
-    "rs_class": ("rs", "class", None), "rs_group": ("rs", "group", None),
-    "sub_class": ("sub", "class", None), "sub_group": ("sub", "group", None),
+    "rw_class": ("rw", "class", 1.0),
+    "rw_group": ("rw", "group", 1.0),
+    "rw_sqrt": ("rw", None, 0.5),
+    "rs_class": ("rs", "class", None),
+    "rs_group": ("rs", "group", None),
+    "sub_class": ("sub", "class", None),
+    "sub_group": ("sub", "group", None),
 }
 
 
@@ -35,8 +41,10 @@ def unit_ids(split, unit: str) -> tuple[np.ndarray, int]:
     if unit == "group":
         g = split.g
         if (g < 0).any():
-            raise EmbedkitError(f"group balancing needs the spurious attribute on every train row "
-                                f"({int((g < 0).sum())} rows have a = -1)")
+            raise EmbedkitError(
+                f"group balancing needs the spurious attribute on every train row "
+                f"({int((g < 0).sum())} rows have a = -1)"
+            )
         return g, split.n_groups
     raise EmbedkitError(f"unknown balancing unit {unit!r}; use class or group")
 
@@ -69,7 +77,9 @@ def subsample_units(k: np.ndarray, n_units: int, rng: np.random.Generator) -> np
     sorted row indices."""
     n = unit_counts(k, n_units)
     m = int(n[n > 0].min())
-    keep = [rng.choice(np.flatnonzero(k == u), size=m, replace=False) for u in np.flatnonzero(n > 0)]
+    keep = [
+        rng.choice(np.flatnonzero(k == u), size=m, replace=False) for u in np.flatnonzero(n > 0)
+    ]
     return np.sort(np.concatenate(keep))
 
 
@@ -91,10 +101,20 @@ class BalancedHead(SGDHead):
 
     PARAMS = {
         **SGDHead.PARAMS,
-        "mode": Param("choice", "rw_group", "balancing mechanism and unit (the registered name sets it)",
-                      choices=tuple(MODES)),
-        # `unit` only matters for rw_sqrt (the spec allows y or y,a): class keeps it usable in every regime.
-        "unit": Param("choice", "class", "rw_sqrt's unit: class (y) or group (y, a)", choices=("class", "group")),
+        "mode": Param(
+            "choice",
+            "rw_group",
+            "balancing mechanism and unit (the registered name sets it)",
+            choices=tuple(MODES),
+        ),
+        # `unit` only matters for rw_sqrt (the spec allows y or y,a): class keeps it usable in every
+        # regime.
+        "unit": Param(
+            "choice",
+            "class",
+            "rw_sqrt's unit: class (y) or group (y, a)",
+            choices=("class", "group"),
+        ),
     }
 
     def _fit(self, train, val, monitor):
@@ -104,7 +124,9 @@ class BalancedHead(SGDHead):
         empty = [int(u) for u in np.flatnonzero(n == 0)]
         if empty:
             names = train.class_names if self.unit == "class" else train.group_names
-            warnings.warn(f"{self.name}: empty {self.unit} unit(s) skipped: {', '.join(names[u] for u in empty)}")
+            warnings.warn(
+                f"{self.name}: empty {self.unit} unit(s) skipped: {', '.join(names[u] for u in empty)}"
+            )
         fit = np.arange(len(train))
         variant = Variant()
         if kind == "rw":
@@ -115,7 +137,13 @@ class BalancedHead(SGDHead):
             fit = subsample_units(k, n_units, np.random.default_rng(self.seeds["subsample"]))
         res = self.run_grid(train.Z[fit], train.y[fit], val, monitor, variants=[variant])
         self.adopt([res], val)
-        self.rows_ = {"fit": np.sort(train.rows[fit]), "tune": np.array([], np.int64), "select": np.sort(val.rows)}
-        self.info_.update(unit=self.unit, unit_counts=n.tolist(), empty_units=empty, n_fit_rows=int(len(fit)))
+        self.rows_ = {
+            "fit": np.sort(train.rows[fit]),
+            "tune": np.array([], np.int64),
+            "select": np.sort(val.rows),
+        }
+        self.info_.update(
+            unit=self.unit, unit_counts=n.tolist(), empty_units=empty, n_fit_rows=int(len(fit))
+        )
         if kind == "sub":
             self.info_["rows_per_unit"] = int(n[n > 0].min())

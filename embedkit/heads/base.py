@@ -3,10 +3,12 @@
 scikit-learn conventions: hyperparameters are constructor arguments, `fit` returns self,
 learned state ends in `_`. After `fit` every head exposes:
 
-- `history_`: one record per evaluation `{config_id, config, step, val: metrics, test: metrics|None}`
+- `history_`: one record per evaluation `{config_id, config, step, val: metrics, test:
+metrics|None}`
   so that any selection rule can be re-applied post hoc. The test metrics come from the runner's
   `Monitor` (embedkit/heads/monitor.py), passed as `fit(train, val, monitor)`: a head never holds
-  test arrays, it hands the monitor a way to score its current parameters; selection never reads them;
+  test arrays, it hands the monitor a way to score its current parameters; selection never reads
+  them;
 - `selected_`: `{config_id, config, step, rule, split, score, refit}` of the chosen candidate, where
   `split` names the rows the rule actually read ("val" = every val row the head was given,
   "val[select]" = a held-apart part of val, "val[labelled]" = the val rows with a visible group) and
@@ -17,17 +19,17 @@ learned state ends in `_`. After `fit` every head exposes:
 - `info_`: method-specific JSON-able facts (chosen C, directions and their alignment, ...);
 - `artifacts_`: numpy arrays saved beside the run record (e.g. HSFM's support before/after).
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 from embedkit import selection
 from embedkit.errors import EmbedkitError
-from embedkit.seeds import STREAMS, spawn_seeds  # noqa: F401  (re-exported: heads use them from here)
 from embedkit.heads.monitor import Monitor, as_monitor
 from embedkit.heads.params import Param, check_params, table
 from embedkit.metrics import evaluate_split
-
+from embedkit.seeds import STREAMS, spawn_seeds  # noqa: F401  (re-exported: heads use them from here)
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -56,8 +58,10 @@ class Head:
         # None = the label regime's default (val_wga when val attributes are visible, else
         # val_worst_class); see specs/metrics-and-selection.md section 4.2.
         if selection_rule is not None and selection_rule not in selection.RULES:
-            raise EmbedkitError(f"{self.name}: parameter selection_rule={selection_rule}: expects one of "
-                                f"{', '.join(selection.RULES)}")
+            raise EmbedkitError(
+                f"{self.name}: parameter selection_rule={selection_rule}: expects one of "
+                f"{', '.join(selection.RULES)}"
+            )
         self.selection_rule = selection_rule
         self.params = check_params(self.name, self.PARAMS, params)
 
@@ -98,16 +102,26 @@ class Head:
 
     def _check_labels(self, train, val):
         if self.needs_train_attrs and (train.a < 0).any():
-            raise EmbedkitError(f"{self.name}: needs spurious attributes on every train row "
-                                f"({int((train.a < 0).sum())} rows have a = -1)")
+            raise EmbedkitError(
+                f"{self.name}: needs spurious attributes on every train row "
+                f"({int((train.a < 0).sum())} rows have a = -1)"
+            )
         if self.needs_val_attrs and (val.a < 0).all():
-            raise EmbedkitError(f"{self.name}: needs spurious attributes on validation rows; none are visible")
+            raise EmbedkitError(
+                f"{self.name}: needs spurious attributes on validation rows; none are visible"
+            )
         if self.needs_two_val_classes:
             present = np.unique(np.asarray(val.y))
             if len(present) < 2:
-                which = (f"only class {val.class_names[int(present[0])]!r}" if len(present) else "no rows")
-                raise EmbedkitError(f"{self.name}: the validation split has {which}; fitting and selecting a "
-                                    f"head needs rows of at least two classes in val")
+                which = (
+                    f"only class {val.class_names[int(present[0])]!r}"
+                    if len(present)
+                    else "no rows"
+                )
+                raise EmbedkitError(
+                    f"{self.name}: the validation split has {which}; fitting and selecting a "
+                    f"head needs rows of at least two classes in val"
+                )
 
     def _fit(self, train, val, monitor):
         raise NotImplementedError
@@ -123,19 +137,45 @@ class Head:
     def _record(self, config_id: int, config: dict, step: int, val, fn, monitor, **extra) -> dict:
         """One history record of the head `fn` (logits of raw Z): val metrics on `val` and the
         monitor's metrics on its splits."""
-        rec = {"config_id": int(config_id), "config": dict(config), "step": int(step),
-               "val": self._evaluate(val, fn), **as_monitor(monitor).score(fn)}
+        rec = {
+            "config_id": int(config_id),
+            "config": dict(config),
+            "step": int(step),
+            "val": self._evaluate(val, fn),
+            **as_monitor(monitor).score(fn),
+        }
         rec.update(extra)
         return rec
 
-    def _select(self, history, rule: str, split_name: str, refit: bool = False, tie: str = "default",
-                rows=None) -> dict:
+    def _select(
+        self,
+        history,
+        rule: str,
+        split_name: str,
+        refit: bool = False,
+        tie: str = "default",
+        rows=None,
+    ) -> dict:
         """Select over `history` by `rule`; sets `selected_` with `split` = the name of the rows
         read and `refit`, and `selection_rows_` = those rows (cache ids) when given."""
         from embedkit import selection
+
         top = selection.select(history, rule, tie=tie)
-        self.selected_ = {k: top[k] for k in ("config_id", "config", "step", "rule", "metric", "score", "tie",
-                                              "grid_size", "n_candidates", "flags")}
+        self.selected_ = {
+            k: top[k]
+            for k in (
+                "config_id",
+                "config",
+                "step",
+                "rule",
+                "metric",
+                "score",
+                "tie",
+                "grid_size",
+                "n_candidates",
+                "flags",
+            )
+        }
         self.selected_.update(split=split_name, refit=bool(refit))
         if rows is not None:
             self.selection_rows_ = np.sort(np.asarray(rows, np.int64))
@@ -144,8 +184,16 @@ class Head:
     def _no_selection(self, val, fn, monitor) -> None:
         """A head that fits nothing: one record at step 0, no rule, nothing read for selection."""
         self.history_ = [self._record(0, {}, 0, val, fn, monitor)]
-        self.selected_ = {"config_id": 0, "config": {}, "step": 0, "rule": None, "split": None, "score": None,
-                          "grid_size": 1, "refit": False}
+        self.selected_ = {
+            "config_id": 0,
+            "config": {},
+            "step": 0,
+            "rule": None,
+            "split": None,
+            "score": None,
+            "grid_size": 1,
+            "refit": False,
+        }
         empty = np.zeros(0, np.int64)
         self.rows_ = {"fit": empty, "tune": empty, "select": empty}
         self.selection_rows_ = empty

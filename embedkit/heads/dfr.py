@@ -29,6 +29,7 @@ Random draws, in order, from the subsample stream `rng`: the val permutation, th
 `random_state = rng.integers(2**31 - 1)` per tuning fit, then per refit its subset followed by
 its `random_state`.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -46,14 +47,22 @@ from embedkit.heads.params import Param
 from embedkit.selection import DFR_C_GRID, DFR_CLASS_WEIGHT_GRID, check_leak
 
 SKLEARN_VERSION = tuple(int(p) for p in sklearn.__version__.split(".")[:2])
-RS_HIGH = 2 ** 31 - 1
+RS_HIGH = 2**31 - 1
 
 
-def l1_logistic(C: float, random_state: int, max_iter: int = 100, class_weight=None) -> LogisticRegression:
+def l1_logistic(
+    C: float, random_state: int, max_iter: int = 100, class_weight=None
+) -> LogisticRegression:
     """The one place that builds DFR's L1 liblinear logistic regression. scikit-learn 1.8
     deprecated `penalty=` (removal announced for 1.10); there `l1_ratio=1.0` selects the same
     L1 fit."""
-    kw = dict(C=C, solver="liblinear", random_state=int(random_state), max_iter=max_iter, class_weight=class_weight)
+    kw = dict(
+        C=C,
+        solver="liblinear",
+        random_state=int(random_state),
+        max_iter=max_iter,
+        class_weight=class_weight,
+    )
     if SKLEARN_VERSION >= (1, 8):
         return LogisticRegression(l1_ratio=1.0, **kw)
     return LogisticRegression(penalty="l1", **kw)
@@ -67,7 +76,9 @@ def fit_l1(X, y, C: float, random_state: int, max_iter: int = 100, class_weight=
     if len(classes) <= 2:
         lr = l1_logistic(C, random_state, max_iter, class_weight).fit(X, y)
         return lr.coef_, lr.intercept_, lr.classes_
-    fits = [l1_logistic(C, random_state, max_iter).fit(X, (y == c).astype(np.int64)) for c in classes]
+    fits = [
+        l1_logistic(C, random_state, max_iter).fit(X, (y == c).astype(np.int64)) for c in classes
+    ]
     return np.vstack([f.coef_ for f in fits]), np.concatenate([f.intercept_ for f in fits]), classes
 
 
@@ -99,20 +110,39 @@ def balanced_subset(rows: np.ndarray, g: np.ndarray, rng: np.random.Generator) -
 
 
 class DFRHead(Head):
-    """DFR: group-balanced L1 logistic-regression refits of the last layer (DFR_Val^Tr or DFR_Tr^Tr)."""
+    """DFR: group-balanced L1 logistic-regression refits of the last layer (DFR_Val^Tr or
+    DFR_Tr^Tr)."""
 
     name = "dfr"
     regimes = ("R1", "R2")
 
     PARAMS = {
-        "variant": Param("choice", "val", "val: DFR_Val^Tr (tune and refit on val); train: DFR_Tr^Tr (fit on train, "
-                         "tune on val)", choices=("val", "train")),
-        "C_grid": Param("floats", list(DFR_C_GRID), "inverse L1 strengths C searched, in this order (ties -> "
-                        "larger C)", low=0, open_low=True),
-        "n_refits": Param("int", None, "averaged refits of the chosen C (none = 20 for val, 10 for train)", low=1),
-        "scaler_source": Param("choice", "val", "rows of the final StandardScaler (dfr_val): val (follow-up code) or "
-                               "train (original code)", choices=("val", "train")),
-        "tune_class_weights": Param("bool", False, "dfr_train: also search the 14 class-weight dicts (2 classes)"),
+        "variant": Param(
+            "choice",
+            "val",
+            "val: DFR_Val^Tr (tune and refit on val); train: DFR_Tr^Tr (fit on train, tune on val)",
+            choices=("val", "train"),
+        ),
+        "C_grid": Param(
+            "floats",
+            list(DFR_C_GRID),
+            "inverse L1 strengths C searched, in this order (ties -> larger C)",
+            low=0,
+            open_low=True,
+        ),
+        "n_refits": Param(
+            "int", None, "averaged refits of the chosen C (none = 20 for val, 10 for train)", low=1
+        ),
+        "scaler_source": Param(
+            "choice",
+            "val",
+            "rows of the final StandardScaler (dfr_val): val (follow-up code) or "
+            "train (original code)",
+            choices=("val", "train"),
+        ),
+        "tune_class_weights": Param(
+            "bool", False, "dfr_train: also search the 14 class-weight dicts (2 classes)"
+        ),
     }
 
     def __init__(self, seed: int = 0, selection_rule: str | None = None, **params):
@@ -133,10 +163,15 @@ class DFRHead(Head):
 
     def _tune(self, Xfit, yfit, score_split, Xscore, configs, max_iter, monitor, rng, split_name):
         """Fit each config once; one history record per config (val = the tuning split's metrics,
-        the monitor's splits through the tuning scaler); select on `score_split` (named `split_name`).
+        the monitor's splits through the tuning scaler); select on `score_split` (named
+        `split_name`).
         The final head is refit after selection (`refit`), so it is the selected C's refits."""
-        fits = [fit_counted(Xfit, yfit, cfg["C"], rng.integers(RS_HIGH), max_iter, cfg.get("class_weight"))
-                for cfg in configs]
+        fits = [
+            fit_counted(
+                Xfit, yfit, cfg["C"], rng.integers(RS_HIGH), max_iter, cfg.get("class_weight")
+            )
+            for cfg in configs
+        ]
         self.info_["tuning_fits_not_converged"] = sum(f[3] for f in fits)
         # Widened once: each config's float64 scores would otherwise convert the matrix again (the
         # monitor's splits likewise, through the tuning scaler).
@@ -144,12 +179,22 @@ class DFRHead(Head):
         watched = monitor.mapped(lambda Z: self._scaler_apply(Z).astype(np.float64))
         for cid, (cfg, (coef, intercept, classes, _)) in enumerate(zip(configs, fits)):
             W, b = self._expand(coef, intercept, score_split.n_classes, classes)
-            rec = {"config_id": cid, "config": dict(cfg), "step": 0,
-                   "val": metrics.evaluate_split(Xscore @ W.T + b, score_split),
-                   **watched.score(lambda X: X @ W.T + b)}
+            rec = {
+                "config_id": cid,
+                "config": dict(cfg),
+                "step": 0,
+                "val": metrics.evaluate_split(Xscore @ W.T + b, score_split),
+                **watched.score(lambda X: X @ W.T + b),
+            }
             self.history_.append(rec)
-        return self._select(self.history_, self.rule(score_split), split_name, refit=True, tie="larger_C",
-                            rows=score_split.rows)
+        return self._select(
+            self.history_,
+            self.rule(score_split),
+            split_name,
+            refit=True,
+            tie="larger_C",
+            rows=score_split.rows,
+        )
 
     def _refits(self, Z, y, g, rows, C, class_weight, n_refits, rng):
         """Fits with C on fresh balanced subsets of `rows`, standardised by the final scaler."""
@@ -157,39 +202,76 @@ class DFRHead(Head):
         for _ in range(n_refits):
             b = balanced_subset(rows, g, rng)
             subsets.append(b)
-            fits.append(fit_counted(self._scaler_apply(Z[b]), y[b], C, rng.integers(RS_HIGH), class_weight=class_weight))
+            fits.append(
+                fit_counted(
+                    self._scaler_apply(Z[b]),
+                    y[b],
+                    C,
+                    rng.integers(RS_HIGH),
+                    class_weight=class_weight,
+                )
+            )
         self.info_["m_refit"] = int(len(b) // len(np.unique(g[b])))
         self.info_["refits_not_converged"] = sum(f[3] for f in fits)
-        return (np.stack([f[0] for f in fits]), np.stack([f[1] for f in fits]), np.stack(subsets), fits[0][2])
+        return (
+            np.stack([f[0] for f in fits]),
+            np.stack([f[1] for f in fits]),
+            np.stack(subsets),
+            fits[0][2],
+        )
 
     def _fit_val(self, train, val, monitor, rng):
         p = self.params
         gv, yv = val.g, val.y
-        lab = np.flatnonzero(gv >= 0)                  # rows whose group the label budget shows
+        lab = np.flatnonzero(gv >= 0)  # rows whose group the label budget shows
         n = len(lab)
         perm = lab[rng.permutation(n)]
-        sel, fit = perm[:n // 2], perm[n // 2:]
+        sel, fit = perm[: n // 2], perm[n // 2 :]
         fb = balanced_subset(fit, gv, rng)
-        check_leak(val.rows[fb], val.rows[sel])        # the two halves are disjoint by construction
+        check_leak(val.rows[fb], val.rows[sel])  # the two halves are disjoint by construction
         self._scaler = StandardScaler().fit(val.Z[fb])
         configs = [{"C": float(c)} for c in p["C_grid"]]
-        chosen = self._tune(self._scaler_apply(val.Z[fb]), yv[fb], val.subset(sel),
-                            self._scaler_apply(val.Z[sel]), configs, 100, monitor, rng, "val[select]")
+        chosen = self._tune(
+            self._scaler_apply(val.Z[fb]),
+            yv[fb],
+            val.subset(sel),
+            self._scaler_apply(val.Z[sel]),
+            configs,
+            100,
+            monitor,
+            rng,
+            "val[select]",
+        )
         C = chosen["config"]["C"]
         if p["scaler_source"] == "train":
             if len(train) == 0:
-                raise EmbedkitError("dfr: scaler_source='train' needs train embeddings; the train split is empty")
+                raise EmbedkitError(
+                    "dfr: scaler_source='train' needs train embeddings; the train split is empty"
+                )
             self._scaler = StandardScaler().fit(train.Z)
         else:
             self._scaler = StandardScaler().fit(val.Z)
-        coefs, ints, subsets, classes = self._refits(val.Z, yv, gv, lab, C, None, p["n_refits"] or 20, rng)
+        coefs, ints, subsets, classes = self._refits(
+            val.Z, yv, gv, lab, C, None, p["n_refits"] or 20, rng
+        )
         self._finish(coefs, ints, classes, val.n_classes, chosen)
-        self.rows_ = {"fit": val.rows, "tune": np.sort(val.rows[sel]), "select": np.zeros(0, np.int64)}
-        self.artifacts_.update(refit_rows=val.rows[subsets], tune_fit_rows=val.rows[fb],
-                               val_sel_rows=np.sort(val.rows[sel]))
-        self.info_.update(m_tune=int(len(fb) // len(np.unique(gv[fb]))), val_labelled=int(n),
-                          empty_val_groups=[val.group_names[k] for k in range(val.n_groups)
-                                            if not (gv[lab] == k).any()])
+        self.rows_ = {
+            "fit": val.rows,
+            "tune": np.sort(val.rows[sel]),
+            "select": np.zeros(0, np.int64),
+        }
+        self.artifacts_.update(
+            refit_rows=val.rows[subsets],
+            tune_fit_rows=val.rows[fb],
+            val_sel_rows=np.sort(val.rows[sel]),
+        )
+        self.info_.update(
+            m_tune=int(len(fb) // len(np.unique(gv[fb]))),
+            val_labelled=int(n),
+            empty_val_groups=[
+                val.group_names[k] for k in range(val.n_groups) if not (gv[lab] == k).any()
+            ],
+        )
 
     def _fit_train(self, train, val, monitor, rng):
         p = self.params
@@ -198,21 +280,40 @@ class DFRHead(Head):
         self._scaler = StandardScaler().fit(train.Z)
         if p["tune_class_weights"]:
             if train.n_classes != 2:
-                raise EmbedkitError(f"dfr_train: tune_class_weights needs 2 classes, the cache has {train.n_classes}")
-            configs = [{"C": float(c), "class_weight": cw} for c in p["C_grid"] for cw in DFR_CLASS_WEIGHT_GRID]
+                raise EmbedkitError(
+                    f"dfr_train: tune_class_weights needs 2 classes, the cache has {train.n_classes}"
+                )
+            configs = [
+                {"C": float(c), "class_weight": cw}
+                for c in p["C_grid"]
+                for cw in DFR_CLASS_WEIGHT_GRID
+            ]
         else:
             configs = [{"C": float(c)} for c in p["C_grid"]]
         tb = balanced_subset(rows, gt, rng)
         partial = bool((val.g < 0).any())
         labelled_val = val.subset(np.flatnonzero(val.g >= 0)) if partial else val
-        chosen = self._tune(self._scaler_apply(train.Z[tb]), yt[tb], labelled_val,
-                            self._scaler_apply(labelled_val.Z), configs, 20, monitor, rng,
-                            "val[labelled]" if partial else "val")
+        chosen = self._tune(
+            self._scaler_apply(train.Z[tb]),
+            yt[tb],
+            labelled_val,
+            self._scaler_apply(labelled_val.Z),
+            configs,
+            20,
+            monitor,
+            rng,
+            "val[labelled]" if partial else "val",
+        )
         cw = chosen["config"].get("class_weight")
-        coefs, ints, subsets, classes = self._refits(train.Z, yt, gt, rows,
-                                                     chosen["config"]["C"], cw, p["n_refits"] or 10, rng)
+        coefs, ints, subsets, classes = self._refits(
+            train.Z, yt, gt, rows, chosen["config"]["C"], cw, p["n_refits"] or 10, rng
+        )
         self._finish(coefs, ints, classes, train.n_classes, chosen)
-        self.rows_ = {"fit": train.rows, "tune": np.zeros(0, np.int64), "select": np.sort(labelled_val.rows)}
+        self.rows_ = {
+            "fit": train.rows,
+            "tune": np.zeros(0, np.int64),
+            "select": np.sort(labelled_val.rows),
+        }
         self.artifacts_.update(refit_rows=train.rows[subsets], tune_fit_rows=train.rows[tb])
         self.info_.update(m_tune=int(len(tb) // len(np.unique(gt[tb]))))
 
@@ -223,8 +324,10 @@ class DFRHead(Head):
         binary becomes (0, s) so that argmax = 1[s > 0] and softmax = sigmoid(s)."""
         coef, intercept = np.asarray(coef, np.float64), np.asarray(intercept, np.float64)
         if len(classes) != n_classes:
-            raise EmbedkitError(f"dfr: the fitting rows hold {len(classes)} of {n_classes} classes; "
-                                f"every class needs rows with a visible group")
+            raise EmbedkitError(
+                f"dfr: the fitting rows hold {len(classes)} of {n_classes} classes; "
+                f"every class needs rows with a visible group"
+            )
         if coef.shape[0] == 1:
             return np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, intercept]
         return coef, intercept
@@ -238,11 +341,16 @@ class DFRHead(Head):
         self.coef_ = self._W / scale
         self.intercept_ = self._b - self._W @ (mean / scale)
         self.artifacts_.update(coefs=coefs, intercepts=ints, scaler_mean=mean, scaler_scale=scale)
-        self.info_.update(C=chosen["config"]["C"], class_weight=chosen["config"].get("class_weight"),
-                          n_refits=len(coefs),
-                          scaler_source=self.params["scaler_source"] if self.params["variant"] == "val" else "train",
-                          sklearn_version=sklearn.__version__,
-                          tuning_scores={str(r["config"]): r["val"]["worst_group_acc"] for r in self.history_})
+        self.info_.update(
+            C=chosen["config"]["C"],
+            class_weight=chosen["config"].get("class_weight"),
+            n_refits=len(coefs),
+            scaler_source=self.params["scaler_source"]
+            if self.params["variant"] == "val"
+            else "train",
+            sklearn_version=sklearn.__version__,
+            tuning_scores={str(r["config"]): r["val"]["worst_group_acc"] for r in self.history_},
+        )
 
     def _scaler_apply(self, Z):
         return self._scaler.transform(np.asarray(Z, np.float32))

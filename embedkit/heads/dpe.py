@@ -9,8 +9,10 @@ IsoMax+ loss with entropic scale E = 30:  l(z, y) = -log softmax(-E d(z))_y.
 Member m (stage m = 1..S, S = 15) is trained on a fresh balanced subsample of the fitting rows
 (`balance`: group = min_g n_g rows per group (y, a) when val attributes are visible, R1/R2; class =
 min_c n_c rows per class without them, R3) with
-    L = mean_B l  +  10 * mean_c ||p_c||^2  +  lambda_m * | mean_c sum_{j<m} <p_c, p_c^(j)> / (m (D-1)) |
-the last term being the inter-prototype similarity (diversity) penalty against every earlier member's
+    L = mean_B l  +  10 * mean_c ||p_c||^2  +  lambda_m * | mean_c sum_{j<m} <p_c, p_c^(j)> / (m
+    (D-1)) |
+the last term being the inter-prototype similarity (diversity) penalty against every earlier
+member's
 prototypes of the same class, lambda_m = cov_reg / (1 + alpha (m - 2)) for m >= 2 (cov_reg 5e4,
 alpha 0.05, the package's `cov_reg_scheduler_inv`). SGD, lr 1e-3, momentum 0.9, no weight decay,
 batch 256, 20 epochs; prototypes ~ N(0, 0.01^2), s = 1 at every stage. Each member keeps the epoch
@@ -18,7 +20,8 @@ with the best selection score (ties to the later epoch, as the package's `>=`). 
 predicts the mean over members of softmax(-d(z)).
 
 Protocols. `protocol=package` is the package's: members fit on subsamples of all val and each
-member's epoch is chosen on all val, i.e. selection reads rows it trained on; the runner's leak guard
+member's epoch is chosen on all val, i.e. selection reads rows it trained on; the runner's leak
+guard
 refuses that unless `--allow-overlap` (the record is then tagged `selected_on_fit_data`).
 `protocol=split` (default) [W] splits val as DFR does: a seeded permutation of the labelled val rows
 (subsample stream), select half = perm[:Nv//2], fit half = the rest; members fit on balanced
@@ -32,6 +35,7 @@ fewer than 256 rows). In R3 selection uses val worst-class accuracy; the package
 true groups of val. The package's demo passes `train_attr='no'`, a non-empty string that its
 subsampling treats as true (group balancing); its class-balanced R3 path needs `train_attr=False`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -59,37 +63,43 @@ def row_standardize(Z) -> np.ndarray:
 
 
 def prototype_distances(Z, P, s) -> np.ndarray:
-    """|s| * ||z/||z|| - p_c/||p_c|| ||: [N, C] distances of rows Z [N, D] to prototypes P [C, D]."""
+    """|s| * ||z/||z|| - p_c/||p_c|| ||: [N, C] distances of rows Z [N, D] to prototypes P [C,
+    D]."""
     Zn = Z / np.maximum(np.linalg.norm(Z, axis=1, keepdims=True), 1e-12)
     Pn = P / np.maximum(np.linalg.norm(P, axis=1, keepdims=True), 1e-12)
-    sq = (Zn ** 2).sum(1)[:, None] + (Pn ** 2).sum(1)[None, :] - 2.0 * Zn @ Pn.T
+    sq = (Zn**2).sum(1)[:, None] + (Pn**2).sum(1)[None, :] - 2.0 * Zn @ Pn.T
     return abs(float(np.ravel(s)[0])) * np.sqrt(np.maximum(sq, 0.0))
 
 
 class PrototypeState:
     """One trained member: prototypes P [C, D] and scale s; logits = -d(z) on row-standardised z."""
+
     kind = "prototype"
 
     def __init__(self, arrays: dict):
         self.arrays = arrays
 
     def logits(self, Z) -> np.ndarray:
-        return -prototype_distances(np.asarray(Z, np.float64), self.arrays["P"].astype(np.float64),
-                                    self.arrays["s"])
+        return -prototype_distances(
+            np.asarray(Z, np.float64), self.arrays["P"].astype(np.float64), self.arrays["s"]
+        )
 
 
 class PrototypeModel:
     """K stacked IsoMax+ prototype heads for the shared trainer; its logits are the training logits
     -E d(z), so the trainer's per-row cross-entropy is the IsoMax+ loss."""
+
     kind = "prototype"
-    decay = ()                      # the package's L2 term is in the objective (10 mean_c ||p_c||^2)
+    decay = ()  # the package's L2 term is in the objective (10 mean_c ||p_c||^2)
 
     def __init__(self, dim: int, n_classes: int, entropic: float):
         self.dim, self.n_classes, self.entropic = dim, n_classes, float(entropic)
 
     def init_params(self, gen) -> dict:
-        return {"P": torch.randn((self.n_classes, self.dim), generator=gen, dtype=torch.float32) * 0.01,
-                "s": torch.ones(1, dtype=torch.float32)}
+        return {
+            "P": torch.randn((self.n_classes, self.dim), generator=gen, dtype=torch.float32) * 0.01,
+            "s": torch.ones(1, dtype=torch.float32),
+        }
 
     def forward(self, p, x):
         P, s = p["P"], p["s"]
@@ -104,14 +114,15 @@ class PrototypeModel:
 
 
 class DiversityObjective:
-    """mean_B IsoMax+ loss + wd_weight mean_c ||p_c||^2 + lambda |mean_c sum_j <p_c, prev_cj>| / (m (D-1))."""
+    """mean_B IsoMax+ loss + wd_weight mean_c ||p_c||^2 + lambda |mean_c sum_j <p_c, prev_cj>| / (m
+    (D-1))."""
 
     def __init__(self, previous: list[np.ndarray], cov_reg: float, wd_weight: float):
-        self.prev = torch.as_tensor(np.stack(previous, 1)) if previous else None     # [C, m-1, D]
+        self.prev = torch.as_tensor(np.stack(previous, 1)) if previous else None  # [C, m-1, D]
         self.cov_reg, self.wd_weight = float(cov_reg), float(wd_weight)
 
     def __call__(self, ctx):
-        P = ctx.params["P"]                                                       # [K, C, D]
+        P = ctx.params["P"]  # [K, C, D]
         loss = weighted_mean(ctx) + self.wd_weight * P.pow(2).sum(-1).mean(-1)
         if self.prev is not None and self.cov_reg > 0:
             prev = self.prev.to(P.device, P.dtype)
@@ -122,7 +133,8 @@ class DiversityObjective:
 
 
 def cov_reg_schedule(cov_reg: float, alpha: float, stage: int) -> float:
-    """The package's `cov_reg_scheduler_inv`: cov_reg at stages 1 and 2, then cov_reg / (1 + alpha (m-2))."""
+    """The package's `cov_reg_scheduler_inv`: cov_reg at stages 1 and 2, then cov_reg / (1 + alpha
+    (m-2))."""
     return float(cov_reg) / (1.0 + float(alpha) * max(stage - 2, 0))
 
 
@@ -137,19 +149,34 @@ class DPEHead(Head):
 
     PARAMS = {
         "num_stages": Param("int", 15, "ensemble members, trained one stage after another", low=1),
-        "epochs": Param("int", 20, "epochs per stage (each member's epoch chosen on the selection rows)", low=1),
+        "epochs": Param(
+            "int", 20, "epochs per stage (each member's epoch chosen on the selection rows)", low=1
+        ),
         "lr": Param("float", 1e-3, "SGD learning rate", low=0, open_low=True),
         "batch_size": Param("int", 256, "rows per minibatch (at most the stage's subset)", low=1),
-        "cov_reg": Param("float", 5e4, "diversity penalty weight (stages 1-2; then cov_reg / (1 + alpha (m - 2)))",
-                         low=0),
+        "cov_reg": Param(
+            "float",
+            5e4,
+            "diversity penalty weight (stages 1-2; then cov_reg / (1 + alpha (m - 2)))",
+            low=0,
+        ),
         "alpha": Param("float", 0.05, "decay of the diversity penalty over stages", low=0),
         "entropic": Param("float", 30.0, "IsoMax+ entropic scale", low=0, open_low=True),
         "wd_weight": Param("float", 10.0, "weight of the prototype distance-scale decay", low=0),
         "norm_emb": Param("bool", True, "row-standardise the embeddings (the package's norm_emb)"),
-        "balance": Param("choice", "auto", "balanced subsets by group, by class, or auto (group when val attributes "
-                         "are visible)", choices=BALANCES),
-        "protocol": Param("choice", "split", "split: fit on one half of val, select on the other (leak-free); "
-                          "package: fit and select on all of val (flagged)", choices=PROTOCOLS),
+        "balance": Param(
+            "choice",
+            "auto",
+            "balanced subsets by group, by class, or auto (group when val attributes are visible)",
+            choices=BALANCES,
+        ),
+        "protocol": Param(
+            "choice",
+            "split",
+            "split: fit on one half of val, select on the other (leak-free); "
+            "package: fit and select on all of val (flagged)",
+            choices=PROTOCOLS,
+        ),
         "device": TRAINER_PARAMS["device"],
         "threads": TRAINER_PARAMS["threads"],
     }
@@ -164,15 +191,17 @@ class DPEHead(Head):
 
     def _fit(self, train, val, monitor):
         p = self.params
-        balance = p["balance"] if p["balance"] != "auto" else ("group" if (val.a >= 0).any() else "class")
+        balance = (
+            p["balance"] if p["balance"] != "auto" else ("group" if (val.a >= 0).any() else "class")
+        )
         rng = np.random.default_rng(self.seeds["subsample"])
         if balance == "group":
-            lab = np.flatnonzero(val.a >= 0)            # rows whose group the label budget shows
+            lab = np.flatnonzero(val.a >= 0)  # rows whose group the label budget shows
         else:
             lab = np.arange(len(val))
         if p["protocol"] == "split":
             perm = lab[rng.permutation(len(lab))]
-            sel_pos, fit_pos = np.sort(perm[:len(lab) // 2]), np.sort(perm[len(lab) // 2:])
+            sel_pos, fit_pos = np.sort(perm[: len(lab) // 2]), np.sort(perm[len(lab) // 2 :])
             select = val.subset(sel_pos)
             split_name = "val[select]"
         else:
@@ -192,38 +221,81 @@ class DPEHead(Head):
             subsets.append(fit.rows[sub])
             B = min(int(p["batch_size"]), len(sub))
             per_epoch = max(1, len(sub) // B)
-            res = fit_grid(Zfit[sub], fit.y[sub], [{"lr": float(p["lr"]), "wd": 0.0, "stage": m}],
-                           val=select_feats, monitor=watched, rule=rule, tie="later_epoch", steps=int(p["epochs"]) * per_epoch,
-                           eval_every=per_epoch, batch_size=B,
-                           model=PrototypeModel(Zfit.shape[1], val.n_classes, p["entropic"]),
-                           objective=DiversityObjective(prev, cov_reg_schedule(p["cov_reg"], p["alpha"], m),
-                                                        p["wd_weight"]),
-                           init_seed=int(gen[m - 1].generate_state(1)[0]),
-                           sampler_seed=int(samp[m - 1].generate_state(1)[0]),
-                           device=p["device"], threads=p["threads"], config_offset=m - 1)
+            res = fit_grid(
+                Zfit[sub],
+                fit.y[sub],
+                [{"lr": float(p["lr"]), "wd": 0.0, "stage": m}],
+                val=select_feats,
+                monitor=watched,
+                rule=rule,
+                tie="later_epoch",
+                steps=int(p["epochs"]) * per_epoch,
+                eval_every=per_epoch,
+                batch_size=B,
+                model=PrototypeModel(Zfit.shape[1], val.n_classes, p["entropic"]),
+                objective=DiversityObjective(
+                    prev, cov_reg_schedule(p["cov_reg"], p["alpha"], m), p["wd_weight"]
+                ),
+                init_seed=int(gen[m - 1].generate_state(1)[0]),
+                sampler_seed=int(samp[m - 1].generate_state(1)[0]),
+                device=p["device"],
+                threads=p["threads"],
+                config_offset=m - 1,
+            )
             self.history_.extend(res.history)
             members.append(res.state)
             prev.append(res.state.arrays["P"].astype(np.float32))
-            per_stage.append({"stage": m, "step": res.selected["step"], "score": res.selected["score"],
-                              "n_sub": int(len(sub)), "steps_per_epoch": per_epoch, "batch": B,
-                              "seconds": res.info["seconds"]})
+            per_stage.append(
+                {
+                    "stage": m,
+                    "step": res.selected["step"],
+                    "score": res.selected["score"],
+                    "n_sub": int(len(sub)),
+                    "steps_per_epoch": per_epoch,
+                    "batch": B,
+                    "seconds": res.info["seconds"],
+                }
+            )
         self.members_ = members
         score_rec = metrics.evaluate_split(self.decision_function(select.Z), select)
         metric = RULES[rule][1]
         # The ensemble of every stage's selected member: no single (config, step) record, so the
         # score is the ensemble's own on the selection rows.
-        self.selected_ = {"config_id": None, "config": {"num_stages": int(p["num_stages"]), "balance": balance},
-                          "step": None, "rule": rule, "split": split_name, "metric": metric,
-                          "score": score_rec.get(metric), "tie": "later_epoch", "refit": False, "ensemble": True,
-                          "grid_size": int(p["num_stages"]), "n_candidates": len(self.history_), "flags": {}}
+        self.selected_ = {
+            "config_id": None,
+            "config": {"num_stages": int(p["num_stages"]), "balance": balance},
+            "step": None,
+            "rule": rule,
+            "split": split_name,
+            "metric": metric,
+            "score": score_rec.get(metric),
+            "tie": "later_epoch",
+            "refit": False,
+            "ensemble": True,
+            "grid_size": int(p["num_stages"]),
+            "n_candidates": len(self.history_),
+            "flags": {},
+        }
         self.selection_rows_ = np.sort(select.rows)
-        self.rows_ = {"fit": np.sort(fit.rows), "tune": np.array([], np.int64), "select": np.sort(select.rows)}
-        self.artifacts_.update(prototypes=np.stack([s.arrays["P"] for s in members]),
-                               scales=np.concatenate([np.ravel(s.arrays["s"]) for s in members]),
-                               stage_rows=np.stack(subsets) if len({len(s) for s in subsets}) == 1 else
-                               np.concatenate(subsets))
-        self.info_.update(balance=balance, protocol=p["protocol"], stages=per_stage,
-                          n_fit_rows=int(len(fit)), n_select_rows=int(len(select)))
+        self.rows_ = {
+            "fit": np.sort(fit.rows),
+            "tune": np.array([], np.int64),
+            "select": np.sort(select.rows),
+        }
+        self.artifacts_.update(
+            prototypes=np.stack([s.arrays["P"] for s in members]),
+            scales=np.concatenate([np.ravel(s.arrays["s"]) for s in members]),
+            stage_rows=np.stack(subsets)
+            if len({len(s) for s in subsets}) == 1
+            else np.concatenate(subsets),
+        )
+        self.info_.update(
+            balance=balance,
+            protocol=p["protocol"],
+            stages=per_stage,
+            n_fit_rows=int(len(fit)),
+            n_select_rows=int(len(select)),
+        )
 
     def member_probs(self, Z) -> np.ndarray:
         """[S, N, C]: each member's softmax(-d(z))."""

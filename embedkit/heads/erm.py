@@ -1,4 +1,5 @@
 """ERM heads (methods spec section 1): `erm` and `erm_native`."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,7 +19,11 @@ class ERMHead(SGDHead):
     def _fit(self, train, val, monitor):
         res = self.run_grid(train.Z, train.y, val, monitor)
         self.adopt([res], val)
-        self.rows_ = {"fit": np.sort(train.rows), "tune": np.array([], np.int64), "select": np.sort(val.rows)}
+        self.rows_ = {
+            "fit": np.sort(train.rows),
+            "tune": np.array([], np.int64),
+            "select": np.sort(val.rows),
+        }
         self.info_["n_fit_rows"] = len(train)
 
 
@@ -34,11 +39,15 @@ class NativeHead(Head):
     def _fit(self, train, val, monitor):
         head = train.erm_head or val.erm_head
         if head is None:
-            raise EmbedkitError(f"erm_native: the cache stores no ERM head (W0, b0) for backbone "
-                                f"{train.backbone or '?'}")
+            raise EmbedkitError(
+                f"erm_native: the cache stores no ERM head (W0, b0) for backbone "
+                f"{train.backbone or '?'}"
+            )
         W0, b0 = (np.asarray(h, np.float32) for h in head)
         if W0.shape != (train.n_classes, train.Z.shape[1]):
-            raise EmbedkitError(f"erm_native: stored head has shape {W0.shape}, but the cache has "
-                                f"{train.n_classes} classes and {train.Z.shape[1]} features")
+            raise EmbedkitError(
+                f"erm_native: stored head has shape {W0.shape}, but the cache has "
+                f"{train.n_classes} classes and {train.Z.shape[1]} features"
+            )
         self.coef_, self.intercept_ = W0, b0
         self._no_selection(val, self.decision_function, monitor)

@@ -12,6 +12,7 @@ Groups without train rows never appear in a batch: like an absent group they kee
 lose mass through the renormalisation; their adjustment is not applied (1/sqrt(0) is undefined).
 The greedy `--btl` variant is not implemented.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -43,7 +44,7 @@ class GroupDROLoss:
 
     def group_means(self, losses: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """l_g [K, G] = segment sums of losses [K, B] over g [K, B] divided by max(1, n_g^B)."""
-        onehot = torch.nn.functional.one_hot(g, self.G).to(losses.dtype)          # [K, B, G]
+        onehot = torch.nn.functional.one_hot(g, self.G).to(losses.dtype)  # [K, B, G]
         sums = torch.einsum("kb,kbg->kg", losses, onehot)
         counts = onehot.sum(dim=1)
         return sums / counts.clamp(min=1)
@@ -81,13 +82,29 @@ class GroupDROHead(SGDHead):
     # `sampler=uniform` is the reading of the loss alone.
     PARAMS = {
         **SGDHead.PARAMS,
-        "eta_grid": Param("floats", tuple(GRIDS["gdro"]["eta"]), "step sizes eta of the group weights q searched",
-                          low=0),
-        "wd_grid": Param("floats", tuple(GRIDS["gdro"]["wd"]), "weight decays searched (weights only)", low=0),
-        "adj": Param("floats", 0.0, "generalisation adjustment C_adj (one number, or one per group; used only "
-                     "when every C_adj,g > 0)", low=0),
-        "sampler": Param("choice", "group", "batch sampler: uniform rows, or group-balanced "
-                         "(P(i) = 1/(G n_g(i)), the official --reweight_groups)", choices=("uniform", "group")),
+        "eta_grid": Param(
+            "floats",
+            tuple(GRIDS["gdro"]["eta"]),
+            "step sizes eta of the group weights q searched",
+            low=0,
+        ),
+        "wd_grid": Param(
+            "floats", tuple(GRIDS["gdro"]["wd"]), "weight decays searched (weights only)", low=0
+        ),
+        "adj": Param(
+            "floats",
+            0.0,
+            "generalisation adjustment C_adj (one number, or one per group; used only "
+            "when every C_adj,g > 0)",
+            low=0,
+        ),
+        "sampler": Param(
+            "choice",
+            "group",
+            "batch sampler: uniform rows, or group-balanced "
+            "(P(i) = 1/(G n_g(i)), the official --reweight_groups)",
+            choices=("uniform", "group"),
+        ),
     }
 
     def _fit(self, train, val, monitor):
@@ -95,11 +112,29 @@ class GroupDROHead(SGDHead):
         grid = [{"eta": eta, **c} for eta in as_grid(p["eta_grid"]) for c in self.default_grid()]
         g = train.g
         counts = np.bincount(g, minlength=train.n_groups)
-        variant = Variant(sampler=sampler_probs(g, train.n_groups)) if p["sampler"] == "group" else Variant()
+        variant = (
+            Variant(sampler=sampler_probs(g, train.n_groups))
+            if p["sampler"] == "group"
+            else Variant()
+        )
         loss = GroupDROLoss([c["eta"] for c in grid], train.n_groups, counts, p["adj"])
-        res = self.run_grid(train.Z, train.y, val, monitor, grid=grid, variants=[variant], objective=loss,
-                            row_data={"g": g})
+        res = self.run_grid(
+            train.Z,
+            train.y,
+            val,
+            monitor,
+            grid=grid,
+            variants=[variant],
+            objective=loss,
+            row_data={"g": g},
+        )
         self.adopt([res], val)
-        self.rows_ = {"fit": np.sort(train.rows), "tune": np.array([], np.int64), "select": np.sort(val.rows)}
-        self.info_.update(train_group_counts=counts.tolist(), q_final=loss.q.cpu().numpy().tolist()
-                          if loss.q is not None else None)
+        self.rows_ = {
+            "fit": np.sort(train.rows),
+            "tune": np.array([], np.int64),
+            "select": np.sort(val.rows),
+        }
+        self.info_.update(
+            train_group_counts=counts.tolist(),
+            q_final=loss.q.cpu().numpy().tolist() if loss.q is not None else None,
+        )

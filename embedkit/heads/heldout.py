@@ -11,6 +11,7 @@ stored in the record (`seen_override`) so the run is flagged.
 A cache without the record ("unknown": published backbones, old files) is not refused: nobody can
 tell, and refusing every CLIP cache would make AFR and JTT unusable on them.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,8 +21,9 @@ from embedkit.errors import EmbedkitError
 OVERRIDE_PARAM = "allow_seen_rows"
 
 
-def check_unseen(head_name: str, split, role: str, allow: bool = False,
-                 param: str = OVERRIDE_PARAM) -> dict | None:
+def check_unseen(
+    head_name: str, split, role: str, allow: bool = False, param: str = OVERRIDE_PARAM
+) -> dict | None:
     """None when no row of `split` was seen by the backbone (or nobody recorded it); else raise
     one EmbedkitError line, or, with `allow`, return the `seen_override` entry to record:
     {head, split, role, n_seen, n_rows, backbone}. `role` says what the rows are for (e.g.
@@ -32,23 +34,34 @@ def check_unseen(head_name: str, split, role: str, allow: bool = False,
     n_seen = int(seen.sum())
     if n_seen == 0:
         return None
-    entry = {"head": head_name, "split": split.name, "role": role, "n_seen": n_seen, "n_rows": int(len(seen)),
-             "backbone": split.backbone, "rows_sha256": _rows_sha(split.rows[seen])}
+    entry = {
+        "head": head_name,
+        "split": split.name,
+        "role": role,
+        "n_seen": n_seen,
+        "n_rows": int(len(seen)),
+        "backbone": split.backbone,
+        "rows_sha256": _rows_sha(split.rows[seen]),
+    }
     if allow:
         return entry
     raise EmbedkitError(
         f"{head_name}: {n_seen} of {len(seen)} {role} ({split.name} split) were seen by backbone "
         f"{split.backbone or '?'} in training, so its head is confident on them and the method degenerates to "
         f"ERM; use a backbone that did not train on them (train-erm --holdout 0.2 keeps the last 20 % of train "
-        f"unseen), or pass {param}=true (flagged as seen_override)")
+        f"unseen), or pass {param}=true (flagged as seen_override)"
+    )
 
 
 def _rows_sha(rows) -> str:
     import hashlib
+
     return hashlib.sha256(np.asarray(rows, np.int64).tobytes()).hexdigest()
 
 
-def unseen_need(head_name: str, split, role: str, allow: bool = False, param: str = OVERRIDE_PARAM) -> str | None:
+def unseen_need(
+    head_name: str, split, role: str, allow: bool = False, param: str = OVERRIDE_PARAM
+) -> str | None:
     """The same check as a need the runner reports (a sweep skips the head with this reason)
     instead of an error: None when the rows may be used."""
     try:
@@ -56,4 +69,3 @@ def unseen_need(head_name: str, split, role: str, allow: bool = False, param: st
     except EmbedkitError as e:
         return str(e)
     return None
-

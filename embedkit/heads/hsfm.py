@@ -6,7 +6,8 @@ Sources: paper arXiv:2603.29313; repo ArianYp/Feature-Space-Meta-Learning commit
 - support S = {(h_i, y_i)}, `n_s` real train embeddings per class, h_i^0 = f(x_i); the h_i are the
   parameters (free per-sample, per-dimension edits e_i = h_i - h_i^0, no norm penalty);
 - hard set H(theta): per class c the `K_hard` val rows with the largest CE under the current head;
-- inner loop: plain GD from theta_0 on the full support, theta_{t+1} = theta_t - alpha grad CE(S; theta_t),
+- inner loop: plain GD from theta_0 on the full support, theta_{t+1} = theta_t - alpha grad CE(S;
+theta_t),
   t = 0..T-1, differentiable (`create_graph=True`);
 - outer: min_h CE(H(theta_0); theta_T(h)) by Adam(eta) on h, gradient-norm clipping at `clip` (10);
 - after the `K_H` outer steps of an epoch the persistent head takes T Adam(lr = alpha) steps on
@@ -14,7 +15,8 @@ Sources: paper arXiv:2603.29313; repo ArianYp/Feature-Space-Meta-Learning commit
 - selection: the epoch by val worst-group accuracy, ties -> later epoch (metrics spec 4.2).
 
 The paper draws the hard set from the same val it selects on; embedkit's default
-`val_split_for_hard=0.5` [W, spec option] draws the hard set from a seeded group-stratified half of val
+`val_split_for_hard=0.5` [W, spec option] draws the hard set from a seeded group-stratified half of
+val
 and selects on the other half, so the run passes the leak guard and takes part in default tables
 (measured on the real caches: the same test WGA within noise). `val_split_for_hard=0` is the paper's
 protocol: the run is flagged `val_used_for_training` / `selected_on_fit_data` (the runner then needs
@@ -23,23 +25,26 @@ protocol: the run is flagged `val_used_for_training` / `selected_on_fit_data` (t
 Hyperparameters: `preset` = "waterbirds" (default) | "celeba" | "metashift" | "dominoes" (paper
 Table 11, for 2048-d ResNet-50 features); explicit n_s, T, alpha, eta, K_H, K_hard, epochs override
 the preset. The inner/head step size alpha does not transfer across feature scales, so by default it
-is selected with the epoch on the selection rows from the preset's alpha x (1, 10, 100) (`alpha_grid`
+is selected with the epoch on the selection rows from the preset's alpha x (1, 10, 100)
+(`alpha_grid`
 gives other candidates; an explicit `alpha` fixes it). No default here was chosen on test metrics.
 `selected_["split"]` is "val[select]" when the hard set took the other part of val.
-theta_ERM is the cache's stored ERM head when its shape fits, otherwise an `erm` probe fitted on train
+theta_ERM is the cache's stored ERM head when its shape fits, otherwise an `erm` probe fitted on
+train
 first (spec choices: "CLIP backbones: fit an erm probe on train first").
 
 Artifacts for the edit visualisation (spec 8.1): `support_before` (H0 [N_s, D]), `support_after`
 (H at the selected epoch), `support_y` (yS), `support_rows` (cache rows of the support items).
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from embedkit.determinism import reproducible
 from embedkit import heads as _heads
+from embedkit.determinism import reproducible
 from embedkit.errors import EmbedkitError
 from embedkit.heads.base import Head
 from embedkit.heads.params import Param
@@ -99,7 +104,8 @@ def hypergradient(H, yS, W0, b0, Xh, yh, T: int, alpha: float):
 
 
 class HSFMHead(Head):
-    """Hard-set-guided feature-space meta-learning: edit a class-balanced support so a head adapted on it fits the hardest val rows."""
+    """Hard-set-guided feature-space meta-learning: edit a class-balanced support so a head adapted
+    on it fits the hardest val rows."""
 
     name = "hsfm"
     regimes = ("R1", "R2")
@@ -108,22 +114,57 @@ class HSFMHead(Head):
     # any of n_s, T, alpha, eta, K_H, K_hard, epochs given explicitly overrides the preset's value.
     # alpha_grid None: the preset's alpha x ALPHA_SCALES, selected with the epoch on val[select].
     PARAMS = {
-        "preset": Param("choice", "waterbirds", "hyperparameter preset: the paper's Table 11 rows (2048-d ResNet-50 "
-                        "features) or embedkit's", choices=tuple(PRESETS)),
+        "preset": Param(
+            "choice",
+            "waterbirds",
+            "hyperparameter preset: the paper's Table 11 rows (2048-d ResNet-50 "
+            "features) or embedkit's",
+            choices=tuple(PRESETS),
+        ),
         "n_s": Param("int", None, "support rows per class (none = the preset's)", low=1),
-        "T": Param("int", None, "inner GD steps (and head Adam steps per epoch; none = the preset's)", low=1),
-        "alpha": Param("float", None, "inner step size alpha (and the head's Adam lr; none = alpha_grid)", low=0),
-        "eta": Param("float", None, "outer Adam lr on the support edits (none = the preset's)", low=0),
+        "T": Param(
+            "int",
+            None,
+            "inner GD steps (and head Adam steps per epoch; none = the preset's)",
+            low=1,
+        ),
+        "alpha": Param(
+            "float",
+            None,
+            "inner step size alpha (and the head's Adam lr; none = alpha_grid)",
+            low=0,
+        ),
+        "eta": Param(
+            "float", None, "outer Adam lr on the support edits (none = the preset's)", low=0
+        ),
         "K_H": Param("int", None, "outer steps per epoch (none = the preset's)", low=1),
         "K_hard": Param("int", None, "hard-set rows per class (none = the preset's)", low=1),
         "epochs": Param("int", None, "epochs (none = the preset's)", low=1),
-        "alpha_grid": Param("floats", None, "inner step sizes searched on val[select] (none = alpha if given, else "
-                            "the preset's alpha x (1, 10, 100))", low=0),
-        "clip": Param("float", 10.0, "gradient-norm clipping of the outer step", low=0, open_low=True),
-        "val_split_for_hard": Param("float", 0.5, "fraction of val (group-stratified) the hard set is drawn from; the "
-                                    "rest selects. 0 = the paper's protocol (flagged)", low=0, high=1, open_high=True),
-        "init": Param("choice", "auto", "theta_ERM: the stored ERM head when it fits (auto), stored, or an erm probe",
-                      choices=("auto", "stored", "erm")),
+        "alpha_grid": Param(
+            "floats",
+            None,
+            "inner step sizes searched on val[select] (none = alpha if given, else "
+            "the preset's alpha x (1, 10, 100))",
+            low=0,
+        ),
+        "clip": Param(
+            "float", 10.0, "gradient-norm clipping of the outer step", low=0, open_low=True
+        ),
+        "val_split_for_hard": Param(
+            "float",
+            0.5,
+            "fraction of val (group-stratified) the hard set is drawn from; the "
+            "rest selects. 0 = the paper's protocol (flagged)",
+            low=0,
+            high=1,
+            open_high=True,
+        ),
+        "init": Param(
+            "choice",
+            "auto",
+            "theta_ERM: the stored ERM head when it fits (auto), stored, or an erm probe",
+            choices=("auto", "stored", "erm"),
+        ),
         "threads": THREADS,
     }
 
@@ -143,8 +184,17 @@ class HSFMHead(Head):
         alpha x ALPHA_SCALES."""
         p = self.params
         if p["alpha_grid"] is not None:
-            out = [float(a) for a in np.atleast_1d(np.asarray(
-                p["alpha_grid"].split(",") if isinstance(p["alpha_grid"], str) else p["alpha_grid"], float))]
+            out = [
+                float(a)
+                for a in np.atleast_1d(
+                    np.asarray(
+                        p["alpha_grid"].split(",")
+                        if isinstance(p["alpha_grid"], str)
+                        else p["alpha_grid"],
+                        float,
+                    )
+                )
+            ]
         elif p["alpha"] is not None:
             out = [float(p["alpha"])]
         else:
@@ -162,14 +212,25 @@ class HSFMHead(Head):
         matches = stored is not None and np.shape(stored[0]) == (train.n_classes, train.Z.shape[1])
         mode = self.params["init"]
         if mode == "stored" and not matches:
-            raise EmbedkitError(f"hsfm: init=stored but the cache has no ERM head with "
-                                f"{train.n_classes} classes and dim {train.Z.shape[1]} for backbone "
-                                f"{train.backbone!r}")
+            raise EmbedkitError(
+                f"hsfm: init=stored but the cache has no ERM head with "
+                f"{train.n_classes} classes and dim {train.Z.shape[1]} for backbone "
+                f"{train.backbone!r}"
+            )
         if mode == "stored" or (mode == "auto" and matches):
-            return np.asarray(stored[0], np.float32), np.asarray(stored[1], np.float32), "stored", None
+            return (
+                np.asarray(stored[0], np.float32),
+                np.asarray(stored[1], np.float32),
+                "stored",
+                None,
+            )
         probe = _heads.create("erm", seed=self.seed).fit(train, val)
-        return (np.asarray(probe.coef_, np.float32), np.asarray(probe.intercept_, np.float32),
-                "erm", probe.rows_)
+        return (
+            np.asarray(probe.coef_, np.float32),
+            np.asarray(probe.intercept_, np.float32),
+            "erm",
+            probe.rows_,
+        )
 
     # -- fit --------------------------------------------------------------------------------
     def _fit(self, train, val, monitor):
@@ -189,7 +250,9 @@ class HSFMHead(Head):
         for c in range(C):
             rows = np.flatnonzero(train.y == c)
             if len(rows) == 0:
-                raise EmbedkitError(f"hsfm: class {train.class_names[c]!r} has no train rows for the support set")
+                raise EmbedkitError(
+                    f"hsfm: class {train.class_names[c]!r} has no train rows for the support set"
+                )
             idx.append(rows[rng.permutation(len(rows))[:n_s]])
         idx = np.concatenate(idx)
         yS_np = train.y[idx]
@@ -199,8 +262,10 @@ class HSFMHead(Head):
         frac = float(self.params["val_split_for_hard"])
         sel, pool = reserve_val(val, frac, self.seed) if frac > 0 else (val, val)
         if len(sel) == 0 or len(pool) == 0:
-            raise EmbedkitError(f"hsfm: val_split_for_hard={frac} leaves an empty hard-set pool or selection part "
-                                f"of val ({len(val)} rows)")
+            raise EmbedkitError(
+                f"hsfm: val_split_for_hard={frac} leaves an empty hard-set pool or selection part "
+                f"of val ({len(val)} rows)"
+            )
 
         # The probe (when no ERM head is stored) selects on the hard-set pool, never on `sel`.
         W0, b0, init_source, probe_rows = self._theta_erm(train, pool)
@@ -213,11 +278,18 @@ class HSFMHead(Head):
         best = None
         for cid, alpha in enumerate(self.alphas()):
             config = {"preset": self.params["preset"], **hp, "alpha": alpha}
-            best, hard = self._run(config, cid, H0, yS, V, yV, pool, sel, monitor, W0, b0, rule, best)
+            best, hard = self._run(
+                config, cid, H0, yS, V, yV, pool, sel, monitor, W0, b0, rule, best
+            )
 
         # The rows actually read: the selection part of val when the hard set took the other part.
-        chosen = self._select(self.history_, rule, "val[select]" if frac > 0 else "val", tie="later_epoch",
-                              rows=sel.rows)
+        chosen = self._select(
+            self.history_,
+            rule,
+            "val[select]" if frac > 0 else "val",
+            tie="later_epoch",
+            rows=sel.rows,
+        )
         self.coef_, self.intercept_, H_best, best_epoch, outer_losses, _ = best
 
         fit_rows, tune_rows = np.union1d(train.rows[idx], pool.rows), np.empty(0, np.int64)
@@ -229,23 +301,40 @@ class HSFMHead(Head):
         self.rows_ = {"fit": fit_rows, "tune": tune_rows, "select": np.sort(sel.rows)}
 
         H0_np = H0.numpy()
-        edit = np.linalg.norm(H_best - H0_np, axis=1) / np.maximum(np.linalg.norm(H0_np, axis=1), 1e-12)
-        self.info_.update({
-            "hyperparameters": chosen["config"], "alpha_grid": self.alphas(), "init": init_source,
-            "best_epoch": int(best_epoch), "val_wga": chosen["val"]["worst_group_acc"],
-            "support_per_class": np.bincount(yS_np, minlength=C).tolist(),
-            "hard_set_size": int(len(hard)), "outer_loss": outer_losses,
-            "relative_edit_norm_mean": float(edit.mean()),
-            "val_used_for_training": overlap, **flags,
-        })
-        self.artifacts_.update({"support_before": H0_np, "support_after": H_best,
-                                "support_y": yS_np.astype(np.int64), "support_rows": train.rows[idx].astype(np.int64)})
-
+        edit = np.linalg.norm(H_best - H0_np, axis=1) / np.maximum(
+            np.linalg.norm(H0_np, axis=1), 1e-12
+        )
+        self.info_.update(
+            {
+                "hyperparameters": chosen["config"],
+                "alpha_grid": self.alphas(),
+                "init": init_source,
+                "best_epoch": int(best_epoch),
+                "val_wga": chosen["val"]["worst_group_acc"],
+                "support_per_class": np.bincount(yS_np, minlength=C).tolist(),
+                "hard_set_size": int(len(hard)),
+                "outer_loss": outer_losses,
+                "relative_edit_norm_mean": float(edit.mean()),
+                "val_used_for_training": overlap,
+                **flags,
+            }
+        )
+        self.artifacts_.update(
+            {
+                "support_before": H0_np,
+                "support_after": H_best,
+                "support_y": yS_np.astype(np.int64),
+                "support_rows": train.rows[idx].astype(np.int64),
+            }
+        )
 
     def _run(self, config, cid, H0, yS, V, yV, pool, sel, monitor, W0, b0, rule, best):
         """One bilevel run (Algorithm 1) at `config`; appends its per-epoch records to history_ and
-        returns (the running best (W, b, H, epoch, outer losses) over all runs so far, last hard set)."""
-        T, alpha, eta, K_H, K, E = (config[k] for k in ("T", "alpha", "eta", "K_H", "K_hard", "epochs"))
+        returns (the running best (W, b, H, epoch, outer losses) over all runs so far, last hard
+        set)."""
+        T, alpha, eta, K_H, K, E = (
+            config[k] for k in ("T", "alpha", "eta", "K_H", "K_hard", "epochs")
+        )
         C = len(W0)
         H = torch.nn.Parameter(H0.clone())
         head_W = torch.nn.Parameter(torch.from_numpy(W0.copy()))
@@ -257,7 +346,7 @@ class HSFMHead(Head):
         for epoch in range(1, E + 1):
             with torch.no_grad():
                 losses = F.cross_entropy(V @ theta0[0].T + theta0[1], yV, reduction="none").numpy()
-            hard = hard_set(losses, pool.y, K, C)          # fixed for the epoch
+            hard = hard_set(losses, pool.y, K, C)  # fixed for the epoch
             Xh, yh = V[hard], yV[hard]
             for _ in range(K_H):
                 L_out = outer_loss(H, yS, theta0[0], theta0[1], Xh, yh, T, alpha)
@@ -276,7 +365,8 @@ class HSFMHead(Head):
             W_np, b_np = theta0[0].numpy(), theta0[1].numpy()
             rec = self._record(cid, config, epoch, sel, lambda Z: Z @ W_np.T + b_np, monitor)
             self.history_.append(rec)
-            # select() is a total order over records: the best of (previous best, this record) is the
+            # select() is a total order over records: the best of (previous best, this record) is
+            # the
             # best so far, so keeping that state avoids storing every epoch.
             top = rec if best is None else select([best[5], rec], rule=rule, tie="later_epoch")
             if _same(top, rec):

@@ -12,15 +12,16 @@ split names (`history_[i]["test"]`, the key kept for records); "test" is always 
 the runner watches no test split) so every record has the same shape. Selection never reads them:
 they serve the post-hoc (oracle, flagged) rules and the reports.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 from embedkit.metrics import evaluate_split
 
-RECORD_KEYS = ("test",)           # keys every record carries, None when not monitored
+RECORD_KEYS = ("test",)  # keys every record carries, None when not monitored
 
 
 class Monitor:
@@ -28,7 +29,9 @@ class Monitor:
     None values are dropped. `Monitor()` watches nothing (no cost per evaluation)."""
 
     def __init__(self, splits: dict | None = None):
-        self._splits = {name: s for name, s in (splits or {}).items() if s is not None and len(s) > 0}
+        self._splits = {
+            name: s for name, s in (splits or {}).items() if s is not None and len(s) > 0
+        }
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -37,11 +40,14 @@ class Monitor:
     def __bool__(self) -> bool:
         return bool(self._splits)
 
-    def mapped(self, transform: Callable[[np.ndarray], np.ndarray]) -> "Monitor":
+    def mapped(self, transform: Callable[[np.ndarray], np.ndarray]) -> Monitor:
         """The same splits seen through a feature map (for a head that trains on transformed
         features, e.g. DPE's row standardisation): each split's Z is mapped once, here."""
         import dataclasses
-        return Monitor({name: dataclasses.replace(s, Z=transform(s.Z)) for name, s in self._splits.items()})
+
+        return Monitor(
+            {name: dataclasses.replace(s, Z=transform(s.Z)) for name, s in self._splits.items()}
+        )
 
     def _empty(self) -> dict:
         return {k: None for k in RECORD_KEYS}
@@ -84,5 +90,8 @@ def as_monitor(monitor) -> Monitor:
     if isinstance(monitor, Monitor):
         return monitor
     from embedkit.errors import EmbedkitError
-    raise EmbedkitError("fit(train, val, monitor): the third argument is a runner-owned Monitor, not a split; "
-                        "heads never receive test data (use Monitor({'test': test}) to record test metrics)")
+
+    raise EmbedkitError(
+        "fit(train, val, monitor): the third argument is a runner-owned Monitor, not a split; "
+        "heads never receive test data (use Monitor({'test': test}) to record test metrics)"
+    )

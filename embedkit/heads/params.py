@@ -13,11 +13,13 @@ the CLI, unless "none" is itself one of the choices). `low` / `high` bound numbe
 `open_low` / `open_high`); `extra` lists string values a numeric parameter also takes (e.g.
 `batch_size="full"`).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -97,7 +99,7 @@ class Param:
         t = str(text).strip()
         low = t.lower()
         if self.kind == "choice":
-            for c in self.choices:                     # a choice spelled "none" stays a choice
+            for c in self.choices:  # a choice spelled "none" stays a choice
                 if c is not None and str(c).lower() == low:
                     return c
             if low in _NONE and (None in self.choices or self.is_nullable):
@@ -122,7 +124,7 @@ class Param:
             if not items:
                 raise _Bad
             return tuple(self._number(v.strip(), self.kind[:-1]) for v in items)
-        raise _Bad                                      # "any": no text form
+        raise _Bad  # "any": no text form
 
     def _number(self, t: str, kind: str | None = None):
         kind = kind or self.kind
@@ -147,7 +149,7 @@ class Param:
 
     def _scalar(self, v, kind: str):
         if isinstance(v, (bool, np.bool_)):
-            raise _Bad                                  # True is not the number 1 here
+            raise _Bad  # True is not the number 1 here
         if kind == "int":
             if isinstance(v, (int, np.integer)):
                 v = int(v)
@@ -172,7 +174,7 @@ class Param:
         if isinstance(value, str) and self.kind not in ("str", "any"):
             if value in self.extra:
                 return value
-            parsed = self.parse(value)                  # CLI text: parse, then check the value
+            parsed = self.parse(value)  # CLI text: parse, then check the value
             return parsed if parsed is None or self.kind == "choice" else self._value(parsed)
         if self.kind == "any":
             return value
@@ -208,7 +210,9 @@ class Param:
             if self.check_fn is not None and value is not None:
                 value = self.check_fn(value)
         except (_Bad, TypeError, ValueError, OverflowError):
-            raise EmbedkitError(f"{owner}: parameter {name}={_show(value)}: expects {self.accepts()}") from None
+            raise EmbedkitError(
+                f"{owner}: parameter {name}={_show(value)}: expects {self.accepts()}"
+            ) from None
         return value
 
     def default_text(self) -> str:
@@ -234,8 +238,10 @@ def check_params(owner: str, declared: dict[str, Param], given: dict) -> dict:
     An unknown name is one line listing the known names."""
     unknown = set(given) - set(declared)
     if unknown:
-        raise EmbedkitError(f"{owner}: unknown parameter(s) {', '.join(sorted(unknown))}; "
-                            f"known: {', '.join(sorted(declared)) or 'none'}")
+        raise EmbedkitError(
+            f"{owner}: unknown parameter(s) {', '.join(sorted(unknown))}; "
+            f"known: {', '.join(sorted(declared)) or 'none'}"
+        )
     out = {name: p.default for name, p in declared.items()}
     for name, value in given.items():
         out[name] = declared[name].check(owner, name, value)
@@ -249,6 +255,13 @@ def table(declared: dict[str, Param], preset: dict | None = None) -> list[dict]:
     rows = []
     for name, p in declared.items():
         default = preset.get(name, p.default)
-        rows.append({"name": name, "kind": p.kind, "default": _show(default), "accepts": p.accepts(),
-                     "help": p.help + (" (set by this name)" if name in preset else "")})
+        rows.append(
+            {
+                "name": name,
+                "kind": p.kind,
+                "default": _show(default),
+                "accepts": p.accepts(),
+                "help": p.help + (" (set by this name)" if name in preset else ""),
+            }
+        )
     return rows

@@ -19,13 +19,21 @@ Reference prompt sets ship as `embedkit/prompts/{debias_vl,roboshot}_{waterbirds
 (lines `KIND:INDEX | PROMPT`); `store_prompts` embeds them with a text encoder and adds them to a
 cache.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 from embedkit.errors import EmbedkitError
 from embedkit.heads.params import Param
-from embedkit.heads.zeroshot import ZeroShotHead, _check_dims, class_embeddings, prompt_entries, prompt_log, unit
+from embedkit.heads.zeroshot import (
+    ZeroShotHead,
+    _check_dims,
+    class_embeddings,
+    prompt_entries,
+    prompt_log,
+    unit,
+)
 
 QR_TOL = 1e-6
 VARIANTS = ("orth_proj", "orth_cali", "roboshot")
@@ -38,17 +46,23 @@ ROBOSHOT_COMPAT = {"roboshot_waterbirds": {("group", 3): "landbird on water back
 # The closed forms
 # ----------------------------------------------------------------------------------------------
 
+
 def projection_P0(S_sp: np.ndarray) -> np.ndarray:
     """P0 = I − U(UᵀU)⁻¹Uᵀ, U = the m right singular vectors of the (uncentred) spurious
     prompt embeddings [m, D]: the orthogonal projection onto the complement of their span."""
     S = np.asarray(S_sp, np.float64)
-    U = np.linalg.svd(S, full_matrices=False)[2].T          # [D, m]
+    U = np.linalg.svd(S, full_matrices=False)[2].T  # [D, m]
     return np.eye(S.shape[1]) - U @ np.linalg.solve(U.T @ U, U.T)
 
 
 def within_class_pairs(classes) -> list[tuple[int, int]]:
     classes = np.asarray(classes)
-    return [(i, j) for i in range(len(classes)) for j in range(i + 1, len(classes)) if classes[i] == classes[j]]
+    return [
+        (i, j)
+        for i in range(len(classes))
+        for j in range(i + 1, len(classes))
+        if classes[i] == classes[j]
+    ]
 
 
 def calibration_M(Zc: np.ndarray, pairs) -> np.ndarray:
@@ -95,11 +109,13 @@ def accept_sequential(X: np.ndarray, Q: np.ndarray) -> np.ndarray:
 # Reference prompt sets
 # ----------------------------------------------------------------------------------------------
 
+
 def read_prompt_file(path, roboshot_compat: bool = False) -> list[tuple[str, int, str]]:
     """(kind, index, prompt) entries of a `KIND:INDEX | PROMPT` file, in file order. A bare
     name resolves to the shipped file `embedkit/prompts/<name>.txt`. The file is parsed by the
     one prompt-set reader (`analysis.edits.load_prompt_set`); here the tags must be KIND:INDEX."""
     from embedkit.analysis.edits import load_prompt_set
+
     ps = load_prompt_set(path)
     compat = ROBOSHOT_COMPAT.get(ps.name, {}) if roboshot_compat else {}
     out = []
@@ -117,20 +133,33 @@ def store_prompts(cache_path, backbone_key: str, entries, encode) -> None:
     e.g. a backbone's `encode_text`) and add them to the cache's /text/<backbone_key>, keeping the
     prompts already stored there (an entry already present is not re-embedded)."""
     from embedkit.cache import Cache, write_text
-    old = Cache.open(cache_path).text(backbone_key) or {"kind": [], "index": [], "prompts": [], "feats": None}
+
+    old = Cache.open(cache_path).text(backbone_key) or {
+        "kind": [],
+        "index": [],
+        "prompts": [],
+        "feats": None,
+    }
     have = {(k, int(i), p) for k, i, p in zip(old["kind"], old["index"], old["prompts"])}
     new = [e for e in entries if (e[0], int(e[1]), e[2]) not in have]
     feats = [] if old["feats"] is None else [np.asarray(old["feats"], np.float32)]
     if new:
         feats.append(np.asarray(encode([p for _, _, p in new]), np.float32))
-    write_text(cache_path, backbone_key, list(old["prompts"]) + [p for _, _, p in new], np.concatenate(feats),
-               list(old["kind"]) + [k for k, _, _ in new], list(old["index"]) + [int(i) for _, i, _ in new],
-               attrs={k: v for k, v in (old.get("attrs") or {}).items() if k != "prompt_set_sha"})
+    write_text(
+        cache_path,
+        backbone_key,
+        list(old["prompts"]) + [p for _, _, p in new],
+        np.concatenate(feats),
+        list(old["kind"]) + [k for k, _, _ in new],
+        list(old["index"]) + [int(i) for _, i, _ in new],
+        attrs={k: v for k, v in (old.get("attrs") or {}).items() if k != "prompt_set_sha"},
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # The head
 # ----------------------------------------------------------------------------------------------
+
 
 class TextProjHead(ZeroShotHead):
     """CLIP zero-shot after removing spurious text directions (orth_proj, orth_cali) or rejecting /
@@ -143,11 +172,22 @@ class TextProjHead(ZeroShotHead):
         self.name = self.params["variant"]
 
     PARAMS = {
-        "variant": Param("choice", "orth_cali", "orth_proj, orth_cali (debias_vl) or roboshot", choices=VARIANTS),
+        "variant": Param(
+            "choice", "orth_cali", "orth_proj, orth_cali (debias_vl) or roboshot", choices=VARIANTS
+        ),
         "tau": Param("float", 100.0, "logit scale tau", low=0, open_low=True),
-        "lam": Param("float", 1000.0, "orth_cali's calibration strength lambda in P0 (lambda M + I)^-1", low=0),
-        "mode": Param("choice", "both", "roboshot: reject, accept or both (reject, then accept)",
-                      choices=("reject", "accept", "both")),
+        "lam": Param(
+            "float",
+            1000.0,
+            "orth_cali's calibration strength lambda in P0 (lambda M + I)^-1",
+            low=0,
+        ),
+        "mode": Param(
+            "choice",
+            "both",
+            "roboshot: reject, accept or both (reject, then accept)",
+            choices=("reject", "accept", "both"),
+        ),
         "prompts": ZeroShotHead.PARAMS["prompts"],
     }
 
@@ -157,19 +197,29 @@ class TextProjHead(ZeroShotHead):
             return ("class", "attr")
         if v == "orth_cali":
             return ("class", "attr", "candidate|group")
-        return ("class",) + {"reject": ("reject",), "accept": ("accept",), "both": ("reject", "accept")}[self.params["mode"]]
+        return ("class",) + {
+            "reject": ("reject",),
+            "accept": ("accept",),
+            "both": ("reject", "accept"),
+        }[self.params["mode"]]
 
     def unmet(self, train, val) -> str | None:
         for kind in self._kinds():
             if not any(len(prompt_entries(train.text, k)[2]) for k in kind.split("|")):
                 wanted = " or ".join(repr(k) for k in kind.split("|"))
-                return (f"{self.name}: needs prompts of kind {wanted} in /text/{train.backbone or '<backbone>'} "
-                        f"(see embedkit.heads.textproj.store_prompts)")
+                return (
+                    f"{self.name}: needs prompts of kind {wanted} in /text/{train.backbone or '<backbone>'} "
+                    f"(see embedkit.heads.textproj.store_prompts)"
+                )
         return super().unmet(train, val)
 
     def _fit(self, train, val, monitor):
         text = train.text or val.text
-        why = self.unmet(train, val) if text else f"{self.name}: the cache stores no text prompts for this backbone"
+        why = (
+            self.unmet(train, val)
+            if text
+            else f"{self.name}: the cache stores no text prompts for this backbone"
+        )
         if why:
             raise EmbedkitError(why)
         v, p = self.params["variant"], self.params
@@ -190,11 +240,15 @@ class TextProjHead(ZeroShotHead):
                     idx, kinds[-1] = idx // train.n_attrs, "group"
                 pairs = within_class_pairs(idx)
                 if not pairs:
-                    raise EmbedkitError(f"{self.name}: no two candidate prompts share a class, so M is undefined")
+                    raise EmbedkitError(
+                        f"{self.name}: no two candidate prompts share a class, so M is undefined"
+                    )
                 P = calibrated_projection(P0, calibration_M(Zc, pairs), p["lam"])
                 self.info_.update(n_pairs=len(pairs), lam=p["lam"])
             self.text_ = unit(T @ P.T)
-            self.info_.update(n_spurious_prompts=len(S_sp), spurious_rank=int(np.linalg.matrix_rank(S_sp)))
+            self.info_.update(
+                n_spurious_prompts=len(S_sp), spurious_rank=int(np.linalg.matrix_rank(S_sp))
+            )
             self.artifacts_.update(text_before=T, text_after=self.text_)
         else:
             self.text_ = T
@@ -205,8 +259,14 @@ class TextProjHead(ZeroShotHead):
                     kinds.append(kind)
                     self.info_[f"{kind}_rank"] = rank
                     self.artifacts_[f"Q_{kind}"] = Q
-        self.info_["prompts"] = prompt_log(text, tuple(kinds), train.class_names, p["tau"], variant=v,
-                                           **({"mode": p["mode"]} if v == "roboshot" else {}))
+        self.info_["prompts"] = prompt_log(
+            text,
+            tuple(kinds),
+            train.class_names,
+            p["tau"],
+            variant=v,
+            **({"mode": p["mode"]} if v == "roboshot" else {}),
+        )
         self._no_selection(val, self.decision_function, monitor)
 
     @staticmethod
@@ -216,7 +276,9 @@ class TextProjHead(ZeroShotHead):
         for k in np.unique(index):
             rows = np.flatnonzero(index == k)
             if len(rows) != 2:
-                raise EmbedkitError(f"roboshot: concept pair {kind}:{k} has {len(rows)} prompts, expected 2")
+                raise EmbedkitError(
+                    f"roboshot: concept pair {kind}:{k} has {len(rows)} prompts, expected 2"
+                )
             pairs.append(feats[rows])
         return np.stack(pairs) if pairs else np.zeros((0, 2, feats.shape[1]))
 

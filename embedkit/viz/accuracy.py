@@ -1,5 +1,6 @@
 """Per-group accuracy bars across methods, with error bars over seeds, from run records
 (DESIGN section 3: one JSON per fitted head and seed, `metrics.<split>.per_group.<name>.acc`)."""
+
 from __future__ import annotations
 
 import json
@@ -39,12 +40,14 @@ def run_label(record: dict) -> str:
     return rid.rsplit("/", 1)[0] if isinstance(rid, str) and "/" in rid else str(record["method"])
 
 
-def per_group_table(records: list[dict], split: str = "test",
-                    include_flagged: bool = False) -> tuple[list[str], list[str], np.ndarray]:
+def per_group_table(
+    records: list[dict], split: str = "test", include_flagged: bool = False
+) -> tuple[list[str], list[str], np.ndarray]:
     """(run names, group names, acc [R, G, S] with NaN padding) over the records' seeds. Records
     selected on test or on their own fitting rows are left out unless `include_flagged` (as in
     the results table)."""
     from embedkit.runs import excluded_flags
+
     by_run: dict[str, list[dict]] = {}
     for r in records:
         per = ((r.get("metrics") or {}).get(split) or {}).get("per_group")
@@ -63,8 +66,9 @@ def per_group_table(records: list[dict], split: str = "test",
     return list(by_run), groups, acc
 
 
-def group_accuracy_bars(records: list[dict], out, split: str = "test", size=(1000, 500),
-                        include_flagged: bool = False):
+def group_accuracy_bars(
+    records: list[dict], out, split: str = "test", size=(1000, 500), include_flagged: bool = False
+):
     """Grouped bars: x = group, one bar per run (method and parameters) = mean accuracy over seeds,
     error bar = sample std over seeds (ddof = 1; none with one seed). Each run's worst group (by
     mean) is hatched."""
@@ -73,7 +77,7 @@ def group_accuracy_bars(records: list[dict], out, split: str = "test", size=(100
     with np.errstate(invalid="ignore"):
         mean = np.nanmean(np.where(np.isfinite(acc), acc, np.nan), axis=2)
         with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)     # one seed: no spread, drawn as 0
+            warnings.simplefilter("ignore", RuntimeWarning)  # one seed: no spread, drawn as 0
             std = np.where(n_seeds > 1, np.nanstd(acc, axis=2, ddof=1), 0.0)
     fig = new_figure(*size)
     ax = fig.add_axes([0.07, 0.22, 0.74, 0.68])
@@ -83,9 +87,16 @@ def group_accuracy_bars(records: list[dict], out, split: str = "test", size=(100
     colors = group_colors(M)
     for m in range(M):
         worst = int(np.nanargmin(mean[m])) if np.isfinite(mean[m]).any() else -1
-        bars = ax.bar(x - 0.4 + width * (m + 0.5), np.nan_to_num(mean[m]), width, yerr=std[m], capsize=2,
-                      color=colors[m], label=f"{methods[m]} (n={int(n_seeds[m].max())})",
-                      error_kw={"elinewidth": 0.8})
+        bars = ax.bar(
+            x - 0.4 + width * (m + 0.5),
+            np.nan_to_num(mean[m]),
+            width,
+            yerr=std[m],
+            capsize=2,
+            color=colors[m],
+            label=f"{methods[m]} (n={int(n_seeds[m].max())})",
+            error_kw={"elinewidth": 0.8},
+        )
         if worst >= 0:
             bars[worst].set_hatch("//")
             bars[worst].set_edgecolor("black")
@@ -93,8 +104,10 @@ def group_accuracy_bars(records: list[dict], out, split: str = "test", size=(100
     ax.set_xticklabels(groups, rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(f"{split} accuracy")
-    ax.set_title(f"Per-group {split} accuracy: mean ± std over seeds (ddof=1); hatched = each method's worst group",
-                 fontsize=9)
+    ax.set_title(
+        f"Per-group {split} accuracy: mean ± std over seeds (ddof=1); hatched = each method's worst group",
+        fontsize=9,
+    )
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return save(fig, out)

@@ -1,6 +1,7 @@
 """Figures without pyplot: every figure is a `matplotlib.figure.Figure` on an Agg canvas, so nothing
 here touches the global backend of a notebook or needs a display, and every PNG has exactly the
 pixel size asked for (no tight bounding box)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -28,6 +29,7 @@ def save(fig: Figure, path) -> Path:
 def group_colors(n: int) -> list:
     """One distinct colour per group (tab10 up to 10 groups, tab20 up to 20, then a hue wheel)."""
     import matplotlib
+
     name = "tab10" if n <= 10 else "tab20" if n <= 20 else "hsv"
     cmap = matplotlib.colormaps[name]
     if name == "hsv":
@@ -38,4 +40,5 @@ def group_colors(n: int) -> list:
 def image_array(img, size: int) -> np.ndarray:
     """A PIL image as an RGB array resized to size x size (grids show every cell at one size)."""
     from PIL import Image
+
     return np.asarray(img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR))

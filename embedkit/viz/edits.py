@@ -14,6 +14,7 @@ The embeddings must be un-normalised CLIP `image_embeds` of the model the decode
 with OpenCLIP ViT-H/14 (1024-d). Any callable (embeds [n, D], seed) -> list of PIL images works
 as `decode`.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,8 +30,8 @@ def text_probe_bars(probe: dict, out, *, value: str = "cos_delta", top: int = 20
     """Horizontal bars of the text probe (`embedkit.analysis.edits.text_probe`), ranked by `value`
     (cos_delta: where the edit points; shift: how much closer the items got), coloured by tag."""
     rows = sorted(probe["ranked"], key=lambda r: -r[value])
-    if len(rows) > top:                       # keep both ends: the most and the least aligned
-        rows = rows[:top // 2] + rows[-(top - top // 2):]
+    if len(rows) > top:  # keep both ends: the most and the least aligned
+        rows = rows[: top // 2] + rows[-(top - top // 2) :]
     tags = list(dict.fromkeys(r["tag"] for r in probe["ranked"]))
     colors = dict(zip(tags, group_colors(len(tags))))
     fig = new_figure(*size)
@@ -40,11 +41,16 @@ def text_probe_bars(probe: dict, out, *, value: str = "cos_delta", top: int = 20
     ax.set_yticks(y)
     ax.set_yticklabels([f"[{r['tag']}] {r['prompt']}" for r in rows], fontsize=7)
     ax.axvline(0, color="black", linewidth=0.8)
-    label = {"cos_delta": "mean cos(h* - h0, text)", "shift": "mean cos(h*, text) - cos(h0, text)"}[value]
+    label = {"cos_delta": "mean cos(h* - h0, text)", "shift": "mean cos(h*, text) - cos(h0, text)"}[
+        value
+    ]
     ax.set_xlabel(label, fontsize=8)
     by_tag = ", ".join(f"{t}: {v[value]:+.3f}" for t, v in probe["by_tag"].items())
-    ax.set_title(f"Text probe of edit '{probe['edit']}' ({probe['n_items']} items) on prompt set "
-                 f"'{probe['prompt_set']}'\nby tag: {by_tag}", fontsize=8)
+    ax.set_title(
+        f"Text probe of edit '{probe['edit']}' ({probe['n_items']} items) on prompt set "
+        f"'{probe['prompt_set']}'\nby tag: {by_tag}",
+        fontsize=8,
+    )
     ax.grid(axis="x", alpha=0.3)
     return save(fig, out)
 
@@ -61,34 +67,53 @@ def decoded_edit_grid(edit, decode, out, *, thumb=None, items=None, seeds=(0, 1)
             lab = caption(row)
         r = [(_try(thumb, row), f"original {lab}")]
         for s in seeds:
-            before = decode(edit.before[i:i + 1], int(s))[0]
-            after = decode(edit.after[i:i + 1], int(s))[0]
+            before = decode(edit.before[i : i + 1], int(s))[0]
+            after = decode(edit.after[i : i + 1], int(s))[0]
             r += [(before, f"decode(h0) seed {s}"), (after, f"decode(h*) seed {s}")]
         cells.append(r)
     cols = ["original"] + [t for s in seeds for t in (f"h0 s{s}", f"h* s{s}")]
     return image_grid(cells, out, title=f"Decoded edit '{edit.name}'", col_titles=cols)
 
 
-def unclip_decoder(model_dir, *, device: str = "cuda", dtype: str = "fp16", steps: int = 30,
-                   guidance_scale: float = 10.0):
+def unclip_decoder(
+    model_dir,
+    *,
+    device: str = "cuda",
+    dtype: str = "fp16",
+    steps: int = 30,
+    guidance_scale: float = 10.0,
+):
     """A decode(embeds, seed) callable around diffusers' StableUnCLIPImg2ImgPipeline loaded from
     local weights only (noise_level 0, empty prompt). Needs `pip install diffusers transformers`."""
     try:
         import torch
         from diffusers import StableUnCLIPImg2ImgPipeline
     except ImportError:
-        raise EmbedkitError("the unCLIP decoder needs diffusers and transformers "
-                            "(pip install diffusers transformers) and local weights") from None
+        raise EmbedkitError(
+            "the unCLIP decoder needs diffusers and transformers "
+            "(pip install diffusers transformers) and local weights"
+        ) from None
     model_dir = Path(model_dir)
     if not model_dir.exists():
-        raise EmbedkitError(f"{model_dir}: no such folder (unCLIP weights must be on disk; no downloads)")
+        raise EmbedkitError(
+            f"{model_dir}: no such folder (unCLIP weights must be on disk; no downloads)"
+        )
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[dtype]
-    pipe = StableUnCLIPImg2ImgPipeline.from_pretrained(model_dir, torch_dtype=torch_dtype, local_files_only=True)
+    pipe = StableUnCLIPImg2ImgPipeline.from_pretrained(
+        model_dir, torch_dtype=torch_dtype, local_files_only=True
+    )
     pipe = pipe.to(device)
 
     def decode(embeds, seed: int):
         e = torch.as_tensor(np.asarray(embeds, np.float32), device=device, dtype=torch_dtype)
         g = torch.Generator(device=device).manual_seed(int(seed))
-        return pipe(prompt=[""] * len(e), image_embeds=e, noise_level=0, num_inference_steps=steps,
-                    guidance_scale=guidance_scale, generator=g).images
+        return pipe(
+            prompt=[""] * len(e),
+            image_embeds=e,
+            noise_level=0,
+            num_inference_steps=steps,
+            guidance_scale=guidance_scale,
+            generator=g,
+        ).images
+
     return decode

@@ -1,5 +1,6 @@
 """Pictures of the embedding space: a 2-D map coloured by group, the group-centroid distance
 heat map, and per-group histograms of projections on directions (spurious, core, text, edit)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,18 +26,31 @@ def embed_2d(Z, method: str = "pca", seed: int = 0) -> tuple[np.ndarray, str]:
         raise EmbedkitError(f"unknown 2-D map {method!r}: choose from {', '.join(MAP_METHODS)}")
     umap = _umap()
     if method == "umap" and umap is None:
-        raise EmbedkitError("2-D map 'umap' needs umap-learn (pip install umap-learn); the default is 'pca'")
+        raise EmbedkitError(
+            "2-D map 'umap' needs umap-learn (pip install umap-learn); the default is 'pca'"
+        )
     Z = np.asarray(Z, np.float32)
     if method in ("umap", "auto") and umap is not None:
         return umap.UMAP(n_components=2, random_state=seed).fit_transform(Z), "umap"
     from sklearn.decomposition import PCA
+
     if Z.shape[1] < 2 or len(Z) < 2:
         raise EmbedkitError(f"a 2-D map needs at least 2 rows and 2 dimensions, got {Z.shape}")
     return PCA(n_components=2, random_state=seed).fit_transform(Z), "pca"
 
 
-def scatter_2d(Z, g, group_names, out, *, method: str = "pca", max_points: int = 5000, seed: int = 0,
-               title: str = "", size=(800, 700)):
+def scatter_2d(
+    Z,
+    g,
+    group_names,
+    out,
+    *,
+    method: str = "pca",
+    max_points: int = 5000,
+    seed: int = 0,
+    title: str = "",
+    size=(800, 700),
+):
     """2-D map of the rows coloured by group (rows with g = -1 in grey). Returns (path, info)."""
     g = np.asarray(g)
     idx = stratified_subsample(g, max_points, seed)
@@ -47,20 +61,33 @@ def scatter_2d(Z, g, group_names, out, *, method: str = "pca", max_points: int =
     colors = group_colors(len(group_names))
     if (gs < 0).any():
         m = gs < 0
-        ax.scatter(XY[m, 0], XY[m, 1], s=4, c="0.7", label=f"unknown a (n={int(m.sum())})", linewidths=0)
+        ax.scatter(
+            XY[m, 0], XY[m, 1], s=4, c="0.7", label=f"unknown a (n={int(m.sum())})", linewidths=0
+        )
     for gi, name in enumerate(group_names):
         m = gs == gi
         if m.any():
-            ax.scatter(XY[m, 0], XY[m, 1], s=6, color=colors[gi], label=f"{name} (n={int(m.sum())})",
-                       linewidths=0, alpha=0.8)
+            ax.scatter(
+                XY[m, 0],
+                XY[m, 1],
+                s=6,
+                color=colors[gi],
+                label=f"{name} (n={int(m.sum())})",
+                linewidths=0,
+                alpha=0.8,
+            )
     ax.set_xlabel(f"{used.upper()} 1")
     ax.set_ylabel(f"{used.upper()} 2")
     ax.set_title(title or f"{used.upper()} of {len(idx)} rows, coloured by group", fontsize=10)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, markerscale=2, frameon=False)
+    ax.legend(
+        loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, markerscale=2, frameon=False
+    )
     return save(fig, out), {"method": used, "n_points": int(len(idx))}
 
 
-def centroid_heatmap(D, group_names, out, *, title: str = "Group-centroid cosine distance", size=(700, 600)):
+def centroid_heatmap(
+    D, group_names, out, *, title: str = "Group-centroid cosine distance", size=(700, 600)
+):
     """Heat map of a [G, G] centroid distance matrix with the values written in the cells."""
     D = np.asarray(D, np.float64)
     fig = new_figure(*size)
@@ -76,8 +103,15 @@ def centroid_heatmap(D, group_names, out, *, title: str = "Group-centroid cosine
         for i in range(G):
             for j in range(G):
                 if np.isfinite(D[i, j]):
-                    ax.text(j, i, f"{D[i, j]:.3f}", ha="center", va="center", fontsize=7,
-                            color="white" if D[i, j] < 0.6 * hi else "black")
+                    ax.text(
+                        j,
+                        i,
+                        f"{D[i, j]:.3f}",
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if D[i, j] < 0.6 * hi else "black",
+                    )
     ax.set_title(title, fontsize=10)
     cax = fig.add_axes([0.85, 0.22, 0.03, 0.68])
     fig.colorbar(im, cax=cax)
@@ -103,8 +137,15 @@ def projection_histograms(Z, g, group_names, directions: dict, out, *, bins: int
         for gi, gname in enumerate(group_names):
             m = g == gi
             if m.any():
-                ax.hist(proj[m], bins=edges, density=True, histtype="step", linewidth=1.4, color=colors[gi],
-                        label=f"{gname} (n={int(m.sum())})")
+                ax.hist(
+                    proj[m],
+                    bins=edges,
+                    density=True,
+                    histtype="step",
+                    linewidth=1.4,
+                    color=colors[gi],
+                    label=f"{gname} (n={int(m.sum())})",
+                )
         ax.set_title(f"projection on {name}", fontsize=10)
         ax.set_xlabel("<z, v/|v|>")
         if p == 0:

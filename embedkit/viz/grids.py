@@ -5,6 +5,7 @@ cache's dataset name and options through `embedkit.data.create`), or from any ca
 row -> PIL image. When the images cannot be reached, `from_cache` raises an EmbedkitError that
 says why, and callers skip the grid with that message.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,10 +13,10 @@ import numpy as np
 from embedkit.errors import EmbedkitError
 from embedkit.viz.canvas import image_array, new_figure, save
 
-CELL = 96            # pixels per image cell
-CAPTION = 26         # pixels of caption under each cell
-TITLE = 40           # pixels of title above the grid
-GAP = 12             # pixels between cells
+CELL = 96  # pixels per image cell
+CAPTION = 26  # pixels of caption under each cell
+TITLE = 40  # pixels of title above the grid
+GAP = 12  # pixels between cells
 
 
 class ThumbnailSource:
@@ -28,37 +29,51 @@ class ThumbnailSource:
         self._pos = np.array([index.get(str(u), -1) for u in cache_uids], np.int64)
         missing = int((self._pos < 0).sum())
         if missing == len(self._pos):
-            raise EmbedkitError(f"{what}: none of the cache's sample ids are rows of the dataset adapter "
-                                f"(the images were made with other options?)")
+            raise EmbedkitError(
+                f"{what}: none of the cache's sample ids are rows of the dataset adapter "
+                f"(the images were made with other options?)"
+            )
         self.n_missing = missing
 
     @classmethod
-    def from_cache(cls, cache, root=None) -> "ThumbnailSource":
+    def from_cache(cls, cache, root=None) -> ThumbnailSource:
         """Rebuild the dataset adapter named in the cache with its recorded options."""
         name = cache.dataset
         if not name or name == "imported":
-            raise EmbedkitError(f"{cache.path}: imported embeddings carry no dataset adapter, so no images to show")
+            raise EmbedkitError(
+                f"{cache.path}: imported embeddings carry no dataset adapter, so no images to show"
+            )
         try:
             import embedkit.data as data
         except ImportError as e:
-            raise EmbedkitError(f"images not reachable: embedkit.data is not available ({e})") from None
+            raise EmbedkitError(
+                f"images not reachable: embedkit.data is not available ({e})"
+            ) from None
         meta = cache.samples().meta or {}
         options = dict(meta.get("options") or {})
         root = root if root is not None else meta.get("root")
         try:
             ds = data.create(name, root=root, **options)
         except EmbedkitError as e:
-            raise EmbedkitError(f"images of dataset {name!r} not reachable ({e}); pass --root") from None
+            raise EmbedkitError(
+                f"images of dataset {name!r} not reachable ({e}); pass --root"
+            ) from None
         except TypeError as e:
-            raise EmbedkitError(f"images of dataset {name!r} not reachable: recorded options {options} "
-                                f"do not fit the adapter ({e})") from None
+            raise EmbedkitError(
+                f"images of dataset {name!r} not reachable: recorded options {options} "
+                f"do not fit the adapter ({e})"
+            ) from None
         return cls(ds, cache.samples().uid, what=f"{cache.path} ({name})")
 
     def __call__(self, row: int):
         i = int(self._pos[int(row)])
         if i < 0:
             raise EmbedkitError(f"{self.what}: cache row {row} is not a row of the dataset adapter")
-        img = self.dataset.thumbnail(i) if hasattr(self.dataset, "thumbnail") else self.dataset.load(i)
+        img = (
+            self.dataset.thumbnail(i)
+            if hasattr(self.dataset, "thumbnail")
+            else self.dataset.load(i)
+        )
         return img
 
 
@@ -67,8 +82,14 @@ def grid_size(n_rows: int, n_cols: int, cell: int = CELL) -> tuple[int, int]:
     return n_cols * (cell + GAP) + GAP, TITLE + n_rows * (cell + CAPTION + GAP)
 
 
-def image_grid(cells: list[list[tuple]], out, *, title: str = "", col_titles: list[str] | None = None,
-               cell: int = CELL):
+def image_grid(
+    cells: list[list[tuple]],
+    out,
+    *,
+    title: str = "",
+    col_titles: list[str] | None = None,
+    cell: int = CELL,
+):
     """Draw rows of (image or None, caption) cells; a missing image is a grey cell saying so.
     The cells are pasted into one mosaic (one image artist: fast for large grids)."""
     n_rows = len(cells)
@@ -85,15 +106,34 @@ def image_grid(cells: list[list[tuple]], out, *, title: str = "", col_titles: li
         for c, (img, caption) in enumerate(row):
             x0 = GAP + c * (cell + GAP)
             if img is None:
-                mosaic[y_top:y_top + cell, x0:x0 + cell] = 217
-                fig.text((x0 + cell / 2) / W, 1 - (y_top + cell / 2) / H, "no image", ha="center", va="center",
-                         fontsize=7)
+                mosaic[y_top : y_top + cell, x0 : x0 + cell] = 217
+                fig.text(
+                    (x0 + cell / 2) / W,
+                    1 - (y_top + cell / 2) / H,
+                    "no image",
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                )
             else:
-                mosaic[y_top:y_top + cell, x0:x0 + cell] = image_array(img, cell)
-            fig.text((x0 + cell / 2) / W, 1 - (y_top + cell + 3) / H, caption, ha="center", va="top", fontsize=6)
+                mosaic[y_top : y_top + cell, x0 : x0 + cell] = image_array(img, cell)
+            fig.text(
+                (x0 + cell / 2) / W,
+                1 - (y_top + cell + 3) / H,
+                caption,
+                ha="center",
+                va="top",
+                fontsize=6,
+            )
             if r == 0 and col_titles and c < len(col_titles) and col_titles[c]:
-                fig.text((x0 + cell / 2) / W, 1 - (y_top - 3) / H, col_titles[c], ha="center", va="bottom",
-                         fontsize=7)
+                fig.text(
+                    (x0 + cell / 2) / W,
+                    1 - (y_top - 3) / H,
+                    col_titles[c],
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
     ax = fig.add_axes([0, 0, 1, 1], zorder=-1)
     ax.imshow(mosaic, interpolation="nearest", aspect="auto")
     ax.set_axis_off()
@@ -109,8 +149,17 @@ def _try(thumb, row):
         return None
 
 
-def neighbour_grid(query_rows, neighbour_rows, thumb, caption, out, *, scores=None, title: str = "",
-                   cell: int = CELL):
+def neighbour_grid(
+    query_rows,
+    neighbour_rows,
+    thumb,
+    caption,
+    out,
+    *,
+    scores=None,
+    title: str = "",
+    cell: int = CELL,
+):
     """One grid row per query: the query's image, then its neighbours (cache rows).
     `caption(row)` labels a cell (e.g. its group); scores are printed beside it when given."""
     cells = []
@@ -121,11 +170,14 @@ def neighbour_grid(query_rows, neighbour_rows, thumb, caption, out, *, scores=No
             row.append((_try(thumb, n), f"{caption(n)}{s}"))
         cells.append(row)
     k = max(len(nb) for nb in neighbour_rows)
-    return image_grid(cells, out, title=title, cell=cell,
-                      col_titles=["query"] + [f"nn {j + 1}" for j in range(k)])
+    return image_grid(
+        cells, out, title=title, cell=cell, col_titles=["query"] + [f"nn {j + 1}" for j in range(k)]
+    )
 
 
-def retrieval_grid(item_rows, before, after, thumb, caption, out, *, title: str = "", cell: int = CELL):
+def retrieval_grid(
+    item_rows, before, after, thumb, caption, out, *, title: str = "", cell: int = CELL
+):
     """Per edited item: its own image, its nearest real images before the edit, then after."""
     k = before.shape[1]
     cells = []
@@ -134,5 +186,12 @@ def retrieval_grid(item_rows, before, after, thumb, caption, out, *, title: str 
         r += [(_try(thumb, n), f"before: {caption(n)}") for n in before[i]]
         r += [(_try(thumb, n), f"after: {caption(n)}") for n in after[i]]
         cells.append(r)
-    return image_grid(cells, out, title=title, cell=cell,
-                      col_titles=["item"] + [f"before {j + 1}" for j in range(k)] + [f"after {j + 1}" for j in range(k)])
+    return image_grid(
+        cells,
+        out,
+        title=title,
+        cell=cell,
+        col_titles=["item"]
+        + [f"before {j + 1}" for j in range(k)]
+        + [f"after {j + 1}" for j in range(k)],
+    )

@@ -4,6 +4,7 @@ Every figure is optional: a piece that is missing (no run records, no cache, no 
 text embeddings, no images, no HSFM run) is skipped with a note, and the notes are written to
 `figures.json` in the output folder beside the list of figures made.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from embedkit.errors import EmbedkitError
-from embedkit.viz import accuracy, edits as edit_figs, embedding, grids
+from embedkit.viz import accuracy, embedding, grids
+from embedkit.viz import edits as edit_figs
 
 MANIFEST = "figures.json"
 
@@ -25,7 +27,7 @@ class _Figures:
         self.out.mkdir(parents=True, exist_ok=True)
         self.paths: list[Path] = []
         self.skipped: list[dict] = []
-        self.facts: dict = {}             # numbers behind the figures, for the manifest
+        self.facts: dict = {}  # numbers behind the figures, for the manifest
 
     def make(self, name: str, fn, *args, **kwargs):
         try:
@@ -42,8 +44,18 @@ class _Figures:
 
     def write_manifest(self, extra: dict | None = None) -> Path:
         path = self.out / MANIFEST
-        path.write_text(json.dumps({"figures": [p.name for p in self.paths], "skipped": self.skipped,
-                                    **self.facts, **(extra or {})}, indent=2), encoding="utf-8")
+        path.write_text(
+            json.dumps(
+                {
+                    "figures": [p.name for p in self.paths],
+                    "skipped": self.skipped,
+                    **self.facts,
+                    **(extra or {}),
+                },
+                indent=2,
+            ),
+            encoding="utf-8",
+        )
         return path
 
 
@@ -62,53 +74,99 @@ def thumbnail_source(cache, root=None):
         return None, str(e)
 
 
-def analysis_figures(res, cache, out_dir, *, thumbs=None, thumbs_reason: str = "", map_method: str = "pca",
-                     figs: _Figures | None = None) -> _Figures:
+def analysis_figures(
+    res,
+    cache,
+    out_dir,
+    *,
+    thumbs=None,
+    thumbs_reason: str = "",
+    map_method: str = "pca",
+    figs: _Figures | None = None,
+) -> _Figures:
     """Figures of a `CacheAnalysis` (embedkit.analysis.summary.analyze_cache)."""
     figs = figs or _Figures(out_dir)
     tr, ev = res.split, res.eval_split
     names = tr.group_names
-    figs.make(f"scatter_{tr.name}.png", embedding.scatter_2d, tr.Z, tr.g, names, method=map_method,
-              title=f"{tr.backbone}: {tr.name} rows coloured by group")
+    figs.make(
+        f"scatter_{tr.name}.png",
+        embedding.scatter_2d,
+        tr.Z,
+        tr.g,
+        names,
+        method=map_method,
+        title=f"{tr.backbone}: {tr.name} rows coloured by group",
+    )
     if res.distances is not None:
-        figs.make(f"centroid_distance.png", embedding.centroid_heatmap, res.distances, names,
-                  title=f"Group-centroid cosine distance ({tr.name})")
+        figs.make(
+            "centroid_distance.png",
+            embedding.centroid_heatmap,
+            res.distances,
+            names,
+            title=f"Group-centroid cosine distance ({tr.name})",
+        )
     else:
-        figs.skip(f"centroid_distance.png", "no rows with a known attribute")
+        figs.skip("centroid_distance.png", "no rows with a known attribute")
     if res.directions:
-        figs.make(f"projections.png", embedding.projection_histograms, tr.Z, tr.g, names,
-                  {"spurious direction (group means)": res.directions["spurious"],
-                   "core direction (group means)": res.directions["core"]})
+        figs.make(
+            "projections.png",
+            embedding.projection_histograms,
+            tr.Z,
+            tr.g,
+            names,
+            {
+                "spurious direction (group means)": res.directions["spurious"],
+                "core direction (group means)": res.directions["core"],
+            },
+        )
     else:
-        figs.skip(f"projections.png", "no spurious/core directions (need two attribute values per class)")
+        figs.skip(
+            "projections.png", "no spurious/core directions (need two attribute values per class)"
+        )
     for probe in res.text_probes:
         figs.make(f"text_probe_{probe['prompt_set']}.png", edit_figs.text_probe_bars, probe)
     if not res.text_probes:
-        figs.skip(f"text_probe_*.png", next((n for n in res.notes if n.startswith("text probe")),
-                                                    "no text embeddings"))
+        figs.skip(
+            "text_probe_*.png",
+            next((n for n in res.notes if n.startswith("text probe")), "no text embeddings"),
+        )
     caption = _captioner(cache)
     err = res.errors
     if err.get("queries"):
         if thumbs is None:
-            figs.skip(f"error_neighbours.png", thumbs_reason or "images not reachable")
+            figs.skip("error_neighbours.png", thumbs_reason or "images not reachable")
         else:
             q_rows = ev.rows[np.asarray(err["queries"])]
-            figs.make(f"error_neighbours.png", grids.neighbour_grid, q_rows, tr.rows[err["neighbours"]],
-                      thumbs, caption, scores=err["scores"],
-                      title=f"Worst group {err['worst_group']} ({ev.name}): misclassified rows and their "
-                            f"{tr.name} neighbours ({err['predictions']})")
+            figs.make(
+                "error_neighbours.png",
+                grids.neighbour_grid,
+                q_rows,
+                tr.rows[err["neighbours"]],
+                thumbs,
+                caption,
+                scores=err["scores"],
+                title=f"Worst group {err['worst_group']} ({ev.name}): misclassified rows and their "
+                f"{tr.name} neighbours ({err['predictions']})",
+            )
     else:
-        figs.skip(f"error_neighbours.png", "no worst-group errors on the evaluation split")
+        figs.skip("error_neighbours.png", "no worst-group errors on the evaluation split")
     if res.retrieval:
         if thumbs is None:
-            figs.skip(f"retrieval.png", thumbs_reason or "images not reachable")
+            figs.skip("retrieval.png", thumbs_reason or "images not reachable")
         else:
             edit = res.edits["remove_spurious"]
-            figs.make(f"retrieval.png", grids.retrieval_grid, edit.rows, tr.rows[res.retrieval["before"]],
-                      tr.rows[res.retrieval["after"]], thumbs, caption,
-                      title=f"Nearest {tr.name} images before / after '{edit.name}' "
-                            f"(other-attribute share {res.retrieval.get('other_attr_share_before', float('nan')):.2f}"
-                            f" -> {res.retrieval.get('other_attr_share_after', float('nan')):.2f})")
+            figs.make(
+                "retrieval.png",
+                grids.retrieval_grid,
+                edit.rows,
+                tr.rows[res.retrieval["before"]],
+                tr.rows[res.retrieval["after"]],
+                thumbs,
+                caption,
+                title=f"Nearest {tr.name} images before / after '{edit.name}' "
+                f"(other-attribute share {res.retrieval.get('other_attr_share_before', float('nan')):.2f}"
+                f" -> {res.retrieval.get('other_attr_share_after', float('nan')):.2f})",
+            )
     return figs
 
 
@@ -122,6 +180,7 @@ def _open_cache(cache, records, root):
     """The cache given, else the first record's cache that exists (absolute path, or the path
     relative to the runs folder, for a runs folder moved together with its cache)."""
     from embedkit.cache import Cache
+
     if cache is not None:
         return cache if isinstance(cache, Cache) else Cache.open(cache)
     for r in records:
@@ -132,17 +191,22 @@ def _open_cache(cache, records, root):
     return None
 
 
-def hsfm_figures(records, cache, figs: _Figures, thumbs, thumbs_reason: str, backbone: str | None) -> None:
+def hsfm_figures(
+    records, cache, figs: _Figures, thumbs, thumbs_reason: str, backbone: str | None
+) -> None:
     """Text probe and retrieval views of the first HSFM run's support edits."""
     from embedkit.analysis import edits
     from embedkit.analysis.summary import resolve_prompt_sets
+
     hsfm = [r for r in records if str(r.get("method", "")).startswith("hsfm")]
     if not hsfm:
         figs.skip("hsfm_*.png", "no HSFM run among the records")
         return
     art = next(((r, _find_artifacts(r)) for r in hsfm if _find_artifacts(r) is not None), None)
     if art is None:
-        figs.skip("hsfm_*.png", "the HSFM runs have no artifacts.npz with support_before/support_after")
+        figs.skip(
+            "hsfm_*.png", "the HSFM runs have no artifacts.npz with support_before/support_after"
+        )
         return
     rec, path = art
     try:
@@ -166,17 +230,32 @@ def hsfm_figures(records, cache, figs: _Figures, thumbs, thumbs_reason: str, bac
         figs.skip("hsfm_retrieval.png", thumbs_reason or "images not reachable")
         return
     items = edit.top_items(per_class=3, n_random=2, seed=0)
-    sub = edits.Edit(edit.name, edit.before[items], edit.after[items], y=edit.y[items] if edit.y is not None else None,
-                     a=edit.a[items] if edit.a is not None else None,
-                     rows=edit.rows[items] if edit.rows is not None else None)
+    sub = edits.Edit(
+        edit.name,
+        edit.before[items],
+        edit.after[items],
+        y=edit.y[items] if edit.y is not None else None,
+        a=edit.a[items] if edit.a is not None else None,
+        rows=edit.rows[items] if edit.rows is not None else None,
+    )
     ret = edits.retrieval(sub, tr.Z, a_db=tr.a, y_db=tr.y, k=6)
     figs.facts["hsfm_retrieval"] = {k: v for k, v in ret.items() if not isinstance(v, np.ndarray)}
-    shares = (f", other-attribute share {ret['other_attr_share_before']:.2f} -> {ret['other_attr_share_after']:.2f}"
-              if "other_attr_share_before" in ret else "")
-    figs.make("hsfm_retrieval.png", grids.retrieval_grid,
-              sub.rows if sub.rows is not None else [-1] * len(items), tr.rows[ret["before"]], tr.rows[ret["after"]],
-              thumbs, _captioner(cache), title=f"HSFM support edits ({edit.name}): nearest train images before / after "
-                                               f"(relative edit norm {ret['relative_edit_norm']:.2f}{shares})")
+    shares = (
+        f", other-attribute share {ret['other_attr_share_before']:.2f} -> {ret['other_attr_share_after']:.2f}"
+        if "other_attr_share_before" in ret
+        else ""
+    )
+    figs.make(
+        "hsfm_retrieval.png",
+        grids.retrieval_grid,
+        sub.rows if sub.rows is not None else [-1] * len(items),
+        tr.rows[ret["before"]],
+        tr.rows[ret["after"]],
+        thumbs,
+        _captioner(cache),
+        title=f"HSFM support edits ({edit.name}): nearest train images before / after "
+        f"(relative edit norm {ret['relative_edit_norm']:.2f}{shares})",
+    )
 
 
 def report_figures(run_or_runs_dir, out_dir, cache=None) -> list[Path]:
@@ -200,12 +279,21 @@ def report_figures(run_or_runs_dir, out_dir, cache=None) -> list[Path]:
         c = None
         figs.skip("analysis figures", str(e))
     if c is None:
-        figs.skip("analysis figures", "no cache given and none of the run records' cache paths exists")
+        figs.skip(
+            "analysis figures", "no cache given and none of the run records' cache paths exists"
+        )
         figs.write_manifest()
         return figs.paths
     from embedkit.analysis.summary import analyze_cache
-    backbone = next(((r.get("cache") or {}).get("backbone_key") for r in records
-                     if (r.get("cache") or {}).get("backbone_key") in c.backbones()), None)
+
+    backbone = next(
+        (
+            (r.get("cache") or {}).get("backbone_key")
+            for r in records
+            if (r.get("cache") or {}).get("backbone_key") in c.backbones()
+        ),
+        None,
+    )
     thumbs, why = thumbnail_source(c)
     try:
         res = analyze_cache(c, backbone, george=False)
