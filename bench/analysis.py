@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     from threadpoolctl import threadpool_limits
 
     from embedkit.analysis.clusters import kmeans
-    from embedkit.analysis.index import Index
+    from embedkit.geometry.index import Index
 
     faiss.omp_set_num_threads(args.threads)
     rng = np.random.default_rng(0)

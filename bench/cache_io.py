@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from embedkit.cache import Cache, Samples, write_cache
+from embedkit.cache import Cache, write_cache
+
+from embedkit.schema import Samples
 
 
 def best_of(fn, n=3):

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from embedkit import heads, runs  # noqa: E402
-from embedkit.synthetic import (
+from embedkit.data.synthetic import (
     CELEBA_GROUPS,
     CELEBA_SIZES,
     WATERBIRDS_GROUPS,

@@ -24,11 +24,11 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from embedkit import heads  # noqa: E402
-from embedkit.cache import Split  # noqa: E402
+from embedkit.schema import Split  # noqa: E402
 from embedkit.heads.monitor import Monitor  # noqa: E402
 from embedkit.heads.trainer import draw_indices, fit_grid, lr_wd_grid, sampler_cdf  # noqa: E402
 from embedkit.metrics import evaluate_split  # noqa: E402
-from embedkit.synthetic import WATERBIRDS_SIZES, planted_arrays  # noqa: E402
+from embedkit.data.synthetic import WATERBIRDS_SIZES, planted_arrays  # noqa: E402
 
 METHODS = [
     "erm",

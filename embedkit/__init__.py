@@ -9,7 +9,7 @@ report = metrics.group_report(test.y, head.predict(test.Z), test.g)
 
 import importlib
 
-__version__ = "0.1.0"
+from embedkit.version import __version__
 
 __all__ = [
     "Cache",

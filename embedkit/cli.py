@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         top = _top_parser()
         ns = top.parse_args(argv)
         if ns.version:
-            from embedkit import __version__
+            from embedkit.version import __version__
 
             print(__version__)
             return 0

@@ -471,3 +471,10 @@ def eval_group_report(y, pred, eval_groups, names) -> dict:
             str(names[j]): {"acc": acc[j], "n": int(n[j])} for j in range(eg.shape[1])
         },
     }
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of [N, C] logits, shifted by the row max so that exp never overflows."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)

@@ -109,7 +109,7 @@ def run_dir(out_dir, method, params, seed, label_budget=1.0, val_reserved=0.0, g
 def _versions() -> dict:
     import sklearn
 
-    from embedkit import __version__
+    from embedkit.version import __version__
 
     return {
         "embedkit": __version__,

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from embedkit import prompts
 from embedkit.analysis import edits
 from embedkit.errors import EmbedkitError
 from tests.conftest import need_data
@@ -16,7 +17,7 @@ def test_text_probe_by_hand():
     # Two items moved along +e1 (lengths 2 and 1); prompts along e1, -e1, e2.
     before = np.array([[0, 1, 0], [0, 0, 1]], np.float32)
     after = np.array([[2, 1, 0], [1, 0, 1]], np.float32)
-    ps = edits.PromptSet("t", ["water", "land", "other"], ["p+", "p-", "p2"])
+    ps = prompts.PromptSet("t", ["water", "land", "other"], ["p+", "p-", "p2"])
     T = np.array([[1, 0, 0], [-3, 0, 0], [0, 5, 0]], np.float32)  # norms do not matter
     out = edits.text_probe(edits.Edit("e", before, after), ps, T)
     got = {r["prompt"]: r for r in out["ranked"]}
@@ -65,16 +66,16 @@ def test_top_items_takes_the_largest_edits_per_class():
 
 
 def test_builtin_prompt_sets_parse_and_bad_files_name_the_line(tmp_path):
-    names = edits.available_prompt_sets()
+    names = prompts.available_prompt_sets()
     assert {"backgrounds", "birds", "gender", "hair", "colors", "digits"} <= set(names)
-    bg = edits.load_prompt_set("backgrounds")
+    bg = prompts.load_prompt_set("backgrounds")
     assert len(bg) == 8 and bg.tags.count("water") == 4 and "a photo of an ocean." in bg.prompts
     bad = tmp_path / "mine.txt"
     bad.write_text("# comment\nwater | a lake\nno separator here\n")
     with pytest.raises(EmbedkitError, match="mine.txt:3"):
-        edits.load_prompt_set(bad)
+        prompts.load_prompt_set(bad)
     with pytest.raises(EmbedkitError, match="built-in sets"):
-        edits.load_prompt_set("no_such_set")
+        prompts.load_prompt_set("no_such_set")
 
 
 def test_text_embedder_from_stored_prompts():
@@ -88,7 +89,7 @@ def test_text_embedder_from_stored_prompts():
     np.testing.assert_array_equal(emb(["b", "a"]), [[0, 1], [1, 0]])
     with pytest.raises(EmbedkitError, match="not in the cache"):
         emb(["c"])
-    assert edits.stored_prompt_set(stored, ["c0", "c1"], ["t0"], "class").tags == ["c1"]
+    assert prompts.stored_prompt_set(stored, ["c0", "c1"], ["t0"], "class").tags == ["c1"]
     with pytest.raises(EmbedkitError, match="no text embeddings"):
         edits.TextEmbedder(None, None)
 
@@ -119,7 +120,7 @@ def test_text_probe_with_a_random_init_open_clip_text_tower(tmp_path):
     from PIL import Image
 
     from embedkit.cli import main
-    from embedkit.synthetic import planted_cache
+    from embedkit.data.synthetic import planted_cache
 
     cache, _ = planted_cache(
         tmp_path / "c.h5", {"train": 400, "val": 50, "test": 200}, dim=512, seed=0
@@ -162,7 +163,7 @@ def test_real_waterbirds_clip_background_shift_leans_towards_waterbird(tmp_path)
     carry the background: the spurious link). Measured: +0.030 vs -0.010."""
     from embedkit.analysis.summary import analyze_cache
     from embedkit.cache import Cache
-    from embedkit.io import import_npz
+    from embedkit.interop.arrays import import_npz
 
     src = need_data("waterbirds", "clip_rn50_train256.npz")
     path = import_npz(

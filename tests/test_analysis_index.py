@@ -5,7 +5,7 @@ import faiss
 import numpy as np
 import pytest
 
-from embedkit.analysis.index import Index, knn
+from embedkit.geometry.index import Index, knn
 from embedkit.errors import EmbedkitError
 
 

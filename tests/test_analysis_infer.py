@@ -20,7 +20,7 @@ from embedkit.analysis.infer import (
 )
 from embedkit.cli import main
 from embedkit.heads.jtt import error_set
-from embedkit.synthetic import planted_cache
+from embedkit.data.synthetic import planted_cache
 
 
 def plain_eiil(logits, y, u0, steps, lr=1e-3):

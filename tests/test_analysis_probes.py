@@ -1,12 +1,12 @@
 """Spurious and core directions from linear probes, against the planted directions and the
-group-mean estimates (embedkit.analysis.directions)."""
+group-mean estimates (embedkit.geometry.directions)."""
 
 import numpy as np
 import pytest
 
 from embedkit.analysis import probes
 from embedkit.errors import EmbedkitError
-from embedkit.synthetic import planted_arrays
+from embedkit.data.synthetic import planted_arrays
 
 
 @pytest.fixture(scope="module")

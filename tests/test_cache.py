@@ -10,7 +10,9 @@ import h5py
 import numpy as np
 import pytest
 
-from embedkit.cache import Cache, CacheWriter, Samples, merge, write_cache
+from embedkit.cache import Cache, CacheWriter, merge, write_cache
+
+from embedkit.schema import Samples
 from embedkit.errors import EmbedkitError
 from tests.conftest import need_data
 
@@ -106,7 +108,7 @@ def test_split_is_contiguous_and_sorted(tmp_path):
 
 
 def test_import_real_waterbirds_npz(tmp_path):
-    from embedkit.io import import_npz
+    from embedkit.interop.arrays import import_npz
 
     path = need_data("waterbirds", "clip_rn50_train256.npz")
     import_npz(path, tmp_path / "wb.h5", key="clip_rn50")
@@ -122,7 +124,7 @@ def test_import_real_waterbirds_npz(tmp_path):
 
 
 def test_export_then_import_round_trip(tmp_path):
-    from embedkit.io import export_npz, import_npz
+    from embedkit.interop.arrays import export_npz, import_npz
 
     s = make_samples()
     Z = np.random.default_rng(4).standard_normal((40, 6)).astype(np.float32)
@@ -360,7 +362,8 @@ def test_interrupted_write_leaves_no_accepted_file(tmp_path):
     out = tmp_path / "c.h5"
     script = textwrap.dedent(f"""
         import os, signal, numpy as np
-        from embedkit.cache import CacheWriter, Samples
+        from embedkit.cache import CacheWriter
+        from embedkit.schema import Samples
         s = Samples(uid=[str(i) for i in range(1000)], split=[0] * 1000, y=[0] * 1000, a=[0] * 1000,
                     class_names=["c"], attr_names=["t"])
         w = CacheWriter({str(out)!r}, s, "bb", 8)

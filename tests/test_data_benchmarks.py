@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from embedkit import data
-from embedkit.cache import SPLITS
+from embedkit.schema import SPLITS
 from embedkit.data.mnist import load_mnist
 from embedkit.errors import EmbedkitError
 from tests.conftest import DATA, need_data, need_fashion

@@ -167,9 +167,10 @@ def test_bad_metadata_names_file_and_line(tmp_path):
 
 def test_extract_then_export_for_peer_tools(tmp_path):
     """A SubpopBench dataset through a real backbone, exported in DPE's layout, imported back."""
-    from embedkit.cache import SPLITS, Cache
+    from embedkit.cache import Cache
+    from embedkit.schema import SPLITS
     from embedkit.extract import extract
-    from embedkit.peers import export_subpopbench, import_subpopbench
+    from embedkit.interop.peers import export_subpopbench, import_subpopbench
 
     ckpt = need_data(
         "weights", "mobilenet_v2_inat_bird_coral.pt"

@@ -10,12 +10,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
 from embedkit import heads, metrics
-from embedkit.cache import Split
+from embedkit.schema import Split
 from embedkit.heads import dfr as dfr_module
 from embedkit.heads.base import spawn_seeds
 from embedkit.heads.monitor import Monitor
 from embedkit.selection import apply_label_budget
-from embedkit.synthetic import planted_arrays
+from embedkit.data.synthetic import planted_arrays
 
 GRID = [1.0, 0.7, 0.3, 0.1, 0.07, 0.03, 0.01]
 SIZES = {"train": 600, "val": 400, "test": 400}

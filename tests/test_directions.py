@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from embedkit.analysis.directions import (
+from embedkit.geometry.directions import (
     Sigma,
     alignment,
     attribute_pair_directions,

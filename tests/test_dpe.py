@@ -17,7 +17,7 @@ from embedkit.heads.dpe import (
 )
 from embedkit.heads.trainer import StepContext
 from embedkit.selection import SelectionLeakError
-from embedkit.synthetic import planted_cache
+from embedkit.data.synthetic import planted_cache
 
 
 def run_package(val, test, seed: int, num_stages: int = 15, group_balanced: bool = True):

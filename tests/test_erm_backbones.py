@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from embedkit.erm import TrainingDiverged, load_checkpoint, n_parameters, step_path, train_erm
+from embedkit.backbones.train_backbone import TrainingDiverged, load_checkpoint, n_parameters, step_path, train_erm
 from tests.conftest import DATA, need_data
 
 

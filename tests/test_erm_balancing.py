@@ -12,7 +12,7 @@ from embedkit.heads.balancing import balance_weights, sampler_probs, subsample_u
 from embedkit.heads.monitor import Monitor
 from embedkit.heads.trainer import draw_indices, sampler_cdf
 from embedkit.metrics import evaluate_split
-from embedkit.synthetic import planted_cache
+from embedkit.data.synthetic import planted_cache
 from tests.test_trainer import assert_reports_match, planted_splits
 
 FAST = dict(steps=300, eval_every=50)

@@ -7,7 +7,7 @@ import torch
 
 from embedkit import data
 from embedkit.cli import main
-from embedkit.erm import TrainingDiverged, load_checkpoint, load_images, normalize, train_erm
+from embedkit.backbones.train_backbone import TrainingDiverged, load_checkpoint, load_images, normalize, train_erm
 from embedkit.errors import EmbedkitError
 
 TINY = {"n_train": 160, "n_val": 40, "n_test": 40}

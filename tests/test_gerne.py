@@ -198,10 +198,10 @@ def test_pseudo_groups_are_the_least_confident(rng):
 # ------------------------------------------------------------------
 
 from embedkit import heads, metrics  # noqa: E402
-from embedkit.cache import Split  # noqa: E402
+from embedkit.schema import Split  # noqa: E402
 from embedkit.heads.gerne import train_gerne_grid  # noqa: E402
 from embedkit.heads.monitor import Monitor
-from embedkit.synthetic import planted_arrays  # noqa: E402
+from embedkit.data.synthetic import planted_arrays  # noqa: E402
 
 SIZES = {"train": 800, "val": 400, "test": 400}
 FAST = dict(steps=300, eval_every=50, threads=1, lr_grid=(1e-2, 1e-1), wd_grid=(1e-4,))

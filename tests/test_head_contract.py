@@ -20,13 +20,13 @@ import numpy as np
 import pytest
 
 from embedkit import heads, runs
-from embedkit.cache import Split
+from embedkit.schema import Split
 from embedkit.cli import main
 from embedkit.errors import EmbedkitError
 from embedkit.heads.monitor import Monitor
 from embedkit.heads.params import Param
 from embedkit.metrics import evaluate_split
-from embedkit.synthetic import planted_cache
+from embedkit.data.synthetic import planted_cache
 
 SGD = dict(steps=60, eval_every=20, lr_grid=(0.01, 0.1), wd_grid=(1e-4,))
 # Small budgets per head (by registered name, else by module); the contract does not depend on them.
@@ -259,7 +259,8 @@ def test_one_class_validation_split_is_one_error_line(real_splits, tmp_path, cap
         with pytest.raises(EmbedkitError, match="validation split has only class"):
             heads.create(name).fit(train, one)
     # The CLI: one line, exit 2, on a cache whose val split holds one class.
-    from embedkit.cache import Samples, write_cache
+    from embedkit.cache import write_cache
+    from embedkit.schema import Samples
 
     parts = [(train, 0), (one, 1), (test, 2)]
     samples = Samples(

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from embedkit.cache import Split
+from embedkit.schema import Split
 from embedkit.errors import EmbedkitError
 from embedkit.heads import create, hsfm
 from embedkit.heads.hsfm import HSFMHead, hard_set, hypergradient, outer_loss

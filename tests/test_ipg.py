@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from embedkit.cache import Split
+from embedkit.schema import Split
 from embedkit.errors import EmbedkitError
 from embedkit.heads import create
 from embedkit.heads.ipg import corrective_step, discrepancy, mean_shift_pairs, nn_pairs

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from embedkit import heads, metrics
-from embedkit.cache import Split
+from embedkit.schema import Split
 from embedkit.heads.llr import capped_subset, heldout_halves
 from embedkit.heads.trainer import TRAINER_DEFAULTS
 

@@ -48,7 +48,7 @@ def one_line(stderr: str) -> str:
 
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
-    from embedkit.erm import train_erm
+    from embedkit.backbones.train_backbone import train_erm
 
     return train_erm(
         "colored_digits",

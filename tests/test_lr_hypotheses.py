@@ -4,7 +4,7 @@ studies whose effect has a known sign."""
 import numpy as np
 import pytest
 
-from embedkit import lr_hypotheses as H
+from embedkit.studies.lr import hypotheses as H
 
 LRS = [0.01, 0.03, 0.1, 0.3, 1.0]
 

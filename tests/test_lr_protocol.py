@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from embedkit import lr_protocol as P
+from embedkit.studies.lr import protocol as P
 from tests.conftest import DATA, need_data
 
 # A tiny quick config (also used by tests/test_notebooks.py for notebook 04).

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from embedkit import lr_study as L
+from embedkit.studies.lr import study as L
 from embedkit.errors import EmbedkitError
 
 # -- compressibility ---------------------------------------------------------------------------
@@ -118,7 +118,7 @@ def test_eff_bcr_and_confidence():
 
 
 def test_spurious_alignment_by_hand():
-    from embedkit.cache import Split
+    from embedkit.schema import Split
 
     y = np.array([0, 0, 1, 1, 0, 1])
     a = np.array([0, 1, 0, 1, 1, 0])
@@ -303,7 +303,7 @@ def test_prunable_sparsity_stops_at_the_first_change(monkeypatch):
     from embedkit import metrics
 
     accs = iter([0.40, 0.405, 0.395, 0.45, 0.40])  # unpruned, then 0.5, 0.7, 0.8, 0.9
-    monkeypatch.setattr("embedkit.erm.predict_logits", lambda model, images, pp: None)
+    monkeypatch.setattr("embedkit.backbones.train_backbone.predict_logits", lambda model, images, pp: None)
     monkeypatch.setattr(L, "prune_global", lambda model, s: model)
     monkeypatch.setattr(
         metrics,
@@ -324,7 +324,7 @@ def test_prunable_sparsity_stops_at_the_first_change(monkeypatch):
 def test_attribution_share_of_networks_that_read_one_half():
     import torch
 
-    from embedkit.lr_attribution import core_utilisation, spurious_mask
+    from embedkit.studies.lr.attribution import core_utilisation, spurious_mask
 
     mask = spurious_mask({"spurious_columns": [28, 56]}, 28, 56)
     assert mask[:, 28:].all() and not mask[:, :28].any()

@@ -208,7 +208,7 @@ def test_bootstrap_reproducible_and_stratified(rng):
 
 
 def test_evaluate_split_uses_split_groups_and_train_counts():
-    from embedkit.cache import Split
+    from embedkit.schema import Split
 
     Z = np.zeros((10, 2), np.float32)
     s = Split(

@@ -19,7 +19,9 @@ import sys
 import numpy as np
 import pytest
 
-from embedkit.cache import SPLITS, Cache
+from embedkit.cache import Cache
+
+from embedkit.schema import SPLITS
 from embedkit.errors import EmbedkitError
 from tests.conftest import ROOT, need_data
 
@@ -106,7 +108,7 @@ def dpe_rows(folder, metadata, split_code):
 
 
 def test_dpe_folder_import_keeps_rows_labels_and_features(tmp_path):
-    from embedkit.peers import import_subpopbench
+    from embedkit.interop.peers import import_subpopbench
 
     w = real_waterbirds()
     folder = write_dpe_folder(tmp_path / "dpe", w)
@@ -128,7 +130,7 @@ def test_dpe_folder_import_keeps_rows_labels_and_features(tmp_path):
 
 
 def test_dpe_ships_only_val_and_test(tmp_path):
-    from embedkit.peers import import_subpopbench
+    from embedkit.interop.peers import import_subpopbench
 
     w = real_waterbirds()
     folder = write_dpe_folder(tmp_path / "dpe", w, splits=("val", "test"))
@@ -140,8 +142,8 @@ def test_dpe_ships_only_val_and_test(tmp_path):
 
 
 def test_subpopbench_export_round_trip_and_dpe_reads_it(tmp_path):
-    from embedkit.io import import_arrays
-    from embedkit.peers import export_subpopbench, import_subpopbench
+    from embedkit.interop.arrays import import_arrays
+    from embedkit.interop.peers import export_subpopbench, import_subpopbench
 
     w = real_waterbirds()
     import_arrays(
@@ -200,8 +202,8 @@ def test_subpopbench_export_round_trip_and_dpe_reads_it(tmp_path):
 def test_seen_rows_travel_through_the_subpopbench_layout(tmp_path, capsys):
     """A cache that records which rows its backbone trained on exports them as an extra `seen`
     column (dpe reads columns by name) and imports them back; --seen works with --from too."""
-    from embedkit.io import import_arrays
-    from embedkit.peers import export_subpopbench, import_subpopbench
+    from embedkit.interop.arrays import import_arrays
+    from embedkit.interop.peers import export_subpopbench, import_subpopbench
 
     w = real_waterbirds()
     seen = w["split"] == 0
@@ -277,8 +279,8 @@ def test_subpopbench_metadata_other_splits_and_pandas_cells(tmp_path):
 def test_pt_feature_files_plain_tensors_only(tmp_path):
     import torch
 
-    from embedkit.io import load_array
-    from embedkit.peers import import_subpopbench
+    from embedkit.interop.arrays import load_array
+    from embedkit.interop.peers import import_subpopbench
 
     w = real_waterbirds()
     folder = write_dpe_folder(tmp_path / "dpe", w, splits=("train", "val"))
@@ -453,7 +455,7 @@ def test_clip_retrieval_round_trip(tmp_path):
 
 
 def test_clip_retrieval_one_split_and_zero_padded_parts(tmp_path):
-    from embedkit.peers import import_clip_retrieval
+    from embedkit.interop.peers import import_clip_retrieval
 
     w = real_waterbirds()
     folder = write_clip_retrieval(tmp_path / "cr", w, parts=(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10))
@@ -470,7 +472,7 @@ def test_clip_retrieval_pandas_cells(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from embedkit.peers import import_clip_retrieval
+    from embedkit.interop.peers import import_clip_retrieval
 
     (tmp_path / "img_emb").mkdir()
     (tmp_path / "metadata").mkdir()
@@ -566,7 +568,7 @@ def test_clip_retrieval_bad_inputs(tmp_path, capsys):
 
 
 def test_dfr_npz_per_split(tmp_path):
-    from embedkit.peers import import_dfr
+    from embedkit.interop.peers import import_dfr
 
     w = real_waterbirds()
     files = []
@@ -591,7 +593,7 @@ def test_dfr_npz_per_split(tmp_path):
 
 
 def test_dfr_follow_up_save_embeddings_file(tmp_path):
-    from embedkit.peers import import_dfr
+    from embedkit.interop.peers import import_dfr
 
     w = real_waterbirds()
     arrays = {}

@@ -10,7 +10,7 @@ from embedkit.cli import main
 from embedkit.errors import SelectionLeakError
 from embedkit.heads.base import Head
 from embedkit.selection import label_budget_mask, select
-from embedkit.synthetic import planted_cache
+from embedkit.data.synthetic import planted_cache
 
 SIZES = {"train": 300, "val": 240, "test": 240}
 

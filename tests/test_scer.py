@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from embedkit import heads, metrics
-from embedkit.analysis.directions import Sigma, group_means, mean_difference_directions
-from embedkit.cache import Split
+from embedkit.geometry.directions import Sigma, group_means, mean_difference_directions
+from embedkit.schema import Split
 from embedkit.errors import EmbedkitError
 from embedkit.heads.groupdro import GroupDROLoss
 from embedkit.heads.monitor import Monitor
@@ -22,7 +22,7 @@ from embedkit.heads.scer import (
     ll_terms,
 )
 from embedkit.heads.trainer import StepContext
-from embedkit.synthetic import planted_arrays
+from embedkit.data.synthetic import planted_arrays
 
 SIZES = {"train": 800, "val": 400, "test": 400}
 FAST = dict(steps=300, eval_every=50, threads=1)

@@ -28,7 +28,7 @@ def cli(*args):
 def erm_cache(tmp_path_factory):
     """A small CNN trained by train-erm on the first 80 % of colored_digits' train split (AFR's
     protocol, --holdout 0.2), extracted on every split."""
-    from embedkit.erm import train_erm
+    from embedkit.backbones.train_backbone import train_erm
     from embedkit.extract import extract
 
     d = tmp_path_factory.mktemp("seen")
@@ -84,7 +84,7 @@ def test_info_shows_seen_counts_per_split(erm_cache, tmp_path):
 
 def test_checkpoint_on_another_dataset_or_without_a_record_gives_unknown():
     from embedkit.backbones.checkpoint import seen_mask
-    from embedkit.erm import seen_record
+    from embedkit.backbones.train_backbone import seen_record
 
     rec = seen_record("colored_digits", ["a", "b"], "train")
     mask, why = seen_mask(rec, "colored_digits", ["b", "c", "a"])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from embedkit import selection as S
-from embedkit.cache import Split
+from embedkit.schema import Split
 from embedkit.errors import EmbedkitError, SelectionLeakError
 
 

@@ -7,7 +7,7 @@ import pytest
 from embedkit import heads, metrics, runs
 from embedkit.cache import Cache, write_cache
 from embedkit.heads.llr import heldout_halves
-from embedkit.synthetic import planted_cache
+from embedkit.data.synthetic import planted_cache
 
 FAST = {"steps": 50, "lr_grid": (1e-2,), "num_data_grid": (12,)}
 
@@ -132,7 +132,7 @@ def test_two_backbone_workflow_train_erm_save_early_extract_self(tmp_path):
     import torch
 
     from embedkit.cli import main
-    from embedkit.erm import early_checkpoint_path, train_erm
+    from embedkit.backbones.train_backbone import early_checkpoint_path, train_erm
     from embedkit.extract import extract
 
     opts = [

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from embedkit.cache import Split
+from embedkit.schema import Split
 from embedkit.errors import EmbedkitError
 from embedkit.heads.monitor import Monitor
 from embedkit.heads.trainer import (
@@ -20,11 +20,11 @@ from embedkit.heads.trainer import (
     sampler_cdf,
 )
 from embedkit.metrics import evaluate_split
-from embedkit.synthetic import planted_arrays
+from embedkit.data.synthetic import planted_arrays
 
 
 def planted_splits(sizes=None, dim=16, seed=0, **kw):
-    """(train, val, test) Splits of embedkit.synthetic's planted cache, in memory."""
+    """(train, val, test) Splits of embedkit.data.synthetic's planted cache, in memory."""
     arr = planted_arrays(sizes or {"train": 800, "val": 400, "test": 400}, dim, seed=seed, **kw)
     out = []
     for code, name in enumerate(("train", "val", "test")):

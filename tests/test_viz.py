@@ -131,7 +131,7 @@ def test_image_grids_through_the_dataset_adapter(tmp_path, digits_cache):
 
 def test_unreachable_images_say_why(tmp_path):
     from embedkit.errors import EmbedkitError
-    from embedkit.synthetic import planted_cache
+    from embedkit.data.synthetic import planted_cache
 
     path, _ = planted_cache(tmp_path / "p.h5", {"train": 50, "val": 10, "test": 10}, dim=4)
     with pytest.raises(EmbedkitError, match="planted"):

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 
 from embedkit import heads, metrics
-from embedkit.cache import Cache, Split
+from embedkit.cache import Cache, store_prompts
+from embedkit.schema import Split
 from embedkit.errors import EmbedkitError
 from embedkit.heads import textproj as tp
 from embedkit.heads.zeroshot import prompt_log, unit
-from embedkit.synthetic import planted_cache
+from embedkit.data.synthetic import planted_cache
 from tests.conftest import need_data
 
 
@@ -44,7 +45,7 @@ def empty_like(s):
 
 
 def test_zeroshot_real_waterbirds_clip_rn50(tmp_path):
-    from embedkit.io import import_npz
+    from embedkit.interop.arrays import import_npz
 
     path = import_npz(need_data("waterbirds", "clip_rn50_train256.npz"), tmp_path / "wb.h5")
     cache = Cache.open(path)
@@ -69,7 +70,7 @@ def test_zeroshot_real_waterbirds_clip_rn50(tmp_path):
 
 def test_zeroshot_record_logs_prompts_on_real_cache(tmp_path):
     from embedkit import runs
-    from embedkit.io import import_npz
+    from embedkit.interop.arrays import import_npz
 
     path = import_npz(need_data("waterbirds", "clip_rn50_train256.npz"), tmp_path / "wb.h5")
     rec = runs.fit_record(path, "zeroshot", {}, 0, tmp_path / "runs")
@@ -325,7 +326,7 @@ def test_store_prompts_keeps_existing_and_embeds_only_new(tmp_path):
         seen.extend(prompts)
         return np.tile(arr["u"], (len(prompts), 1))
 
-    tp.store_prompts(
+    store_prompts(
         path,
         "planted",
         [("class", 0, before["prompts"][0]), ("candidate", 0, "new prompt")],

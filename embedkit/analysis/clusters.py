@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from embedkit import metrics
-from embedkit.analysis.index import _faiss, as_float32, gpu_available, l2_normalize
 from embedkit.errors import EmbedkitError
+from embedkit.geometry.index import _faiss, as_float32, gpu_available, l2_normalize
 
 REDUCE = ("none", "margin", "pca")
 # Inferred groups below max(0.5 % of the class, 25 rows) are flagged (section 14.4) and, when

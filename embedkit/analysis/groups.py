@@ -1,6 +1,6 @@
 """Where the groups sit: centroids, the centroid distance matrix, k-NN group purity, and the
 nearest training neighbours of the worst group's errors. All neighbour search goes through
-`embedkit.analysis.index.Index` (FAISS).
+`embedkit.geometry.index.Index` (FAISS).
 
 Groups follow the cache's definition g = y*A + a (rows with a = -1 have g = -1 and are left out
 of every per-group number; the count left out is reported).
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from embedkit.analysis.directions import group_means
-from embedkit.analysis.index import Index, as_float32
 from embedkit.errors import EmbedkitError
+from embedkit.geometry.directions import group_means
+from embedkit.geometry.index import Index, as_float32
 
 
 def stratified_subsample(g, max_points: int, seed: int = 0) -> np.ndarray:

@@ -1,5 +1,5 @@
 """Spurious and core directions from linear probes, beside the group-mean estimates of
-`embedkit.analysis.directions`.
+`embedkit.geometry.directions`.
 
 The attribute probe is a logistic regression of a on z; its weight vector (in raw feature
 coordinates) is the spurious direction. Rows are weighted 1/n_(y,a) (group-balanced) so that the
@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from embedkit.analysis.directions import group_means, mean_difference_directions
-from embedkit.analysis.index import as_float32
 from embedkit.errors import EmbedkitError
+from embedkit.geometry.directions import group_means, mean_difference_directions
+from embedkit.geometry.index import as_float32
 
 
 def _balanced_weights(y, a) -> np.ndarray:

@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from embedkit import prompts
 from embedkit.analysis import clusters, edits, groups, probes
-from embedkit.analysis.directions import Sigma, alignment, group_means, pair_differences, sigma_norm
 from embedkit.errors import EmbedkitError
+from embedkit.geometry.directions import Sigma, alignment, group_means, pair_differences, sigma_norm
 
 
 @dataclass
@@ -61,17 +62,17 @@ def resolve_prompt_sets(
     attribute and class sets (or sets written from the cache's names); else the prompts stored in
     the cache's /text group."""
     if names:
-        return [edits.load_prompt_set(n) for n in names]
+        return [prompts.load_prompt_set(n) for n in names]
     if encoder is not None:
-        if dataset in edits.DEFAULT_PROMPT_SETS:
-            return [edits.load_prompt_set(n) for n in edits.DEFAULT_PROMPT_SETS[dataset]]
-        return list(edits.prompt_sets_from_names(class_names, attr_names))
+        if dataset in prompts.DEFAULT_PROMPT_SETS:
+            return [prompts.load_prompt_set(n) for n in prompts.DEFAULT_PROMPT_SETS[dataset]]
+        return list(prompts.prompt_sets_from_names(class_names, attr_names))
     if text is None:
         return []
     return [
         s
         for s in (
-            edits.stored_prompt_set(text, class_names, attr_names, kind)
+            prompts.stored_prompt_set(text, class_names, attr_names, kind)
             for kind in ("attr", "class")
         )
         if s is not None

@@ -21,27 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from embedkit.devices import resolve_device
 from embedkit.errors import EmbedkitError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 PENULTIMATE = "penultimate"
-
-
-def resolve_device(device) -> torch.device:
-    """'auto' -> cuda when present; a CUDA request without CUDA is an error, never a silent CPU
-    run."""
-    name = str(device or "auto")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(name)
-    except RuntimeError:
-        raise EmbedkitError(f"--device {name!r}: use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise EmbedkitError(
-            f"--device {name}: CUDA is not available on this machine (use --device cpu)"
-        )
-    return dev
 
 
 def check_precision(precision: str) -> str:

@@ -8,7 +8,7 @@ The file is `torch.save` of a plain dict (loadable with `weights_only=True`):
      "state_dict": {...}, "preprocess": {"size": 32 | [H, W] | None, "mean": [...], "std": [...]},
      "train": {dataset, dataset_options, lr, epochs, seed, ...},
      "seen": {DATASET: {"splits", "n", "uids", "uids_sha256"[, "unknown"]}}}
-     (embedkit.erm.seen_record)
+     (embedkit.backbones.train_backbone.seen_record)
 
 The architecture is rebuilt from `arch` and `arch_kwargs` by the builder of its module and loaded
 strictly. Preprocessing: images are resized (bilinear, whole image) to `size` when it is given,

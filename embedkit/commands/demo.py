@@ -36,8 +36,8 @@ def add_arguments(p):
 
 def run(args):
     from embedkit.cli import parse_key_values
-    from embedkit.demo import run_demo
     from embedkit.errors import EmbedkitError
+    from embedkit.pipelines.demo import run_demo
 
     try:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]

@@ -22,11 +22,11 @@ def add_arguments(p):
 
 def run(args):
     if args.to == "subpopbench":
-        from embedkit.peers import export_subpopbench
+        from embedkit.interop.peers import export_subpopbench
 
         print(f"wrote {export_subpopbench(args.cache, args.out, args.backbone)}")
         return 0
-    from embedkit.io import export_npz
+    from embedkit.interop.arrays import export_npz
 
     print(f"wrote {export_npz(args.cache, args.out, args.backbone)}")
     return 0

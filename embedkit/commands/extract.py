@@ -2,7 +2,7 @@
 
 Single process, a job array (`--shard i/n`), or one process per GPU with
 `torchrun --nproc_per_node=N -m embedkit extract ...`; an interrupted run resumes from its
-finished parts. See embedkit/extract.py for the rules.
+finished parts. See embedkit/extract/extractor.py for the rules.
 """
 
 from embedkit.commands.train_erm import add_dataset_arguments

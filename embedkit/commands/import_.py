@@ -111,7 +111,7 @@ def _names(text):
 
 
 def _import_peer(args, kw):
-    from embedkit import peers
+    from embedkit.interop import peers
 
     if args.npz or args.embeddings:
         raise EmbedkitError("give --from FORMAT SOURCE or --npz / --embeddings, not both")
@@ -122,7 +122,7 @@ def _import_peer(args, kw):
     if args.fmt != "dfr" and len(args.source) != 1:
         raise EmbedkitError(f"--from {args.fmt}: give one folder, got {len(args.source)} paths")
     names = dict(class_names=_names(args.class_names), attr_names=_names(args.attr_names))
-    from embedkit.io import _seen_arg
+    from embedkit.interop.arrays import _seen_arg
 
     kw.update(_seen_arg(args.seen))  # row-aligned with the rows in the order they are read
     if args.fmt == "subpopbench":
@@ -160,7 +160,7 @@ def _import_peer(args, kw):
 
 
 def run(args):
-    from embedkit import io
+    from embedkit.interop import arrays as io
 
     kw = dict(
         key=args.name,

@@ -105,7 +105,7 @@ def add_arguments(p):
 
 
 def run(args):
-    from embedkit import lr_study
+    from embedkit.studies.lr import study as lr_study
 
     if sum(v is not None for v in (args.dataset, args.cache, args.protocol)) != 1:
         raise EmbedkitError(
@@ -118,7 +118,7 @@ def run(args):
         raise EmbedkitError("--lrs is required with --dataset and --cache")
     seeds = _ints(args.seeds, "--seeds")
     if args.dataset is not None:
-        from embedkit.lr_study import PRUNE_SPARSITIES
+        from embedkit.studies.lr.study import PRUNE_SPARSITIES
 
         result = lr_study.backbone_study(
             args.dataset,
@@ -152,7 +152,7 @@ def run(args):
 
 
 def _protocol(args):
-    from embedkit import lr_protocol as P
+    from embedkit.studies.lr import protocol as P
 
     config = P.get_config(args.protocol)
     if args.list_jobs:

@@ -173,7 +173,7 @@ def add_arguments(p):
 
 
 def run(args):
-    from embedkit.erm import train_erm
+    from embedkit.backbones.train_backbone import train_erm
     from embedkit.errors import EmbedkitError
 
     try:

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from embedkit.cache import SPLITS, Samples
 from embedkit.errors import EmbedkitError
+from embedkit.schema import SPLITS, Samples
 
 from .images import ImageReadError, open_image
 

@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from embedkit.cache import SPLITS
 from embedkit.errors import EmbedkitError
+from embedkit.schema import SPLITS
 
 from .base import ArrayDataset, Option, check_fraction, realised_correlation
 from .mnist import load_mnist

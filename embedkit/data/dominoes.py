@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from embedkit.cache import SPLITS
 from embedkit.errors import EmbedkitError
+from embedkit.schema import SPLITS
 
 from .base import ArrayDataset, Option, parse_list, realised_correlation
 from .cifar10 import cifar_folder, decode_members, read_classes, tar_members

@@ -40,7 +40,6 @@ import numpy as np
 import torch
 
 from embedkit.errors import EmbedkitError
-from embedkit.heads.base import softmax
 from embedkit.heads.erm import ERMHead
 from embedkit.heads.heldout import check_unseen, unseen_need
 from embedkit.heads.params import Param
@@ -52,6 +51,7 @@ from embedkit.heads.trainer import (
     as_grid,
     weighted_mean,
 )
+from embedkit.metrics import softmax
 from embedkit.selection import GRIDS, expand_grid
 
 PRESETS = {

@@ -28,14 +28,8 @@ from embedkit import selection
 from embedkit.errors import EmbedkitError
 from embedkit.heads.monitor import Monitor, as_monitor
 from embedkit.heads.params import Param, check_params, table
-from embedkit.metrics import evaluate_split
+from embedkit.metrics import evaluate_split, softmax
 from embedkit.seeds import STREAMS, spawn_seeds  # noqa: F401  (re-exported: heads use them from here)
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 class Head:

@@ -46,9 +46,10 @@ import torch.nn.functional as F
 
 from embedkit import metrics
 from embedkit.heads.balancing import subsample_units
-from embedkit.heads.base import Head, softmax
+from embedkit.heads.base import Head
 from embedkit.heads.params import Param
 from embedkit.heads.trainer import TRAINER_PARAMS, fit_grid, weighted_mean
+from embedkit.metrics import softmax
 from embedkit.selection import RULES
 
 PROTOCOLS = ("split", "package")

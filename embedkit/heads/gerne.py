@@ -33,9 +33,10 @@ import numpy as np
 import torch
 
 from embedkit.errors import EmbedkitError
-from embedkit.heads.base import Head, softmax
+from embedkit.heads.base import Head
 from embedkit.heads.params import Param
 from embedkit.heads.trainer import TRAINER_PARAMS, Variant, as_grid, fit_grid
+from embedkit.metrics import softmax
 from embedkit.selection import check_leak, select
 
 # Embedkit clips beta to at most this fraction of beta_max (spec 9.3 [W]: training diverges near the

@@ -61,8 +61,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from embedkit.analysis.index import knn
 from embedkit.errors import EmbedkitError
+from embedkit.geometry.index import knn
 from embedkit.heads.base import Head
 from embedkit.heads.params import Param
 from embedkit.heads.trainer import TRAINER_DEFAULTS, TRAINER_PARAMS, as_grid, fit_grid, lr_wd_grid

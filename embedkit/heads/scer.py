@@ -6,7 +6,7 @@ MLAI-Yonsei/SCER
 
 Symbols (spec 7.1-7.2): group means mu_(y,a); spurious difference Delta_spur (same class, different
 attribute) and core difference Delta_core (same attribute, different class), see
-`embedkit.analysis.directions`; Sigma with ||v||_Sigma = sqrt(v^T Sigma v); the released code's loss
+`embedkit.geometry.directions`; Sigma with ||v||_Sigma = sqrt(v^T Sigma v); the released code's loss
 per
 minibatch of embeddings z [B, k]:
   1. Sigma = I_k + 0.1 C_b / (||C_b||_F + 1e-6), C_b the unbiased covariance of z (gradient flows);
@@ -60,14 +60,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from embedkit.analysis.directions import (
+from embedkit.errors import EmbedkitError
+from embedkit.geometry.directions import (
     Sigma,
     attribute_pair_directions,
     class_core_directions,
     group_means,
     mean_difference_directions,
 )
-from embedkit.errors import EmbedkitError
 from embedkit.heads.balancing import sampler_probs
 from embedkit.heads.groupdro import GroupDROLoss
 from embedkit.heads.params import Param

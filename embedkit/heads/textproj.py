@@ -16,7 +16,7 @@ with τ = 100 as in `zeroshot`.
   accept); classes keep their unmodified prompts.
 
 Reference prompt sets ship as `embedkit/prompts/{debias_vl,roboshot}_{waterbirds,celeba}.txt`
-(lines `KIND:INDEX | PROMPT`); `store_prompts` embeds them with a text encoder and adds them to a
+(lines `KIND:INDEX | PROMPT`); `embedkit.cache.text.store_prompts` embeds them with a text encoder and adds them to a
 cache.
 """
 
@@ -113,8 +113,8 @@ def accept_sequential(X: np.ndarray, Q: np.ndarray) -> np.ndarray:
 def read_prompt_file(path, roboshot_compat: bool = False) -> list[tuple[str, int, str]]:
     """(kind, index, prompt) entries of a `KIND:INDEX | PROMPT` file, in file order. A bare
     name resolves to the shipped file `embedkit/prompts/<name>.txt`. The file is parsed by the
-    one prompt-set reader (`analysis.edits.load_prompt_set`); here the tags must be KIND:INDEX."""
-    from embedkit.analysis.edits import load_prompt_set
+    one prompt-set reader (`embedkit.prompts.load_prompt_set`); here the tags must be KIND:INDEX."""
+    from embedkit.prompts import load_prompt_set
 
     ps = load_prompt_set(path)
     compat = ROBOSHOT_COMPAT.get(ps.name, {}) if roboshot_compat else {}
@@ -126,34 +126,6 @@ def read_prompt_file(path, roboshot_compat: bool = False) -> list[tuple[str, int
         key = (kind.strip(), int(index))
         out.append((key[0], key[1], compat.get(key, prompt)))
     return out
-
-
-def store_prompts(cache_path, backbone_key: str, entries, encode) -> None:
-    """Embed (kind, index, prompt) entries with `encode(list[str]) -> [n, D]` (a CLIP text tower,
-    e.g. a backbone's `encode_text`) and add them to the cache's /text/<backbone_key>, keeping the
-    prompts already stored there (an entry already present is not re-embedded)."""
-    from embedkit.cache import Cache, write_text
-
-    old = Cache.open(cache_path).text(backbone_key) or {
-        "kind": [],
-        "index": [],
-        "prompts": [],
-        "feats": None,
-    }
-    have = {(k, int(i), p) for k, i, p in zip(old["kind"], old["index"], old["prompts"])}
-    new = [e for e in entries if (e[0], int(e[1]), e[2]) not in have]
-    feats = [] if old["feats"] is None else [np.asarray(old["feats"], np.float32)]
-    if new:
-        feats.append(np.asarray(encode([p for _, _, p in new]), np.float32))
-    write_text(
-        cache_path,
-        backbone_key,
-        list(old["prompts"]) + [p for _, _, p in new],
-        np.concatenate(feats),
-        list(old["kind"]) + [k for k, _, _ in new],
-        list(old["index"]) + [int(i) for _, i, _ in new],
-        attrs={k: v for k, v in (old.get("attrs") or {}).items() if k != "prompt_set_sha"},
-    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -209,7 +181,7 @@ class TextProjHead(ZeroShotHead):
                 wanted = " or ".join(repr(k) for k in kind.split("|"))
                 return (
                     f"{self.name}: needs prompts of kind {wanted} in /text/{train.backbone or '<backbone>'} "
-                    f"(see embedkit.heads.textproj.store_prompts)"
+                    f"(see embedkit.cache.text.store_prompts)"
                 )
         return super().unmet(train, val)
 

@@ -43,6 +43,7 @@ import torch.nn.functional as F
 
 from embedkit import selection
 from embedkit.determinism import reproducible
+from embedkit.devices import resolve_device
 from embedkit.errors import EmbedkitError
 from embedkit.heads.base import Head
 from embedkit.heads.monitor import Monitor, as_monitor
@@ -355,12 +356,6 @@ class GridResult:
     snapshots: dict  # step -> [HeadState per config]
     configs: list
     info: dict
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def sgd_step(

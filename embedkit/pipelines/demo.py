@@ -67,7 +67,7 @@ def run_demo(
     }
 
     if backbone is None:
-        from embedkit.erm import train_erm
+        from embedkit.backbones.train_backbone import train_erm
 
         t = _step(log, 1, n, f"training a small ERM backbone on {dataset} (embedkit train-erm)")
         cfg = {**DEFAULT_TRAINING, **(training or {})}

@@ -120,7 +120,7 @@ def resolve_arch_kwargs(name: str, kwargs: dict) -> dict:
     return kwargs
 
 
-def build_model(arch: str, num_classes: int, arch_kwargs: dict) -> torch.nn.Module:
+def build_backbone(arch: str, num_classes: int, arch_kwargs: dict) -> torch.nn.Module:
     """Through the checkpoint backbone's registry, so training and extraction build alike."""
     from embedkit.backbones.checkpoint import _builders
 
@@ -153,7 +153,7 @@ def load_checkpoint(path) -> tuple[torch.nn.Module, dict]:
             f"{path}: checkpoint format version {ckpt.get('format_version')} "
             f"is not supported (this embedkit reads version {FORMAT_VERSION})"
         )
-    model = build_model(ckpt["arch"], int(ckpt["num_classes"]), dict(ckpt["arch_kwargs"]))
+    model = build_backbone(ckpt["arch"], int(ckpt["num_classes"]), dict(ckpt["arch_kwargs"]))
     load_strict(model, ckpt["state_dict"], path, spec, ckpt["arch"])
     return model.eval(), ckpt
 
@@ -453,7 +453,7 @@ def train_erm(
     with cpu_threads(threads), deterministic(warn_only=dev.type != "cpu"):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = build_model(name, num_classes, kwargs)
+            model = build_backbone(name, num_classes, kwargs)
         init_info, init_seen = None, None
         if weights:
             from embedkit.backbones.resnet18 import init_resnet18

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from embedkit.cache import SPLITS, Cache, Samples, _as_split_codes, as_seen, write_cache, write_text
+from embedkit.cache import Cache, as_seen, write_cache, write_text
 from embedkit.errors import EmbedkitError
+from embedkit.schema import SPLITS, Samples, as_split_codes
 
 
 def _load_npy(path) -> np.ndarray:
@@ -163,7 +164,7 @@ def import_arrays(
     """`seen` (optional, bool per row): the rows the backbone was trained on; without it the
     cache says "unknown" for this backbone."""
     Z = np.asarray(Z)
-    split = _as_split_codes(split, f"the splits in {split_source or source}")
+    split = as_split_codes(split, f"the splits in {split_source or source}")
     if Z.ndim != 2 or Z.dtype.kind != "f":
         raise EmbedkitError(
             f"{source}: embeddings must be a 2-D float matrix, got {Z.dtype} {Z.shape}"

@@ -4,12 +4,12 @@ A protocol config names the datasets, the backbone series (architecture, optimis
 the seeds, the training budget (steps, batch size, early checkpoint steps), the comparators of arm
 C and the head variants of arm A. `jobs(config)` lists one job per (arm B: dataset, series, lr,
 seed) and (arm C: dataset, series, comparator setting, seed); `run_job` trains one backbone with
-`embedkit.erm.train_erm`, extracts it into its own cache (so SLURM array tasks never share a
+`embedkit.backbones.train_backbone.train_erm`, extracts it into its own cache (so SLURM array tasks never share a
 file), measures every §11.2 metric with `lr_study.backbone_row` plus the attribution share and the
 best-val checkpoint, and writes `runs/<job>/row.json`. A diverged run writes its row too. `merge`
 reads the rows, runs arm A (heads at each LR on the cache of the series' reference backbone),
 writes one metric table and one figure per arm, and tests each claim of spec 11.1
-(`embedkit.lr_hypotheses`). Orchestration only: the metrics live in `lr_study`,
+(`embedkit.studies.lr.hypotheses`). Orchestration only: the metrics live in `lr_study`,
 `lr_attribution`, the tables in `lr_tables`.
 
 The matched budget is the step count: every run of a series, comparators included, takes the same
@@ -203,7 +203,7 @@ def _dataset(config, dkey, root):
     key = (dkey, json.dumps(spec, sort_keys=True), str(root))
     if key not in _DATA:
         from embedkit import data
-        from embedkit.erm import load_images
+        from embedkit.backbones.train_backbone import load_images
 
         ds = data.create(spec["dataset"], root=root, **spec.get("options", {}))
         s = ds.samples()
@@ -248,7 +248,7 @@ def bestval_checkpoint(paths, val_images, val, test_images, test) -> dict:
     the best-val checkpoint'). The tie-break matters on Double-MNIST: val is 10 % of train with
     train's correlation, so some of its 100 groups hold one or two rows and val WGA is often 0 at
     every checkpoint."""
-    from embedkit.erm import load_checkpoint, predict_logits
+    from embedkit.backbones.train_backbone import load_checkpoint, predict_logits
     from embedkit.metrics import evaluate_split
 
     best = None
@@ -275,12 +275,12 @@ def run_job(
 ) -> dict:
     """Train, extract and measure one job; writes and returns its row (skipped when its row.json
     exists: a restarted array task resumes)."""
+    from embedkit.backbones.train_backbone import TrainingDiverged, step_path, train_erm
     from embedkit.cache import Cache
     from embedkit.determinism import cpu_threads
-    from embedkit.erm import TrainingDiverged, step_path, train_erm
     from embedkit.extract import extract
-    from embedkit.lr_attribution import core_utilisation, spurious_mask
-    from embedkit.lr_study import backbone_row
+    from embedkit.studies.lr.attribution import core_utilisation, spurious_mask
+    from embedkit.studies.lr.study import backbone_row
 
     log = log or (lambda m: None)
     run_dir = Path(out) / "runs" / job["name"]
@@ -348,7 +348,7 @@ def run_job(
                 sparsities=config["sparsities"],
             ),
         }
-        from embedkit.erm import load_checkpoint
+        from embedkit.backbones.train_backbone import load_checkpoint
 
         model, ck = load_checkpoint(ckpt)
         images = d["attr_images"]
@@ -409,7 +409,7 @@ def reference_job(config, dkey, si) -> dict | None:
 def arm_a(config, out, rows, log=print) -> list[dict]:
     """Heads at every LR of config['heads'] on the reference backbone's cache of each (dataset,
     series) with comparators; one head_study per (model, momentum, weight decay)."""
-    from embedkit.lr_study import head_study
+    from embedkit.studies.lr.study import head_study
 
     log = log or (lambda m: None)
     h = config["heads"]
@@ -464,9 +464,9 @@ def arm_a(config, out, rows, log=print) -> list[dict]:
 def merge(config, out, *, log=print, heads: bool = True) -> dict:
     """Read every job's row (missing jobs are listed, never invented), run arm A, and write
     `lr_protocol.md` / `.json`, one CSV table and one PNG figure per arm."""
-    from embedkit import lr_hypotheses as H
-    from embedkit import lr_tables as T
-    from embedkit.lr_study import _finite, write_csv
+    from embedkit.studies.lr import hypotheses as H
+    from embedkit.studies.lr import tables as T
+    from embedkit.studies.lr.study import _finite, write_csv
 
     log = log or (lambda m: None)
     out = Path(out)

@@ -53,9 +53,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from embedkit.cache import SPLITS, Cache, CacheWriter, Samples, merge, split_code, write_text
+from embedkit.cache import Cache, CacheWriter, merge, write_text
 from embedkit.errors import EmbedkitError
 from embedkit.locking import LockBusy, writer_lock
+from embedkit.schema import SPLITS, Samples, split_code
 
 DEFAULT_BATCH_SIZE = 256
 DEFAULT_PART_ROWS = 16384
@@ -294,7 +295,7 @@ def prompt_rows(
 ) -> tuple[list[str], list[str], list[int], list[str]]:
     """(prompts, kind, index, set names) from `TAG | PROMPT` prompt sets (names of built-in sets
     or files): a tag naming a class gives kind 'class', one naming an attribute kind 'attr'."""
-    from embedkit.analysis.edits import load_prompt_set
+    from embedkit.prompts import load_prompt_set
 
     prompts, kinds, index, names = [], [], [], []
     for item in prompt_sets:
@@ -392,7 +393,8 @@ def extract(
     process writing the same parts or the same cache before refusing.
     """
     from embedkit import backbones as _bb
-    from embedkit.backbones.base import Backbone, resolve_device
+    from embedkit.backbones.base import Backbone
+    from embedkit.devices import resolve_device
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     out = Path(out)
@@ -863,7 +865,7 @@ def _write_prompts(out, bb, prompt_data, wait=0.0) -> None:
 def _annotate(path: Path, key: str, attrs: dict) -> None:
     """Whole-run provenance (timing over all parts) on the merged backbone group; `merge` keeps
     only what all shards share."""
-    from embedkit.cache import _open_h5
+    from embedkit.cache.store import _open_h5
 
     with writer_lock(path), _open_h5(path, "a") as f:  # inside the merge's own lock: re-entered
         g = f["embeddings"][key]

@@ -18,7 +18,7 @@ Sources: paper arXiv:2507.17748 (claims); metric definitions as in repo mbarsbey
   share of the summed NLL carried by conflicting rows (train rows, network in train mode).
 
 Entry points: `backbone_study` (spec 11.3 B: one small backbone per learning rate, trained with
-`embedkit.erm.train_erm` and extracted through `embedkit.extract`) and `head_study` (11.3 A: heads
+`embedkit.backbones.train_backbone.train_erm` and extracted through `embedkit.extract`) and `head_study` (11.3 A: heads
 on a fixed cache with the shared SGD trainer); `embedkit lr-study` runs either.
 """
 
@@ -214,7 +214,7 @@ def spurious_alignment(W, split) -> float:
     every row leaves the softmax unchanged, so only the centred head is comparable between a
     backbone's fc and a refitted head. Higher = the head reads more of the spurious direction.
     NaN without two attribute values in some class."""
-    from embedkit.analysis.directions import attribute_pair_directions, group_means
+    from embedkit.geometry.directions import attribute_pair_directions, group_means
 
     known = split.a >= 0
     mu, counts = group_means(
@@ -459,7 +459,7 @@ def pruning_curve(model, images, preprocess: dict, split, sparsities=PRUNE_SPARS
     mean accuracy stays within 1 point of the unpruned network's, in either direction: a pruned
     network that beats a below-chance original (reversed test correlation) is a different
     network, not a compressed one."""
-    from embedkit.erm import predict_logits
+    from embedkit.backbones.train_backbone import predict_logits
     from embedkit.metrics import evaluate_split
 
     base = evaluate_split(predict_logits(model, images, preprocess), split)["mean_acc"]
@@ -493,8 +493,8 @@ def backbone_row(
     on `train_images` (a sample of train rows with labels `train_y` and bias labels `train_b`);
     the pruning curve on `test_images` (rows in the cache's test order)."""
     from embedkit import heads
+    from embedkit.backbones.train_backbone import load_checkpoint, predict_logits
     from embedkit.cache import Cache
-    from embedkit.erm import load_checkpoint, predict_logits
     from embedkit.metrics import evaluate_split
 
     model, ckpt = load_checkpoint(ckpt_path)
@@ -555,7 +555,7 @@ def backbone_study(
     log=print,
     **train_kwargs,
 ) -> dict:
-    """Train one ERM backbone per (learning rate, seed) with `embedkit.erm.train_erm`, extract
+    """Train one ERM backbone per (learning rate, seed) with `embedkit.backbones.train_backbone.train_erm`, extract
     each into `out_dir/cache.h5` through the extractor (one backbone key per run, so the cache
     carries each one's provenance), and measure every run with `backbone_row`. A run whose loss
     turns non-finite is recorded as `diverged`, never dropped. Writes `runs.csv` (one row per
@@ -563,8 +563,8 @@ def backbone_study(
     `lr_study.png` and `lr_study.json`; returns {rows, summary, files}."""
     from pathlib import Path
 
+    from embedkit.backbones.train_backbone import TrainingDiverged, load_images, train_erm
     from embedkit.determinism import cpu_threads
-    from embedkit.erm import TrainingDiverged, load_images, train_erm
     from embedkit.extract import extract
 
     lrs = parse_lrs(lrs)

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from embedkit.cache import Samples, write_cache, write_text
+from embedkit.cache import write_cache, write_text
+from embedkit.schema import Samples
 
 WATERBIRDS_GROUPS = {
     "train": (3498, 184, 56, 1057),
@@ -101,7 +102,12 @@ def planted_cache(
         class_names=["landbird", "waterbird"],
         attr_names=["land", "water"],
         dataset="planted",
-        meta={"generator": "embedkit.synthetic.planted_arrays", "seed": seed, "dim": dim, **kw},
+        meta={
+            "generator": "embedkit.data.synthetic.planted_arrays",
+            "seed": seed,
+            "dim": dim,
+            **kw,
+        },
     )
     logits = head = None
     if erm_head:

@@ -27,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from embedkit.cache import SPLITS, Cache
+from embedkit.cache import Cache
 from embedkit.errors import EmbedkitError
-from embedkit.io import _load_npy, _load_npz, import_arrays, load_array
+from embedkit.interop.arrays import _load_npy, _load_npz, import_arrays, load_array
+from embedkit.schema import SPLITS
 
 EXPORT_SIDECAR = "embedkit_export.json"  # names and provenance SubpopBench's CSV has no place for
 
