@@ -22,6 +22,8 @@ demo: $(STAMP)
 	$(VENV)/bin/embedkit demo $(DEMO_ARGS)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check embedkit
+	$(VENV)/bin/ruff format --check embedkit
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 bench: $(STAMP)

@@ -110,7 +110,7 @@ def writer_lock(path, wait: float = 0.0, what: str = "write", label: str | None 
             if time.monotonic() >= deadline:
                 raise LockBusy(
                     f"{label or path}: another writer holds it: {holder}; "
-                    f"{'waited %gs; ' % wait if wait else ''}wait for it to finish or pass "
+                    f"{f'waited {wait:g}s; ' if wait else ''}wait for it to finish or pass "
                     f"--wait SECONDS"
                 ) from None
             if not told:

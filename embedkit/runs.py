@@ -678,9 +678,10 @@ def markdown_table(rows: list[dict]) -> str:
                 + [f"{r['status']}: {r['notes']}"]
             )
         else:
-            sm = lambda short: _cell(
-                {"mean": r[f"test_{short}_mean"], "std": r[f"test_{short}_std"]}
-            )
+
+            def sm(short, r=r):
+                return _cell({"mean": r[f"test_{short}_mean"], "std": r[f"test_{short}_std"]})
+
             cells = [
                 r["run"],
                 f"{r['label_budget']:g}",

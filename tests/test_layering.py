@@ -42,6 +42,27 @@ LAYERS = [
 ]
 RANK = {top: i for i, (_, tops) in enumerate(LAYERS) for top in tops}
 
+# Arrows against the layering that are still in the code (issue 12's remaining work: viz still
+# loads records, opens caches and computes). Listed so that no NEW one can land; an entry that is
+# fixed must be deleted here (the test fails on a stale entry), so the list only shrinks.
+KNOWN_ARROWS = {
+    ("embedkit.viz.report", "embedkit.cache"),
+    ("embedkit.viz.report", "embedkit.analysis.edits"),
+    ("embedkit.viz.report", "embedkit.analysis.summary"),
+    ("embedkit.viz.accuracy", "embedkit.runs"),
+    ("embedkit.viz.grids", "embedkit.data"),
+    ("embedkit.viz.embedding", "embedkit.analysis.groups"),
+}
+KNOWN_CYCLES = [
+    [
+        "embedkit.analysis.summary",
+        "embedkit.runs",
+        "embedkit.viz",
+        "embedkit.viz.accuracy",
+        "embedkit.viz.report",
+    ],
+]
+
 
 def module_name(path: Path) -> str:
     parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
@@ -98,15 +119,20 @@ def test_every_module_has_a_layer():
 
 def test_imports_point_down_the_layering():
     mods = modules()
-    wrong = []
+    wrong, seen = [], set()
     for m, deps in graph().items():
         for d, line in deps:
             if RANK[top(d)] > RANK[top(m)]:
+                seen.add((m, d))
+                if (m, d) in KNOWN_ARROWS:
+                    continue
                 wrong.append(
                     f"{mods[m].relative_to(PACKAGE.parent)}:{line}: {m} ({LAYERS[RANK[top(m)]][0]}) "
                     f"imports {d} ({LAYERS[RANK[top(d)]][0]})"
                 )
     assert not wrong, "imports against the layering:\n" + "\n".join(wrong)
+    stale = sorted(KNOWN_ARROWS - seen)
+    assert not stale, f"fixed arrows still listed in KNOWN_ARROWS (delete them): {stale}"
 
 
 def test_no_import_cycles():
@@ -139,6 +165,10 @@ def test_no_import_cycles():
     for v in sorted(g):
         if v not in index:
             visit(v)
+    new = [c for c in cycles if c not in KNOWN_CYCLES]
+    stale = [c for c in KNOWN_CYCLES if c not in cycles]
+    assert not stale, f"fixed cycles still listed in KNOWN_CYCLES (delete them): {stale}"
+    cycles = new
     assert not cycles, "import cycles: " + "; ".join(" <-> ".join(c) for c in cycles)
 
 

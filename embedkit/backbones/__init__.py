@@ -28,8 +28,12 @@ non-default layer is taken.
 from __future__ import annotations
 
 import importlib
+from typing import TYPE_CHECKING
 
 from embedkit.errors import EmbedkitError
+
+if TYPE_CHECKING:  # the annotation only; importing base here would load torch on `import`
+    from embedkit.backbones.base import Backbone
 
 # kind -> (module, usage, one-line description)
 FORMS = {

@@ -75,7 +75,10 @@ def default_out(cache: str) -> str:
 
 def summary_line(rec: dict) -> str:
     t = rec["metrics"]["test"] or {}
-    pct = lambda v: "—" if v is None else f"{100 * v:.1f}%"
+
+    def pct(v):
+        return "—" if v is None else f"{100 * v:.1f}%"
+
     s = rec["selection"]
     chosen = f"{s['config']} step {s['step']}" if s.get("config") else "no hyperparameters"
     how = f"{s['rule']} on {s['split']}" if s.get("rule") else "no selection"

@@ -184,7 +184,7 @@ class DFRHead(Head):
                 "config": dict(cfg),
                 "step": 0,
                 "val": metrics.evaluate_split(Xscore @ W.T + b, score_split),
-                **watched.score(lambda X: X @ W.T + b),
+                **watched.score(lambda X, W=W, b=b: X @ W.T + b),
             }
             self.history_.append(rec)
         return self._select(

@@ -241,7 +241,7 @@ class HSFMHead(Head):
 
     def _bilevel(self, train, val, monitor):
         hp = self.resolved()
-        C, D = train.n_classes, train.Z.shape[1]
+        C = train.n_classes
         n_s = hp["n_s"]
 
         # Support: n_s random train rows per class (subsample stream), class by class.
@@ -363,7 +363,9 @@ class HSFMHead(Head):
             theta0 = (head_W.detach().clone(), head_b.detach().clone())
 
             W_np, b_np = theta0[0].numpy(), theta0[1].numpy()
-            rec = self._record(cid, config, epoch, sel, lambda Z: Z @ W_np.T + b_np, monitor)
+            rec = self._record(
+                cid, config, epoch, sel, lambda Z, W=W_np, b=b_np: Z @ W.T + b, monitor
+            )
             self.history_.append(rec)
             # select() is a total order over records: the best of (previous best, this record) is
             # the

@@ -493,7 +493,7 @@ def merge(config, out, *, log=print, heads: bool = True) -> dict:
     b_series, c_series = {}, {}
     lines_b, lines_c = [], []
     for dkey in config["datasets"]:
-        for si, s in enumerate(config["series"]):
+        for s in config["series"]:
             tag = f"{dkey} / {series_name(s)}"
             b = [
                 r

@@ -629,7 +629,7 @@ def backbone_study(
                     workers=0,
                     device=device,
                     overwrite=True,
-                    log=lambda m: log(f"  [{name}] {m}"),
+                    log=lambda m, name=name: log(f"  [{name}] {m}"),
                 )
                 rows.append(
                     {
