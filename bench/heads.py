@@ -3,16 +3,13 @@
 --sizes waterbirds,celeba, CelebA size (162,770 / 19,867 / 19,962; D 2,048; CelebA Blond_Hair x
 Male group counts); DFR's time as a ratio to the plain scikit-learn reference protocol
 (tests/test_dfr.py) measured in the same run; and the full default sweep (every head of
-`embedkit.heads.DEFAULT_SWEEP`, 3 seeds) on the Waterbirds-size cache. Issue 14's heads (LLR
-variants,
-DPE, SELF variants) are timed too, and DPE with the package's protocol is timed against the
-published
-`dpe` package on the same arrays in the same run, with both test WGAs (`--dpe-cache` adds a real
-cache).
+`embedkit.heads.DEFAULT_SWEEP`, 3 seeds) on the Waterbirds-size cache, serially and in --jobs
+worker processes, with the ratio. Issue 14's heads (LLR variants, DPE, SELF variants) are timed
+too, and DPE with the package's protocol is timed against the published `dpe` package on the
+same arrays in the same run, with both test WGAs (`--dpe-cache` adds a real cache).
 
     python bench/heads.py [--sizes waterbirds,celeba] [--dim 2048] [--seeds 0,1,2] [--no-sweep]
-    [--methods a,b]
-                          [--dpe-cache CACHE.h5]
+                          [--jobs 2] [--no-serial] [--methods a,b] [--dpe-cache CACHE.h5]
 
 A head added to DEFAULT_SWEEP is benchmarked without changes here. Heads that cannot run on the
 cache (or are not implemented yet) print their reason instead of a time.
@@ -166,6 +163,46 @@ def print_dpe_vs_package(splits, label):
     )
 
 
+def timed_sweep(path, methods, seeds, out, jobs):
+    t0 = time.perf_counter()
+    entries = runs.sweep(path, methods, seeds, out, jobs=jobs, log=lambda s: None)
+    return entries, time.perf_counter() - t0
+
+
+def full_sweep(path, methods, seeds, tmp, jobs, no_serial=False):
+    """The full default sweep in this process (torch's default threads) and, with jobs > 1, in
+    `jobs` worker processes of cpu_count // jobs threads each; a wall-time line per mode."""
+    modes = ([] if no_serial else [1]) + ([jobs] if jobs > 1 else [])
+    walls, tables = {}, {}
+    for j in modes:
+        entries, walls[j] = timed_sweep(path, methods, seeds, tmp / f"sweep_jobs{j}", j)
+        ok = sum("metrics" in e for e in entries)
+        skipped = sorted({f"{e['method']} ({e['status']})" for e in entries if "status" in e})
+        how = (
+            "serial, one process"
+            if j == 1
+            else f"--jobs {j} ({len(entries)} runs in {j} processes)"
+        )
+        print(
+            f"  full default sweep ({how}): {len(methods)} heads x {len(seeds)} seeds: "
+            f"{walls[j]:.1f} s (target < 300 s on 2 cores); {ok} runs fitted"
+            + (f"; not run: {', '.join(skipped)}" if skipped else "")
+        )
+        tables[j] = runs.results_table(runs.collect(tmp / f"sweep_jobs{j}"))
+    if len(walls) == 2:
+        diff = max(
+            abs((a["test_wga_mean"] or 0) - (b["test_wga_mean"] or 0))
+            for a, b in zip(tables[1], tables[jobs], strict=True)
+        )
+        print(
+            f"  --jobs {jobs} vs serial: wall {walls[jobs]:.1f} s vs {walls[1]:.1f} s -> ratio "
+            f"{walls[jobs] / walls[1]:.2f}; max |test WGA mean diff| {100 * diff:.2f} points "
+            "(thread counts differ, so equality is not bitwise here)"
+        )
+    print()
+    print(runs.markdown_table(tables[modes[-1]]))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
@@ -179,6 +216,13 @@ def main(argv=None):
         "--methods", default="all", help="heads to time (default: embedkit.heads.DEFAULT_SWEEP)"
     )
     p.add_argument("--no-sweep", action="store_true", help="skip the full 3-seed sweep")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="also run the full sweep in this many worker processes (1: serial only)",
+    )
+    p.add_argument("--no-serial", action="store_true", help="time only the --jobs sweep")
     p.add_argument(
         "--dpe-cache",
         default=None,
@@ -223,21 +267,7 @@ def main(argv=None):
             )
             del splits
             if name == "waterbirds_size" and not args.no_sweep:
-                t0 = time.perf_counter()
-                entries = runs.sweep(path, methods, seeds, Path(tmp) / "sweep", log=lambda s: None)
-                wall = time.perf_counter() - t0
-                ok = sum("metrics" in e for e in entries)
-                skipped = sorted(
-                    {f"{e['method']} ({e['status']})" for e in entries if "status" in e}
-                )
-                print(
-                    f"  full default sweep: {len(methods)} heads x {len(seeds)} seeds: {wall:.1f} s "
-                    f"(target < 300 s on 2 cores); {ok} runs fitted"
-                    + (f"; not run: {', '.join(skipped)}" if skipped else "")
-                )
-                rows = runs.results_table(runs.collect(Path(tmp) / "sweep"))
-                print()
-                print(runs.markdown_table(rows))
+                full_sweep(path, methods, seeds, Path(tmp), args.jobs, args.no_serial)
 
 
 if __name__ == "__main__":

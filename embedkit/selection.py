@@ -170,6 +170,17 @@ def check_leak(fit_rows, select_rows, report_rows=None, allow_overlap: bool = Fa
     return flags
 
 
+# The flags of `check_leak` and `select` that keep a run out of the default tables and figures.
+EXCLUDING_FLAGS = ("oracle", "selected_on_fit_data", "selected_on_report_rows")
+
+
+def excluded_flags(record: dict) -> list[str]:
+    """The flags of a run record that keep it out of the default tables and figures (spec 4.4):
+    selected on test, or on rows it was fitted on."""
+    flags = record.get("flags") or {}
+    return [k for k in EXCLUDING_FLAGS if flags.get(k)]
+
+
 # -- label budget --------------------------------------------------------------------------------
 
 

@@ -49,19 +49,10 @@ KNOWN_ARROWS = {
     ("embedkit.viz.report", "embedkit.cache"),
     ("embedkit.viz.report", "embedkit.analysis.edits"),
     ("embedkit.viz.report", "embedkit.analysis.summary"),
-    ("embedkit.viz.accuracy", "embedkit.runs"),
     ("embedkit.viz.grids", "embedkit.data"),
     ("embedkit.viz.embedding", "embedkit.analysis.groups"),
 }
-KNOWN_CYCLES = [
-    [
-        "embedkit.analysis.summary",
-        "embedkit.runs",
-        "embedkit.viz",
-        "embedkit.viz.accuracy",
-        "embedkit.viz.report",
-    ],
-]
+KNOWN_CYCLES = [["embedkit.analysis.summary", "embedkit.viz.report"]]
 
 
 def module_name(path: Path) -> str:

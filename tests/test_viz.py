@@ -14,6 +14,7 @@ from PIL import Image
 
 from embedkit.analysis.edits import Edit
 from embedkit.cache import Cache, write_cache
+from embedkit.runs import collect
 from embedkit.viz import accuracy, embedding, grids, report_figures
 from embedkit.viz import edits as edit_figs
 
@@ -68,12 +69,13 @@ def fake_records(tmp_path, cache_path, methods=("erm", "dfr", "hsfm"), seeds=(0,
                 },
             }
             (d / "record.json").write_text(json.dumps(rec))
+            (d / "done").touch()
     return tmp_path / "runs"
 
 
 def test_group_accuracy_bars(tmp_path, digits_cache):
     runs = fake_records(tmp_path, digits_cache.path)
-    recs = accuracy.load_run_records(runs)
+    recs = collect(runs)
     methods, groups, acc = accuracy.per_group_table(recs)
     assert methods == ["dfr", "erm", "hsfm"] and acc.shape == (3, 4, 3)
     expect = [
@@ -195,7 +197,7 @@ def test_report_figures_with_hsfm_edits(tmp_path, digits_cache):
         coef=np.zeros((2, 48)),
     )
     out = tmp_path / "figs"
-    paths = report_figures(runs, out)  # the cache path comes from the records
+    paths = report_figures(runs, out, records=collect(runs))  # the cache path from the records
     names = {p.name for p in paths}
     assert {
         "group_accuracy.png",
@@ -217,7 +219,7 @@ def test_report_figures_with_hsfm_edits(tmp_path, digits_cache):
 def test_report_figures_tolerate_missing_pieces(tmp_path):
     empty = tmp_path / "runs"
     empty.mkdir()
-    assert report_figures(empty, tmp_path / "figs") == []
+    assert report_figures(empty, tmp_path / "figs", records=collect(empty)) == []
     skipped = json.loads((tmp_path / "figs" / "figures.json").read_text())["skipped"]
     assert any("no run records" in s["reason"] for s in skipped)
     assert any("no cache given" in s["reason"] for s in skipped)

@@ -1,4 +1,5 @@
-"""embedkit fit: fit one head on a cache for one or more seeds and write its run records."""
+"""embedkit fit: fit one head on a cache for one or more seeds and write its run records. It is a
+sweep of one method (`embedkit.runs.sweep`), except that a run that cannot run is an error."""
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -52,6 +53,19 @@ def add_common(p):
         help="train and select on inferred pseudo-groups instead of the true attributes: the JTT "
         "error set, EIIL environments or GEORGE clusters (the record and tables say so)",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="worker processes that fit runs side by side (default 1: in this process)",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch and BLAS threads per run (default: as set with --jobs 1, else "
+        "cpu_count // jobs); runs with the same --threads give bitwise-equal records",
+    )
 
 
 def add_arguments(p):
@@ -88,35 +102,45 @@ def summary_line(rec: dict) -> str:
     )
 
 
-def run(args):
-    from embedkit import heads, runs
+def method_params(method: str, items) -> dict:
+    """--param KEY=VALUE (or METHOD.KEY=VALUE naming the method fitted) as the head's parameters."""
     from embedkit.cli import parse_key_values
+    from embedkit.errors import EmbedkitError
 
-    params = parse_key_values(args.param, "--param")
-    heads.create(args.method, **params)  # a bad name or value: one line, exit 2, nothing written
-    out = args.out or default_out(args.cache)
-    splits = runs.load_splits(args.cache, args.backbone)
-    fingerprint = splits[0].fingerprint(splits[1].backbone)
-    for budget in parse_budgets(args.label_budget):
-        for seed in parse_seeds(args.seeds):
-            d = runs.run_dir(out, args.method, params, seed, budget, args.val_reserved, args.groups)
-            done = None if args.force else runs.finished(d, fingerprint)
-            if done:
-                print(summary_line(done) + "  (done before; --force refits)")
-                continue
-            rec = runs.fit_record(
-                args.cache,
-                args.method,
-                params,
-                seed,
-                out,
-                args.backbone,
-                budget,
-                allow_overlap=args.allow_overlap,
-                val_reserved=args.val_reserved,
-                splits=splits,
-                groups=args.groups,
+    params = {}
+    for key, value in parse_key_values(items, "--param").items():
+        m, dot, name = key.partition(".")
+        if dot and m != method:
+            raise EmbedkitError(
+                f"--param {key}={value}: {m!r} is not being run (methods: {method})"
             )
-            print(summary_line(rec) + f" -> {d / 'record.json'}")
-    runs.write_results(out)
+        params[name if dot else key] = value
+    return params
+
+
+def run(args):
+    from pathlib import Path
+
+    from embedkit import runs
+
+    params = method_params(args.method, args.param)
+    out = args.out or default_out(args.cache)
+    entries = runs.sweep(
+        args.cache,
+        [args.method],
+        parse_seeds(args.seeds),
+        out,
+        params={args.method: params},
+        label_budgets=parse_budgets(args.label_budget),
+        backbone=args.backbone,
+        allow_overlap=args.allow_overlap,
+        val_reserved=args.val_reserved,
+        skip_existing=not args.force,
+        groups=args.groups,
+        jobs=args.jobs,
+        threads=args.threads,
+        raise_errors=True,  # the one method asked for: a refusal is the command's error
+    )
+    for rec in entries:
+        print(summary_line(rec) + f" -> {Path(out) / rec['run_id'] / 'record.json'}")
     return 0

@@ -1,37 +1,16 @@
 """Per-group accuracy bars across methods, with error bars over seeds, from run records
-(DESIGN section 3: one JSON per fitted head and seed, `metrics.<split>.per_group.<name>.acc`)."""
+(DESIGN section 3: one JSON per fitted head and seed, `metrics.<split>.per_group.<name>.acc`),
+as `embedkit.runs.collect` loads them: the figure draws the records it is given."""
 
 from __future__ import annotations
 
-import json
 import warnings
-from pathlib import Path
 
 import numpy as np
 
 from embedkit.errors import EmbedkitError
+from embedkit.selection import excluded_flags
 from embedkit.viz.canvas import group_colors, new_figure, save
-
-
-def load_run_records(path) -> list[dict]:
-    """Every run record under `path` (a record file, a run folder or a sweep folder): JSON files
-    holding `method` and `metrics`. Other JSON files (summaries, manifests) are passed over."""
-    path = Path(path)
-    if not path.exists():
-        raise EmbedkitError(f"{path}: no such file or folder")
-    files = [path] if path.is_file() else sorted(path.rglob("*.json"))
-    out = []
-    for f in files:
-        try:
-            rec = json.loads(f.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError) as e:
-            if path.is_file():
-                raise EmbedkitError(f"{f}: not a JSON run record ({e})") from None
-            continue
-        if isinstance(rec, dict) and "method" in rec and "metrics" in rec:
-            rec["_path"] = str(f)
-            out.append(rec)
-    return out
 
 
 def run_label(record: dict) -> str:
@@ -45,9 +24,8 @@ def per_group_table(
 ) -> tuple[list[str], list[str], np.ndarray]:
     """(run names, group names, acc [R, G, S] with NaN padding) over the records' seeds. Records
     selected on test or on their own fitting rows are left out unless `include_flagged` (as in
-    the results table)."""
-    from embedkit.runs import excluded_flags
-
+    the results table). The records come from `embedkit.runs.collect`, the loader the tables use,
+    so a figure counts the runs its table counts."""
     by_run: dict[str, list[dict]] = {}
     for r in records:
         per = ((r.get("metrics") or {}).get(split) or {}).get("per_group")

@@ -258,14 +258,15 @@ def hsfm_figures(
     )
 
 
-def report_figures(run_or_runs_dir, out_dir, cache=None) -> list[Path]:
+def report_figures(run_or_runs_dir, out_dir, cache=None, records=None) -> list[Path]:
     """The analysis and edit figures `embedkit report` adds: per-group accuracy bars over seeds
     from the run records, the cache's analysis figures (map, centroid distances, projections, text
     probe, error neighbours, retrieval) and HSFM's edit views. Missing pieces are skipped with a
     note in `figures.json`; returns the PNG paths made."""
     figs = _Figures(out_dir)
     try:
-        records = accuracy.load_run_records(run_or_runs_dir)
+        if records is None:  # the caller loads them with embedkit.runs.collect
+            raise EmbedkitError(f"no run records given for {run_or_runs_dir}")
     except EmbedkitError as e:
         records = []
         figs.skip("group_accuracy.png", str(e))

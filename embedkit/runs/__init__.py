@@ -1,0 +1,76 @@
+"""Runs: records (run directories, the record schema, `collect`, the one loader of tables and
+figures), execute (the needs check, `fit_record`, `sweep` over processes and shards) and tables
+(the results tables). `from embedkit import runs; runs.sweep(...)` reads the whole API."""
+
+from embedkit.runs.execute import (
+    RICHNESS,
+    Planned,
+    UnmetNeeds,
+    bind_backbones,
+    check_params,
+    fit_record,
+    load_splits,
+    parse_shard,
+    pinned_threads,
+    plan,
+    sweep,
+    unmet_needs,
+)
+from embedkit.runs.records import (
+    FORMAT,
+    FORMAT_VERSION,
+    collect,
+    finished,
+    is_done,
+    load_history,
+    load_record,
+    params_tag,
+    rows_sha,
+    run_dir,
+    run_id,
+    run_name,
+)
+from embedkit.runs.tables import (
+    TABLE_METRICS,
+    markdown_table,
+    per_seed_table,
+    results_table,
+    write_report,
+    write_results,
+)
+from embedkit.selection import excluded_flags, regime
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "RICHNESS",
+    "TABLE_METRICS",
+    "Planned",
+    "UnmetNeeds",
+    "bind_backbones",
+    "check_params",
+    "collect",
+    "excluded_flags",
+    "finished",
+    "fit_record",
+    "is_done",
+    "load_history",
+    "load_record",
+    "load_splits",
+    "markdown_table",
+    "params_tag",
+    "parse_shard",
+    "per_seed_table",
+    "pinned_threads",
+    "plan",
+    "regime",
+    "results_table",
+    "rows_sha",
+    "run_dir",
+    "run_id",
+    "run_name",
+    "sweep",
+    "unmet_needs",
+    "write_report",
+    "write_results",
+]
