@@ -6,8 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from embedkit.studies.lr import study as L
 from embedkit.errors import EmbedkitError
+from embedkit.studies.lr import metrics as L
+from embedkit.studies.lr import pipeline, pruning
+from embedkit.tables import STD_RULE
 
 # -- compressibility ---------------------------------------------------------------------------
 
@@ -159,8 +161,8 @@ def test_zero_pruning_leaves_the_network_unchanged_and_pruning_is_global():
     model = build_small_cnn(2, width=4).eval()
     x = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
-        assert torch.equal(L.prune_global(model, 0.0)(x), model(x))
-        half = L.prune_global(model, 0.5)
+        assert torch.equal(pruning.prune_global(model, 0.0)(x), model(x))
+        half = pruning.prune_global(model, 0.5)
     weights = [p for p in half.parameters() if p.ndim > 1]
     n = sum(p.numel() for p in weights)
     assert sum(int((p == 0).sum()) for p in weights) == round(0.5 * n)
@@ -180,7 +182,7 @@ TINY = {"n_train": 160, "n_val": 80, "n_test": 80}
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("lr_study")
-    return out, L.backbone_study(
+    return out, pipeline.backbone_study(
         "colored_digits",
         [0.01, 0.1, 1e5],
         out,
@@ -202,7 +204,9 @@ def test_backbone_study_end_to_end(study):
         assert (out / path.rsplit("/", 1)[-1]).is_file()
     rows = {r["lr"]: r for r in res["rows"]}
     assert rows[1e5]["status"] == "diverged"  # recorded, not dropped
-    assert "| 100000 | 1 | 1 |" in res["table"] and res["table"].count("\n") == 4
+    assert "| 100000 | 1 | 1 |" in res["table"]
+    assert len([ln for ln in res["table"].splitlines() if ln.startswith("|")]) == 5
+    assert STD_RULE in res["table"]  # the caption names the std rule
     cache = Cache.open(out / "cache.h5")
     assert sorted(cache.backbones()) == ["checkpoint:lr0.01_seed0.pt", "checkpoint:lr0.1_seed0.pt"]
     for lr in (0.01, 0.1):
@@ -237,7 +241,7 @@ def test_backbone_study_end_to_end(study):
 
 def test_head_study_on_a_fixed_cache(study, tmp_path):
     out, _ = study
-    res = L.head_study(
+    res = pipeline.head_study(
         out / "cache.h5",
         "0.01,1,1e38",
         tmp_path,
@@ -255,7 +259,7 @@ def test_head_study_on_a_fixed_cache(study, tmp_path):
         )
         assert 0 < r["comp_0.1"] < 1 and "act_sparsity" not in r  # linear heads: csep on logits
         assert 0 <= r["spur_align"] <= 1
-    mlp = L.head_study(
+    mlp = pipeline.head_study(
         out / "cache.h5",
         [0.1],
         tmp_path / "mlp",
@@ -303,14 +307,16 @@ def test_prunable_sparsity_stops_at_the_first_change(monkeypatch):
     from embedkit import metrics
 
     accs = iter([0.40, 0.405, 0.395, 0.45, 0.40])  # unpruned, then 0.5, 0.7, 0.8, 0.9
-    monkeypatch.setattr("embedkit.backbones.train_backbone.predict_logits", lambda model, images, pp: None)
-    monkeypatch.setattr(L, "prune_global", lambda model, s: model)
+    monkeypatch.setattr(
+        "embedkit.backbones.train_backbone.predict_logits", lambda model, images, pp: None
+    )
+    monkeypatch.setattr(pruning, "prune_global", lambda model, s: model)
     monkeypatch.setattr(
         metrics,
         "evaluate_split",
         lambda logits, split: {"mean_acc": next(accs), "worst_group_acc": 0.0},
     )
-    out = L.pruning_curve(None, None, {}, None, sparsities=(0.5, 0.7, 0.8, 0.9))
+    out = pruning.pruning_curve(None, None, {}, None, sparsities=(0.5, 0.7, 0.8, 0.9))
     assert (
         out["prune_max_sparsity"] == 0.7
         and out["prune_mean_0"] == 0.40
@@ -358,8 +364,8 @@ def test_head_pruning_is_global_and_zero_pruning_changes_nothing():
         },
     )
     Z = rng.normal(size=(10, 4))
-    assert np.allclose(L.prune_head(state, 0.0).logits(Z), state.logits(Z))
-    half = L.prune_head(state, 0.5)
+    assert np.allclose(pruning.prune_head(state, 0.0).logits(Z), state.logits(Z))
+    half = pruning.prune_head(state, 0.5)
     zeros = int((half.arrays["W1"] == 0).sum() + (half.arrays["W2"] == 0).sum())
     assert zeros == 21  # half of the 42 weights, pooled over layers
     assert (half.arrays["W2"] == 0).sum() < (
