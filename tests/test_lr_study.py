@@ -1,6 +1,7 @@
 """Large-learning-rate study (methods spec section 11): the 11.2 metrics against hand-computed
 values (the spec's faithfulness tests), and a tiny study end to end."""
 
+import json
 import math
 
 import numpy as np
@@ -207,6 +208,11 @@ def test_backbone_study_end_to_end(study):
     assert "| 100000 | 1 | 1 |" in res["table"]
     assert len([ln for ln in res["table"].splitlines() if ln.startswith("|")]) == 5
     assert STD_RULE in res["table"]  # the caption names the std rule
+
+    def no_nan(c):
+        raise AssertionError(f"non-standard JSON constant {c}")
+
+    json.loads((out / "lr_study.json").read_text(), parse_constant=no_nan)  # through jsonsafe
     cache = Cache.open(out / "cache.h5")
     assert sorted(cache.backbones()) == ["checkpoint:lr0.01_seed0.pt", "checkpoint:lr0.1_seed0.pt"]
     for lr in (0.01, 0.1):
@@ -372,3 +378,57 @@ def test_head_pruning_is_global_and_zero_pruning_changes_nothing():
         half.arrays["W1"] == 0
     ).sum()  # W2 is larger: kept more
     assert np.array_equal(half.arrays["b1"], state.arrays["b1"])
+
+
+# -- tables and the figure -----------------------------------------------------------------------
+
+
+def test_summary_std_is_ddof1_and_every_caption_names_it():
+    from embedkit.studies.lr import tables as T
+
+    rows = [{"lr": 0.1, "seed": s, "status": "ok", "m": v} for s, v in enumerate([0.7, 0.8, 0.9])]
+    rows += [
+        {"lr": 0.1, "seed": 3, "status": "ok", "m": float("nan")},  # not measured: left out
+        {"lr": 0.1, "seed": 4, "status": "diverged"},  # counted, never averaged
+        {"lr": 1.0, "seed": 0, "status": "ok", "m": 0.5},
+    ]
+    s = T.summarize(rows, "lr", ["m", "absent"])
+    # sample std of (0.7, 0.8, 0.9) is 0.1 (ddof = 0 would give 0.0816)
+    assert s[0]["m"] == pytest.approx(0.8) and s[0]["m_std"] == pytest.approx(0.1)
+    assert (s[0]["m_n"], s[0]["runs"], s[0]["diverged"]) == (3, 5, 1)
+    assert s[1]["m_std"] is None and s[1]["m_n"] == 1 and s[1]["absent"] is None
+    md = T.table_markdown(s, "lr", [("m", "metric"), ("absent", "nobody")], title="t")
+    assert md.startswith("### t") and STD_RULE in md and "nobody" not in md
+    assert "| 0.1 | 5 | 1 | 0.800 ± 0.100 |" in md and "| 1 | 1 | 0 | 0.500 |" in md
+
+
+def test_figure_panels_hold_the_measured_numbers_and_viz_draws_them(tmp_path):
+    from PIL import Image
+
+    from embedkit.studies.lr import tables as T
+    from embedkit.viz.lr import lr_figure
+
+    rows = [{"lr": lr, "seed": s, "status": "ok", "m": lr + s} for lr in (0.1, 1.0) for s in (0, 1)]
+    comp = [{"config": "wd=0.1", "seed": s, "status": "ok", "m": 2.0} for s in (0, 1)]
+    series = {"a": T.summarize(rows, "lr", ["m", "q"])}
+    panels = T.figure_panels(
+        series,
+        [("m", [("m", None)]), ("q", [("q", None)])],
+        {"a": T.summarize(comp, "config", ["m"])},
+    )
+    assert [p["title"] for p in panels] == ["m"]  # nothing measured for q: no panel
+    (curve,) = panels[0]["curves"]
+    assert curve["label"] == "a" and curve["lr"] == [0.1, 1.0]
+    assert curve["mean"] == pytest.approx([0.6, 1.5]) and curve["std"] == pytest.approx(
+        [math.sqrt(0.5)] * 2
+    )
+    assert panels[0]["levels"] == [{"label": "a: wd=0.1", "value": 2.0, "color": "C1"}]
+    # viz takes plain numbers (None = not measured) and draws a PNG of the asked size
+    panels.append(
+        {
+            "title": "b",
+            "curves": [{"label": "x", "lr": [1, 2], "mean": [None, 1], "std": [None, None]}],
+        }
+    )
+    lr_figure(panels, tmp_path / "f.png", "title", max_cols=3, panel_px=(200, 150))
+    assert Image.open(tmp_path / "f.png").size == (400, 150)
