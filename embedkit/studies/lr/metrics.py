@@ -33,7 +33,7 @@ from __future__ import annotations
 import numpy as np
 
 from embedkit.errors import EmbedkitError
-from embedkit.metrics import evaluate_split, softmax
+from embedkit.metrics import acc_bias_aligned, evaluate_split, softmax
 
 KAPPAS = (0.05, 0.1, 0.2)
 
@@ -207,24 +207,16 @@ def bias_labels(split) -> np.ndarray | None:
 
 def bias_accuracies(y, pred, b) -> dict:
     """acc_ba on {y = b}, acc_bc on {y != b}, and bbc: among misclassified bias-conflicting rows,
-    the fraction predicted as the bias label. `b` is the spurious label in the label space."""
-    y, pred, b = np.asarray(y), np.asarray(pred), np.asarray(b)
-    aligned = y == b
-    conflict = ~aligned
-    wrong_bc = conflict & (pred != y)
-
-    def frac(mask, hit):
-        return float(hit[mask].mean()) if mask.any() else float("nan")
-
-    return {
-        "acc_ba": frac(aligned, pred == y),
-        "acc_bc": frac(conflict, pred == y),
-        "bbc": frac(wrong_bc, pred == b),
-    }
+    the fraction predicted as the bias label. `b` is the spurious label in the label space.
+    `embedkit.metrics.acc_bias_aligned`, with NaN (not None) for an empty set of rows, so that a
+    row's metrics stay floats."""
+    return {k: float("nan") if v is None else v for k, v in acc_bias_aligned(y, pred, b).items()}
 
 
 def nll(logits, y) -> np.ndarray:
-    """Per-row negative log-likelihood of labels `y` under softmax(logits), via log-sum-exp."""
+    """Per-row negative log-likelihood of labels `y` under softmax(logits), via log-sum-exp on
+    the logits (exact where `embedkit.metrics.nll`, the mean over rows from probabilities,
+    floors p at the smallest double)."""
     z = np.asarray(logits, np.float64)
     z = z - z.max(axis=1, keepdims=True)
     lse = np.log(np.exp(z).sum(axis=1))

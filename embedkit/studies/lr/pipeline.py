@@ -332,9 +332,9 @@ def head_study(
     outputs as `backbone_study`."""
     from embedkit import selection
     from embedkit.cache import Cache
-    from embedkit.heads.base import spawn_seeds
     from embedkit.heads.monitor import Monitor
     from embedkit.heads.trainer import fit_grid
+    from embedkit.seeds import spawn_seeds
 
     lrs = parse_lrs(lrs)
     log = log or (lambda msg: None)

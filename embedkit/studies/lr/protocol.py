@@ -34,10 +34,11 @@ import numpy as np
 
 from embedkit.errors import EmbedkitError
 from embedkit.jsonsafe import write_json
+from embedkit.studies.lr.pruning import PRUNE_SPARSITIES
 
 SGD_GRID = [1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0]
 ADAM_GRID = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3]
-SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+SPARSITIES = PRUNE_SPARSITIES
 
 QUICK = {
     "name": "quick",
