@@ -28,7 +28,7 @@ def lr_figure(
     title: str = "",
     *,
     max_cols: int = 3,
-    panel_px: tuple[int, int] = (460, 350),
+    panel_px: tuple[int, int] = (462, 352),
     legend: str = "every",
 ) -> None:
     """Draw `panels` in a grid of at most `max_cols` columns, each `panel_px` pixels, and save
