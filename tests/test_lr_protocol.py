@@ -7,7 +7,13 @@ import json
 import pytest
 
 from embedkit.studies.lr import protocol as P
+from embedkit.tables import STD_RULE
 from tests.conftest import DATA, need_data
+
+
+def _no_nan(c):
+    raise AssertionError(f"non-standard JSON constant {c}")
+
 
 # A tiny quick config (also used by tests/test_notebooks.py for notebook 04).
 TINY = {
@@ -111,6 +117,10 @@ def test_jobs_tables_and_claims(tiny):
         and "core util (attr)" in md
         and "| 10000 | 2 | 2 |" in md
     )
+    assert md.count(STD_RULE) == 4  # every metric table (A: 2, B, C) names the std rule
+    for j in jobs:  # rows and the report are standard JSON (NaN -> null, through jsonsafe)
+        json.loads((out / "runs" / j["name"] / "row.json").read_text(), parse_constant=_no_nan)
+    json.loads((out / "lr_protocol.json").read_text(), parse_constant=_no_nan)
     # the checkpoint records what the backbone saw
     import torch
 

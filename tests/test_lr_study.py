@@ -1,13 +1,16 @@
 """Large-learning-rate study (methods spec section 11): the 11.2 metrics against hand-computed
 values (the spec's faithfulness tests), and a tiny study end to end."""
 
+import json
 import math
 
 import numpy as np
 import pytest
 
-from embedkit.studies.lr import study as L
 from embedkit.errors import EmbedkitError
+from embedkit.studies.lr import metrics as L
+from embedkit.studies.lr import pipeline, pruning
+from embedkit.tables import STD_RULE
 
 # -- compressibility ---------------------------------------------------------------------------
 
@@ -159,8 +162,8 @@ def test_zero_pruning_leaves_the_network_unchanged_and_pruning_is_global():
     model = build_small_cnn(2, width=4).eval()
     x = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
-        assert torch.equal(L.prune_global(model, 0.0)(x), model(x))
-        half = L.prune_global(model, 0.5)
+        assert torch.equal(pruning.prune_global(model, 0.0)(x), model(x))
+        half = pruning.prune_global(model, 0.5)
     weights = [p for p in half.parameters() if p.ndim > 1]
     n = sum(p.numel() for p in weights)
     assert sum(int((p == 0).sum()) for p in weights) == round(0.5 * n)
@@ -180,7 +183,7 @@ TINY = {"n_train": 160, "n_val": 80, "n_test": 80}
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     out = tmp_path_factory.mktemp("lr_study")
-    return out, L.backbone_study(
+    return out, pipeline.backbone_study(
         "colored_digits",
         [0.01, 0.1, 1e5],
         out,
@@ -202,7 +205,14 @@ def test_backbone_study_end_to_end(study):
         assert (out / path.rsplit("/", 1)[-1]).is_file()
     rows = {r["lr"]: r for r in res["rows"]}
     assert rows[1e5]["status"] == "diverged"  # recorded, not dropped
-    assert "| 100000 | 1 | 1 |" in res["table"] and res["table"].count("\n") == 4
+    assert "| 100000 | 1 | 1 |" in res["table"]
+    assert len([ln for ln in res["table"].splitlines() if ln.startswith("|")]) == 5
+    assert STD_RULE in res["table"]  # the caption names the std rule
+
+    def no_nan(c):
+        raise AssertionError(f"non-standard JSON constant {c}")
+
+    json.loads((out / "lr_study.json").read_text(), parse_constant=no_nan)  # through jsonsafe
     cache = Cache.open(out / "cache.h5")
     assert sorted(cache.backbones()) == ["checkpoint:lr0.01_seed0.pt", "checkpoint:lr0.1_seed0.pt"]
     for lr in (0.01, 0.1):
@@ -237,7 +247,7 @@ def test_backbone_study_end_to_end(study):
 
 def test_head_study_on_a_fixed_cache(study, tmp_path):
     out, _ = study
-    res = L.head_study(
+    res = pipeline.head_study(
         out / "cache.h5",
         "0.01,1,1e38",
         tmp_path,
@@ -255,7 +265,7 @@ def test_head_study_on_a_fixed_cache(study, tmp_path):
         )
         assert 0 < r["comp_0.1"] < 1 and "act_sparsity" not in r  # linear heads: csep on logits
         assert 0 <= r["spur_align"] <= 1
-    mlp = L.head_study(
+    mlp = pipeline.head_study(
         out / "cache.h5",
         [0.1],
         tmp_path / "mlp",
@@ -303,14 +313,16 @@ def test_prunable_sparsity_stops_at_the_first_change(monkeypatch):
     from embedkit import metrics
 
     accs = iter([0.40, 0.405, 0.395, 0.45, 0.40])  # unpruned, then 0.5, 0.7, 0.8, 0.9
-    monkeypatch.setattr("embedkit.backbones.train_backbone.predict_logits", lambda model, images, pp: None)
-    monkeypatch.setattr(L, "prune_global", lambda model, s: model)
+    monkeypatch.setattr(
+        "embedkit.backbones.train_backbone.predict_logits", lambda model, images, pp: None
+    )
+    monkeypatch.setattr(pruning, "prune_global", lambda model, s: model)
     monkeypatch.setattr(
         metrics,
         "evaluate_split",
         lambda logits, split: {"mean_acc": next(accs), "worst_group_acc": 0.0},
     )
-    out = L.pruning_curve(None, None, {}, None, sparsities=(0.5, 0.7, 0.8, 0.9))
+    out = pruning.pruning_curve(None, None, {}, None, sparsities=(0.5, 0.7, 0.8, 0.9))
     assert (
         out["prune_max_sparsity"] == 0.7
         and out["prune_mean_0"] == 0.40
@@ -358,11 +370,65 @@ def test_head_pruning_is_global_and_zero_pruning_changes_nothing():
         },
     )
     Z = rng.normal(size=(10, 4))
-    assert np.allclose(L.prune_head(state, 0.0).logits(Z), state.logits(Z))
-    half = L.prune_head(state, 0.5)
+    assert np.allclose(pruning.prune_head(state, 0.0).logits(Z), state.logits(Z))
+    half = pruning.prune_head(state, 0.5)
     zeros = int((half.arrays["W1"] == 0).sum() + (half.arrays["W2"] == 0).sum())
     assert zeros == 21  # half of the 42 weights, pooled over layers
     assert (half.arrays["W2"] == 0).sum() < (
         half.arrays["W1"] == 0
     ).sum()  # W2 is larger: kept more
     assert np.array_equal(half.arrays["b1"], state.arrays["b1"])
+
+
+# -- tables and the figure -----------------------------------------------------------------------
+
+
+def test_summary_std_is_ddof1_and_every_caption_names_it():
+    from embedkit.studies.lr import tables as T
+
+    rows = [{"lr": 0.1, "seed": s, "status": "ok", "m": v} for s, v in enumerate([0.7, 0.8, 0.9])]
+    rows += [
+        {"lr": 0.1, "seed": 3, "status": "ok", "m": float("nan")},  # not measured: left out
+        {"lr": 0.1, "seed": 4, "status": "diverged"},  # counted, never averaged
+        {"lr": 1.0, "seed": 0, "status": "ok", "m": 0.5},
+    ]
+    s = T.summarize(rows, "lr", ["m", "absent"])
+    # sample std of (0.7, 0.8, 0.9) is 0.1 (ddof = 0 would give 0.0816)
+    assert s[0]["m"] == pytest.approx(0.8) and s[0]["m_std"] == pytest.approx(0.1)
+    assert (s[0]["m_n"], s[0]["runs"], s[0]["diverged"]) == (3, 5, 1)
+    assert s[1]["m_std"] is None and s[1]["m_n"] == 1 and s[1]["absent"] is None
+    md = T.table_markdown(s, "lr", [("m", "metric"), ("absent", "nobody")], title="t")
+    assert md.startswith("### t") and STD_RULE in md and "nobody" not in md
+    assert "| 0.1 | 5 | 1 | 0.800 ± 0.100 |" in md and "| 1 | 1 | 0 | 0.500 |" in md
+
+
+def test_figure_panels_hold_the_measured_numbers_and_viz_draws_them(tmp_path):
+    from PIL import Image
+
+    from embedkit.studies.lr import tables as T
+    from embedkit.viz.lr import lr_figure
+
+    rows = [{"lr": lr, "seed": s, "status": "ok", "m": lr + s} for lr in (0.1, 1.0) for s in (0, 1)]
+    comp = [{"config": "wd=0.1", "seed": s, "status": "ok", "m": 2.0} for s in (0, 1)]
+    series = {"a": T.summarize(rows, "lr", ["m", "q"])}
+    panels = T.figure_panels(
+        series,
+        [("m", [("m", None)]), ("q", [("q", None)])],
+        {"a": T.summarize(comp, "config", ["m"])},
+    )
+    assert [p["title"] for p in panels] == ["m"]  # nothing measured for q: no panel
+    (curve,) = panels[0]["curves"]
+    assert curve["label"] == "a" and curve["lr"] == [0.1, 1.0]
+    assert curve["mean"] == pytest.approx([0.6, 1.5]) and curve["std"] == pytest.approx(
+        [math.sqrt(0.5)] * 2
+    )
+    assert panels[0]["levels"] == [{"label": "a: wd=0.1", "value": 2.0, "color": "C1"}]
+    # viz takes plain numbers (None = not measured) and draws a PNG of the asked size
+    panels.append(
+        {
+            "title": "b",
+            "curves": [{"label": "x", "lr": [1, 2], "mean": [None, 1], "std": [None, None]}],
+        }
+    )
+    lr_figure(panels, tmp_path / "f.png", "title", max_cols=3, panel_px=(200, 150))
+    assert Image.open(tmp_path / "f.png").size == (400, 150)

@@ -10,9 +10,8 @@ Three modes:
                   activation sparsity and class separation across learning rates;
   --cache FILE    train linear (or MLP) heads at every learning rate on a fixed cache with the
                   shared SGD trainer and report the same metrics on the heads.
-The last two write OUT/lr_study.md, lr_study.csv (one line per LR), runs.csv (one per run),
-lr_study.png
-and lr_study.json.
+The last two (embedkit.studies.lr.pipeline) write OUT/lr_study.md, lr_study.csv (one line per
+LR), runs.csv (one per run), lr_study.png and lr_study.json.
 """
 
 from embedkit.commands.train_erm import (
@@ -105,7 +104,7 @@ def add_arguments(p):
 
 
 def run(args):
-    from embedkit.studies.lr import study as lr_study
+    from embedkit.studies.lr import pipeline
 
     if sum(v is not None for v in (args.dataset, args.cache, args.protocol)) != 1:
         raise EmbedkitError(
@@ -118,9 +117,9 @@ def run(args):
         raise EmbedkitError("--lrs is required with --dataset and --cache")
     seeds = _ints(args.seeds, "--seeds")
     if args.dataset is not None:
-        from embedkit.studies.lr.study import PRUNE_SPARSITIES
+        from embedkit.studies.lr.pruning import PRUNE_SPARSITIES
 
-        result = lr_study.backbone_study(
+        result = pipeline.backbone_study(
             args.dataset,
             args.lrs,
             args.out,
@@ -131,7 +130,7 @@ def run(args):
             **training_kwargs(args),
         )
     else:
-        result = lr_study.head_study(
+        result = pipeline.head_study(
             args.cache,
             args.lrs,
             args.out,

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from embedkit.tables import markdown
+
 SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclusive"
 
 
@@ -31,9 +33,8 @@ SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE = "supported", "not supported", "inconclu
 class Claim:
     key: str
     text: str
-    metrics: (
-        tuple  # ((metric, +1 if higher LR should raise it, -1 if lower), ...); the first is primary
-    )
+    # ((metric, +1 if higher LR should raise it, -1 if lower), ...); the first is primary
+    metrics: tuple
 
 
 # Spec 11.1, one line each; metric names as the study's rows spell them.
@@ -259,14 +260,18 @@ def _fmt(v, spec=".3f") -> str:
 
 
 def summary_markdown(results: list[dict], title: str) -> str:
-    """The verdict table: one line per (claim, metric), primary metrics in bold."""
-    lines = [
-        f"### {title}",
-        "",
-        "| claim | metric (predicted sign) | Spearman rho [95% CI over seeds] | runs (diverged) | trend verdict "
-        "| best LR vs best comparator (diff [CI]) | comparator verdict |",
-        "|---|---|---|---|---|---|---|",
+    """The verdict table: one line per (claim, metric), primary metrics in bold. Intervals are
+    bootstrap percentiles over seeds (no std is reported here)."""
+    header = [
+        "claim",
+        "metric (predicted sign)",
+        "Spearman rho [95% CI over seeds]",
+        "runs (diverged)",
+        "trend verdict",
+        "best LR vs best comparator (diff [CI])",
+        "comparator verdict",
     ]
+    body = []
     for r in results:
         t = r["trend"]
         metric = f"{t['metric']} ({'+' if t['sign'] > 0 else '−'})"
@@ -277,14 +282,25 @@ def summary_markdown(results: list[dict], title: str) -> str:
         if c and c.get("best_lr") is not None:
             comp = (
                 f"lr {c['best_lr']:g}: {_fmt(c['lr_mean'])} vs {c['best_comparator']}: "
-                f"{_fmt(c['comparator_mean'])} ({_fmt(c['diff'], '+.3f')} [{_fmt(c['ci'][0], '+.3f')}, "
-                f"{_fmt(c['ci'][1], '+.3f')}])"
+                f"{_fmt(c['comparator_mean'])} ({_fmt(c['diff'], '+.3f')} "
+                f"[{_fmt(c['ci'][0], '+.3f')}, {_fmt(c['ci'][1], '+.3f')}])"
             )
             cv = c["verdict"]
         else:
             comp, cv = "—", "—"
-        lines.append(
-            f"| {r['claim']} | {metric} | {trend} | {t['n_runs']} ({t['n_diverged']}) | {t['verdict']} "
-            f"| {comp} | {cv} |"
+        body.append(
+            [
+                r["claim"],
+                metric,
+                trend,
+                f"{t['n_runs']} ({t['n_diverged']})",
+                t["verdict"],
+                comp,
+                cv,
+            ]
         )
-    return "\n".join(lines)
+    caption = (
+        f"### {title}\n\nTrend: Spearman's rho of log LR against the metric over finished runs, "
+        "95% bootstrap interval over seeds; comparator: difference of seed means, same bootstrap."
+    )
+    return markdown(header, body, caption)

@@ -4,13 +4,14 @@ A protocol config names the datasets, the backbone series (architecture, optimis
 the seeds, the training budget (steps, batch size, early checkpoint steps), the comparators of arm
 C and the head variants of arm A. `jobs(config)` lists one job per (arm B: dataset, series, lr,
 seed) and (arm C: dataset, series, comparator setting, seed); `run_job` trains one backbone with
-`embedkit.backbones.train_backbone.train_erm`, extracts it into its own cache (so SLURM array tasks never share a
-file), measures every §11.2 metric with `lr_study.backbone_row` plus the attribution share and the
-best-val checkpoint, and writes `runs/<job>/row.json`. A diverged run writes its row too. `merge`
-reads the rows, runs arm A (heads at each LR on the cache of the series' reference backbone),
-writes one metric table and one figure per arm, and tests each claim of spec 11.1
-(`embedkit.studies.lr.hypotheses`). Orchestration only: the metrics live in `lr_study`,
-`lr_attribution`, the tables in `lr_tables`.
+`embedkit.backbones.train_backbone.train_erm`, extracts it into its own cache (so SLURM array
+tasks never share a file), measures every §11.2 metric with `pipeline.backbone_row` plus the
+attribution share and the best-val checkpoint, and writes `runs/<job>/row.json`. A diverged run
+writes its row too. `merge` reads the rows, runs arm A (heads at each LR on the cache of the
+series' reference backbone, `pipeline.head_study`), writes one metric table and one figure per
+arm, and tests each claim of spec 11.1 (`embedkit.studies.lr.hypotheses`). Orchestration only:
+the metrics live in `studies.lr.metrics`, `.pruning` and `.attribution`, the tables in
+`studies.lr.tables`, the figure in `embedkit.viz.lr`.
 
 The matched budget is the step count: every run of a series, comparators included, takes the same
 number of optimiser steps (spec 11.4: iteration-based). The quick batch-size comparator only goes
@@ -32,10 +33,12 @@ from pathlib import Path
 import numpy as np
 
 from embedkit.errors import EmbedkitError
+from embedkit.jsonsafe import write_json
+from embedkit.studies.lr.pruning import PRUNE_SPARSITIES
 
 SGD_GRID = [1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0]
 ADAM_GRID = [1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3]
-SPARSITIES = (0.5, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+SPARSITIES = PRUNE_SPARSITIES
 
 QUICK = {
     "name": "quick",
@@ -173,6 +176,7 @@ def jobs(config: dict) -> list[dict]:
                 if comp == "dropout" and not s["arch"].startswith("mlp"):
                     continue  # only the MLP has dropout layers
                 for v in values:
+                    flag = f"{COMPARATOR_FLAGS[comp]}{v:g}"
                     for seed in config["seeds"]:
                         out.append(
                             {
@@ -184,7 +188,7 @@ def jobs(config: dict) -> list[dict]:
                                 "comparator": comp,
                                 "value": v,
                                 "config": f"{COMPARATOR_FLAGS[comp]}={v:g}",
-                                "name": f"C_{dkey}_{series_name(s)}_{COMPARATOR_FLAGS[comp]}{v:g}_s{seed}",
+                                "name": f"C_{dkey}_{series_name(s)}_{flag}_s{seed}",
                             }
                         )
     return out
@@ -280,7 +284,7 @@ def run_job(
     from embedkit.determinism import cpu_threads
     from embedkit.extract import extract
     from embedkit.studies.lr.attribution import core_utilisation, spurious_mask
-    from embedkit.studies.lr.study import backbone_row
+    from embedkit.studies.lr.pipeline import backbone_row
 
     log = log or (lambda m: None)
     run_dir = Path(out) / "runs" / job["name"]
@@ -320,7 +324,7 @@ def run_job(
                 "diverged_at_step": e.step,
                 "seconds": time.perf_counter() - t0,
             }
-            row_file.write_text(json.dumps(row))
+            write_json(row_file, row, indent=None)
             log(f"[lr-protocol] {job['name']}: diverged at step {e.step}")
             return row
         res = extract(
@@ -375,11 +379,12 @@ def run_job(
             )
         )
     row["seconds"] = time.perf_counter() - t0
-    row_file.write_text(json.dumps(row, default=float))
+    write_json(row_file, row, indent=None)
     log(
-        f"[lr-protocol] {job['name']}: WGA {row['erm_wga']:.3f} acc_bc {row.get('erm_acc_bc', float('nan')):.3f} "
-        f"comp0.1 {row['net_comp_0.1']:.3f} sparsity {row['act_sparsity']:.3f} csep {row['csep']:.3f} "
-        f"core util {row['core_util']:.3f} ({row['seconds']:.0f} s)"
+        f"[lr-protocol] {job['name']}: WGA {row['erm_wga']:.3f} acc_bc "
+        f"{row.get('erm_acc_bc', float('nan')):.3f} comp0.1 {row['net_comp_0.1']:.3f} sparsity "
+        f"{row['act_sparsity']:.3f} csep {row['csep']:.3f} core util {row['core_util']:.3f} "
+        f"({row['seconds']:.0f} s)"
     )
     return row
 
@@ -409,7 +414,7 @@ def reference_job(config, dkey, si) -> dict | None:
 def arm_a(config, out, rows, log=print) -> list[dict]:
     """Heads at every LR of config['heads'] on the reference backbone's cache of each (dataset,
     series) with comparators; one head_study per (model, momentum, weight decay)."""
-    from embedkit.studies.lr.study import head_study
+    from embedkit.studies.lr.pipeline import head_study
 
     log = log or (lambda m: None)
     h = config["heads"]
@@ -466,7 +471,8 @@ def merge(config, out, *, log=print, heads: bool = True) -> dict:
     `lr_protocol.md` / `.json`, one CSV table and one PNG figure per arm."""
     from embedkit.studies.lr import hypotheses as H
     from embedkit.studies.lr import tables as T
-    from embedkit.studies.lr.study import _finite, write_csv
+    from embedkit.tables import write_csv
+    from embedkit.viz.lr import lr_figure
 
     log = log or (lambda m: None)
     out = Path(out)
@@ -480,6 +486,8 @@ def merge(config, out, *, log=print, heads: bool = True) -> dict:
             missing.append(j["name"])
     head_rows = arm_a(config, out, rows, log=log) if heads else []
     sections, results, files = [], {}, {}
+    backbone_keys = [k for k, _ in T.BACKBONE_METRICS]
+    head_keys = [k for k, _ in T.HEAD_METRICS]
     title = (
         f"LR study ({config['name']}): {', '.join(config['datasets'])}; seeds {config['seeds']}; "
         f"{config['train']['steps']} steps of batch {config['train']['batch_size']}"
@@ -506,9 +514,9 @@ def merge(config, out, *, log=print, heads: bool = True) -> dict:
                 if r["arm"] == "C" and r["data"] == dkey and r["series"] == series_name(s)
             ]
             if b:
-                summ = T.summarize(b, "lr", T.BACKBONE_METRICS)
+                summ = T.summarize(b, "lr", backbone_keys)
                 b_series[tag] = summ
-                lines_b.append(T.markdown(summ, "lr", T.BACKBONE_METRICS, tag))
+                lines_b.append(T.table_markdown(summ, "lr", T.BACKBONE_METRICS, tag))
                 res = H.evaluate_claims(b, H.BACKBONE_CLAIMS, comparator_rows=c or None)
                 results[f"B {tag}"] = res
             if c:
@@ -518,10 +526,10 @@ def merge(config, out, *, log=print, heads: bool = True) -> dict:
                     for r in b
                     if r["lr"] == base_lr
                 ]
-                summ_c = T.summarize(at_base + c, "config", T.BACKBONE_METRICS)
+                summ_c = T.summarize(at_base + c, "config", backbone_keys)
                 c_series[tag] = summ_c
                 lines_c.append(
-                    T.markdown(
+                    T.table_markdown(
                         summ_c,
                         "config",
                         T.BACKBONE_METRICS,
@@ -533,9 +541,9 @@ def merge(config, out, *, log=print, heads: bool = True) -> dict:
         for variant in dict.fromkeys(r["variant"] for r in head_rows if r["data"] == dkey):
             a = [r for r in head_rows if r["data"] == dkey and r["variant"] == variant]
             tag = f"{dkey} / {variant} heads"
-            summ = T.summarize(a, "lr", T.HEAD_METRICS)
+            summ = T.summarize(a, "lr", head_keys)
             a_series[tag] = summ
-            lines_a.append(T.markdown(summ, "lr", T.HEAD_METRICS, tag))
+            lines_a.append(T.table_markdown(summ, "lr", T.HEAD_METRICS, tag))
             results[f"A {tag}"] = H.evaluate_claims(a, H.HEAD_CLAIMS)
     panels_b, panels_a = T.BACKBONE_PANELS, T.HEAD_PANELS
     for arm, text, series, panels, comps in (
@@ -555,10 +563,17 @@ def merge(config, out, *, log=print, heads: bool = True) -> dict:
         if not text:
             continue
         png = out / f"arm{arm}.png"
-        T.figure(series, panels, png, f"arm {arm}: {title}", comparators=comps)
+        lr_figure(
+            T.figure_panels(series, panels, comps),
+            png,
+            f"arm {arm}: {title}",
+            max_cols=4,
+            panel_px=(380, 300),
+            legend="first",
+        )
         csv = out / f"arm{arm}.csv"
         src = a_series if arm == "A" else (b_series if arm == "B" else c_series)
-        write_csv([{"series": k, **ln} for k, v in src.items() for ln in v], csv)
+        write_csv(csv, [{"series": k, **ln} for k, v in src.items() for ln in v])
         files[f"arm{arm}_png"], files[f"arm{arm}_csv"] = str(png), str(csv)
         name = {
             "A": "A. heads on a fixed cache",
@@ -574,22 +589,18 @@ def merge(config, out, *, log=print, heads: bool = True) -> dict:
     )
     report = "\n\n".join(sections) + "\n"
     (out / "lr_protocol.md").write_text(report)
-    write_csv(rows + head_rows, out / "runs.csv")
-    (out / "lr_protocol.json").write_text(
-        json.dumps(
-            _finite(
-                {
-                    "config": config,
-                    "missing": missing,
-                    "runs": rows,
-                    "heads": head_rows,
-                    "tables": {"A": a_series, "B": b_series, "C": c_series},
-                    "hypotheses": results,
-                }
-            ),
-            indent=1,
-            default=str,
-        )
+    write_csv(out / "runs.csv", rows + head_rows)
+    write_json(
+        out / "lr_protocol.json",
+        {
+            "config": config,
+            "missing": missing,
+            "runs": rows,
+            "heads": head_rows,
+            "tables": {"A": a_series, "B": b_series, "C": c_series},
+            "hypotheses": results,
+        },
+        indent=1,
     )
     files.update(
         md=str(out / "lr_protocol.md"),
@@ -623,7 +634,7 @@ def run_protocol(
     log = log or (lambda m: None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(config, indent=1))
+    write_json(out / "config.json", config, indent=1)
     todo = jobs(config)
     if job is not None:
         if not 0 <= job < len(todo):
