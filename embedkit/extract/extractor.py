@@ -498,20 +498,31 @@ def extract(
         shard_dir.mkdir(parents=True, exist_ok=True)
         mine = list(layout.parts_of(worker, n_workers))
         result = ExtractResult(None, bb.key, len(samples), layout.n_parts)
-        prov = {
-            **bb.provenance(),
-            "extractor_config_hash": config_hash,
-            "extract_config_json": {k: v for k, v in config.items() if k != "backbone"},
-            "device": bb.device.type,
-            "embedkit_extract": EXTRACT_FORMAT,
-            **({"seen_source": seen_note} if seen_note else {}),
-        }
-        job = _Job(
-            out, ds, rows, samples, seen, bb, layout, shard_dir, config_hash, prov, prompt_data,
-            dtype, workers,
-        )  # fmt: skip
         err = None
         try:
+            prov = {
+                **bb.provenance(),
+                "extractor_config_hash": config_hash,
+                "extract_config_json": {k: v for k, v in config.items() if k != "backbone"},
+                "device": bb.device.type,
+                "embedkit_extract": EXTRACT_FORMAT,
+                **({"seen_source": seen_note} if seen_note else {}),
+            }
+            job = _Job(
+                out=out,
+                ds=ds,
+                rows=rows,
+                samples=samples,
+                seen=seen,
+                bb=bb,
+                layout=layout,
+                shard_dir=shard_dir,
+                config_hash=config_hash,
+                prov=prov,
+                prompt_data=prompt_data,
+                dtype=dtype,
+                workers=workers,
+            )
             todo = []
             for p in mine:
                 path = shard_dir / layout.part_name(p)
