@@ -5,12 +5,12 @@ Single process, a job array (`--shard i/n`), or one process per GPU with
 finished parts. See embedkit/extract/extractor.py for the rules.
 """
 
+from embedkit.commands.datasets import add_dataset_arguments
 from embedkit.commands.options import (
     add_allow_random_init_argument,
     add_device_argument,
     add_prompts_argument,
 )
-from embedkit.commands.train_erm import add_dataset_arguments
 
 
 def add_arguments(p):

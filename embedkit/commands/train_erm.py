@@ -3,24 +3,11 @@
 The checkpoint it writes is read by `embedkit extract --backbone checkpoint:PATH`.
 """
 
+from embedkit.commands.datasets import add_dataset_arguments
 from embedkit.commands.options import add_device_argument
 
 BATCH_SIZE = 64
 WEIGHT_DECAY = 1e-4
-
-
-def add_dataset_arguments(p, required: bool = True):
-    p.add_argument(
-        "--dataset", required=required, help="dataset adapter name (see `embedkit datasets`)"
-    )
-    p.add_argument("--root", default=None, help="dataset folder, for adapters that read files")
-    p.add_argument(
-        "--dataset-opt",
-        action="append",
-        metavar="KEY=VALUE",
-        default=[],
-        help="dataset option (repeatable), e.g. --dataset-opt train_corr=0.95",
-    )
 
 
 def add_training_arguments(p):
