@@ -35,7 +35,14 @@ import torch
 from embedkit.errors import EmbedkitError
 from embedkit.heads.base import Head
 from embedkit.heads.params import Param
-from embedkit.heads.trainer import TRAINER_PARAMS, LoopConfig, Variant, as_grid, fit_grid
+from embedkit.heads.trainer import (
+    TRAINER_PARAMS,
+    LoopConfig,
+    Variant,
+    as_grid,
+    fit_grid,
+    seeded_loop,
+)
 from embedkit.metrics import softmax
 from embedkit.selection import check_leak, select
 
@@ -588,15 +595,12 @@ class GERNEHead(Head):
             train.Z,
             train.y,
             grid,
-            LoopConfig(
+            seeded_loop(
+                self,
                 steps=steps,
                 eval_every=eval_every,
                 batch_size=None,
                 standardize=bool(p["standardize"]),
-                init_seed=self.seeds["init"],
-                sampler_seed=self.seeds["sampler"],
-                device=p["device"],
-                threads=p["threads"],
             ),
             variants=variants,
             val=val,

@@ -68,10 +68,10 @@ from embedkit.heads.params import Param
 from embedkit.heads.trainer import (
     TRAINER_DEFAULTS,
     TRAINER_PARAMS,
-    LoopConfig,
     as_grid,
     fit_grid,
     lr_wd_grid,
+    seeded_loop,
 )
 from embedkit.selection import check_leak
 
@@ -389,14 +389,12 @@ class IPGHead(Head):
             train.Z,
             train.y,
             grid,
-            LoopConfig(
+            seeded_loop(
+                self,
                 steps=int(p["steps"]),
                 eval_every=int(p["eval_every"]),
                 batch_size=int(p["batch_size"]),
-                init_seed=self.seeds["init"],
-                sampler_seed=self.seeds["sampler"],
                 device="cpu",
-                threads=p["threads"],
             ),
             val=val,
             monitor=monitor,

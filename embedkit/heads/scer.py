@@ -74,13 +74,13 @@ from embedkit.heads.params import Param
 from embedkit.heads.trainer import (
     TRAINER_PARAMS,
     HeadState,
-    LoopConfig,
     SGDHead,
     Standardizer,
     Variant,
     _default_uniform,
     as_grid,
     fit_grid,
+    seeded_loop,
 )
 
 # ----------------------------------------------------------------------------------------------
@@ -565,16 +565,13 @@ class SCERHead(SGDHead):
                     train.Z,
                     train.y,
                     block,
-                    LoopConfig(
+                    seeded_loop(
+                        self,
                         steps=int(p["steps"]),
                         eval_every=int(p["eval_every"]),
                         batch_size=int(p["batch_size"]),
                         model=model,
                         standardize=bool(p["standardize"]),
-                        init_seed=self.seeds["init"],
-                        sampler_seed=self.seeds["sampler"],
-                        device=p["device"],
-                        threads=p["threads"],
                     ),
                     variants=[variant],
                     val=val,

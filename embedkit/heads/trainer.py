@@ -440,6 +440,14 @@ class LoopConfig:
 LOOP_SETTINGS = field_names(LoopConfig)
 
 
+def seeded_loop(head: Head, **settings) -> LoopConfig:
+    """A LoopConfig on `head`'s init and sampler seed streams, with its device and threads
+    parameters unless `settings` set them (settings: any other LoopConfig fields)."""
+    kw = {"init_seed": head.seeds["init"], "sampler_seed": head.seeds["sampler"]}
+    kw.update({k: head.params[k] for k in ("device", "threads") if k not in settings})
+    return LoopConfig(**kw, **settings)
+
+
 def fit_grid(
     Z,
     y,
@@ -818,13 +826,9 @@ class SGDHead(Head):
             "model": p["model"],
             "hidden": int(p["hidden"]),
             "standardize": bool(p["standardize"]),
-            "device": p["device"],
-            "threads": p["threads"],
-            "init_seed": self.seeds["init"],
-            "sampler_seed": self.seeds["sampler"],
         }
         kw.update(overrides)
-        return LoopConfig(**kw)
+        return seeded_loop(self, **kw)
 
     def default_grid(self) -> list[dict]:
         return lr_wd_grid(self.params["lr_grid"], self.params["wd_grid"])
