@@ -25,6 +25,7 @@ LAYERS = [
             "tables",
             "locking",
             "prompts",
+            "configs",
         },
     ),
     ("numerics", {"metrics", "selection", "geometry"}),  # numpy: scores, selection, FAISS

@@ -151,7 +151,7 @@ class PseudoGroups:
 
 def _erm_logits(train, splits, *, lr: float, wd: float, steps: int, seed: int):
     """Logits of one linear ERM head trained on train embeddings (shared trainer, infer stream)."""
-    from embedkit.heads.trainer import fit_grid
+    from embedkit.heads.trainer import LoopConfig, fit_grid
 
     s_init, s_samp = (
         int(c.generate_state(1)[0]) for c in np.random.SeedSequence(int(seed)).spawn(2)
@@ -160,12 +160,14 @@ def _erm_logits(train, splits, *, lr: float, wd: float, steps: int, seed: int):
         train.Z,
         train.y,
         [{"lr": float(lr), "wd": float(wd)}],
-        steps=int(steps),
-        eval_every=int(steps),
-        init_seed=s_init,
-        sampler_seed=s_samp,
-        device="cpu",
-        threads=1,
+        LoopConfig(
+            steps=int(steps),
+            eval_every=int(steps),
+            init_seed=s_init,
+            sampler_seed=s_samp,
+            device="cpu",
+            threads=1,
+        ),
     )
     head = res.final[0]
     return {name: head.logits(s.Z) for name, s in splits.items()}

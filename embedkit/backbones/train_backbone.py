@@ -26,12 +26,15 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from embedkit.configs import resolve
+from embedkit.configs import settings as settings_of
 from embedkit.determinism import cpu_threads, deterministic
 from embedkit.errors import EmbedkitError
 
@@ -191,7 +194,8 @@ def load_images(ds, rows: np.ndarray) -> torch.Tensor:
         if arr.shape != first.shape:
             raise EmbedkitError(
                 f"dataset {ds.name}: row {int(i)} is {arr.shape[1]}x{arr.shape[0]}, row "
-                f"{int(rows[0])} is {first.shape[1]}x{first.shape[0]}; train-erm needs one image size"
+                f"{int(rows[0])} is {first.shape[1]}x{first.shape[0]}; "
+                f"train-erm needs one image size"
             )
         out[k] = torch.tensor(arr).permute(2, 0, 1)
     return out
@@ -246,36 +250,93 @@ def _lr_at(step: int, total: int, lr: float, schedule: str, warmup: float) -> fl
     return lr
 
 
+@dataclass(frozen=True)
+class TrainConfig:
+    """The settings of one `train_erm` run (see its docstring), validated once, here.
+
+    `embedkit train-erm` builds one from its flags; `train_erm(dataset, config, out=...)` takes
+    it, or the same settings as keyword arguments (keywords override the config's fields; an
+    unknown one is a TypeError; embedkit/configs.py). The checkpoint records them under
+    `train.config`."""
+
+    arch: str = "small_cnn"
+    lr: float = 0.02
+    epochs: int = 8
+    steps: int | None = None
+    batch_size: int = 64
+    seed: int = 0
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    l1: float = 0.0
+    dropout: float | None = None
+    schedule: str = "constant"
+    warmup: float = 0.0
+    checkpoint_steps: tuple = ()
+    width: int | None = None
+    arch_kwargs: dict = field(default_factory=dict)
+    init: str | None = None
+    device: str = "cpu"
+    threads: int | None = 1
+    save_early: tuple = ()
+    holdout: float = 0.0
+
+    def __post_init__(self):
+        lr, epochs, steps, batch_size = self.lr, self.epochs, self.steps, self.batch_size
+        if lr <= 0 or epochs < 1 or batch_size < 1 or (steps is not None and steps < 1):
+            raise EmbedkitError(
+                f"train_erm: need lr > 0, epochs >= 1, steps >= 1, batch size >= 1 "
+                f"(got lr={lr}, epochs={epochs}, steps={steps}, batch size={batch_size})"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise EmbedkitError(f"--optimizer {self.optimizer!r}: choose {' or '.join(OPTIMIZERS)}")
+        if self.schedule not in ("constant", "cosine"):
+            raise EmbedkitError(f"--schedule {self.schedule!r}: choose constant or cosine")
+        if not 0.0 <= self.warmup < 1.0:
+            raise EmbedkitError(f"--warmup {self.warmup}: a fraction of the steps in [0, 1)")
+        if not 0.0 <= self.holdout < 1.0:
+            raise EmbedkitError(
+                f"--holdout {self.holdout}: a fraction of the train split in [0, 1)"
+            )
+        if self.l1 < 0 or self.weight_decay < 0:
+            raise EmbedkitError(
+                f"train_erm: need l1 >= 0 and weight decay >= 0 "
+                f"(got {self.l1}, {self.weight_decay})"
+            )
+        parse_arch(self.arch)  # a bad --arch spec: its one-line error now, not after loading
+        early = tuple(sorted({int(e) for e in self.save_early}))
+        if early and (steps is not None or not 1 <= early[0] <= early[-1] < epochs):
+            raise EmbedkitError(
+                f"--save-early {','.join(map(str, early))}: epochs must lie in 1..{epochs - 1} "
+                f"(the final checkpoint is written anyway; not with --steps)"
+            )
+        normal = {
+            "epochs": int(epochs),
+            "steps": None if steps is None else int(steps),
+            "batch_size": int(batch_size),
+            "seed": int(self.seed),
+            "checkpoint_steps": tuple(int(v) for v in self.checkpoint_steps),
+            "arch_kwargs": dict(self.arch_kwargs or {}),
+            "init": None if self.init is None else str(self.init),
+            "save_early": early,
+        }
+        for k, v in normal.items():  # frozen: the normal form is set once, here
+            object.__setattr__(self, k, v)
+
+
 def train_erm(
     dataset,
+    config: TrainConfig | None = None,
     *,
-    arch: str = "small_cnn",
-    lr: float = 0.02,
-    epochs: int = 8,
-    steps: int | None = None,
-    batch_size: int = 64,
-    seed: int = 0,
     out=None,
-    optimizer: str = "sgd",
-    momentum: float = 0.9,
-    weight_decay: float = 1e-4,
-    l1: float = 0.0,
-    dropout: float | None = None,
-    schedule: str = "constant",
-    warmup: float = 0.0,
-    checkpoint_steps=(),
-    width: int | None = None,
-    arch_kwargs: dict | None = None,
-    init=None,
     root=None,
     dataset_options: dict | None = None,
-    device: str = "cpu",
-    threads: int | None = 1,
-    save_early=(),
-    holdout: float = 0.0,
     log: Callable[[str], None] | None = print,
+    **settings,
 ) -> Path:
-    """Train an ERM backbone on the train split of `dataset` and write the checkpoint to `out`.
+    """Train an ERM backbone on the train split of `dataset` and write the checkpoint to `out`,
+    with the settings of `config` (a TrainConfig) or keyword arguments of the same names
+    (`lr=0.02, epochs=8`; they override the config's fields).
 
     `dataset` is a registered dataset name (built with `root` and `dataset_options`) or an
     ImageDataset. `arch`: see ARCH_HELP; `width` (small_cnn), `dropout` (mlp) and `arch_kwargs`
@@ -287,21 +348,20 @@ def train_erm(
     `epochs` passes; batches walk seeded permutations of the train rows, a new one per pass.
     `checkpoint_steps`: steps at which a checkpoint `<out stem>_step<N>.pt` is also written (the
     early checkpoints of spec 11.4). The defaults (small_cnn width 16 with BatchNorm, lr 0.02, 8
-    epochs of 64) are the demo's: about 10 s on colored_digits on one CPU core, and an ERM head that
-    leans on the colour (test worst-group accuracy near 0.1) while its features still carry the
-    digit (DFR recovers ~0.85). `init` starts from another checkpoint of the same architecture (a
-    new fc is drawn when the class count differs); `resnet18:FILE` starts from local torchvision
-    weights. `threads`: CPU threads while training (restored afterwards; None = torch's default).
-    One by default, as the shared head trainer: the weights then do not depend on the machine's
-    core count, and on shared cores a second thread costs far more than it gains. The checkpoint
-    records the rows the backbone saw (`trained_on`: split name and row ids of the dataset's sample
-    table), for a cache's seen-by-backbone flags. Returns the checkpoint path. Raises
-    TrainingDiverged on a non-finite loss (checkpoints already written are kept).
+    epochs of 64) are the demo's: about 10 s on colored_digits on one CPU core, and an ERM head
+    that leans on the colour (test worst-group accuracy near 0.1) while its features still carry
+    the digit (DFR recovers ~0.85). `init` starts from another checkpoint of the same architecture
+    (a new fc is drawn when the class count differs); `resnet18:FILE` starts from local
+    torchvision weights. `threads`: CPU threads while training (restored afterwards; None =
+    torch's default). One by default, as the shared head trainer: the weights then do not depend
+    on the machine's core count, and on shared cores a second thread costs far more than it gains.
+    The checkpoint records the rows the backbone saw (`trained_on`: split name and row ids of the
+    dataset's sample table), for a cache's seen-by-backbone flags. Returns the checkpoint path.
+    Raises TrainingDiverged on a non-finite loss (checkpoints already written are kept).
 
     `save_early` (epochs): also write the checkpoint of the same run after each of these epochs to
     `early_checkpoint_path(out, epoch)` (SELF's early-stopped model; `extract` each one into the
-    same
-    cache as its own backbone key).
+    same cache as its own backbone key).
 
     `holdout` (a fraction in [0, 1)) leaves the last part of the train split (in the dataset's row
     order) out of training, as AFR's official code does (`--train_prop=80` trains the backbone on
@@ -309,25 +369,13 @@ def train_erm(
     checkpoint's `seen` record lists only the rows trained on, so after `extract` the held-out
     rows read as unseen.
     """
+    cfg = resolve(TrainConfig, config, settings, "train_erm")
     if out is None:
         raise EmbedkitError("train_erm: `out` (the checkpoint path) is required")
-    if lr <= 0 or epochs < 1 or batch_size < 1 or (steps is not None and steps < 1):
-        raise EmbedkitError(
-            f"train_erm: need lr > 0, epochs >= 1, steps >= 1, batch size >= 1 "
-            f"(got lr={lr}, epochs={epochs}, steps={steps}, batch size={batch_size})"
-        )
-    if optimizer not in OPTIMIZERS:
-        raise EmbedkitError(f"--optimizer {optimizer!r}: choose {' or '.join(OPTIMIZERS)}")
-    if schedule not in ("constant", "cosine"):
-        raise EmbedkitError(f"--schedule {schedule!r}: choose constant or cosine")
-    if not 0.0 <= warmup < 1.0:
-        raise EmbedkitError(f"--warmup {warmup}: a fraction of the steps in [0, 1)")
-    if not 0.0 <= holdout < 1.0:
-        raise EmbedkitError(f"--holdout {holdout}: a fraction of the train split in [0, 1)")
-    if l1 < 0 or weight_decay < 0:
-        raise EmbedkitError(
-            f"train_erm: need l1 >= 0 and weight decay >= 0 (got {l1}, {weight_decay})"
-        )
+    arch, lr, epochs, steps = cfg.arch, cfg.lr, cfg.epochs, cfg.steps
+    batch_size, seed, optimizer, momentum = cfg.batch_size, cfg.seed, cfg.optimizer, cfg.momentum
+    weight_decay, l1, schedule, warmup = cfg.weight_decay, cfg.l1, cfg.schedule, cfg.warmup
+    holdout, init = cfg.holdout, cfg.init
     options = dict(dataset_options or {})
     if isinstance(dataset, str):
         from embedkit import data
@@ -336,11 +384,11 @@ def train_erm(
     else:
         ds = dataset
     name, kwargs, weights = parse_arch(arch)
-    kwargs.update(arch_kwargs or {})
-    if width is not None:
-        kwargs["width"] = int(width)
-    if dropout is not None:
-        kwargs["dropout"] = float(dropout)
+    kwargs.update(cfg.arch_kwargs)
+    if cfg.width is not None:
+        kwargs["width"] = int(cfg.width)
+    if cfg.dropout is not None:
+        kwargs["dropout"] = float(cfg.dropout)
 
     t0 = time.perf_counter()
     samples = ds.samples()
@@ -360,14 +408,8 @@ def train_erm(
     t_load = time.perf_counter() - t0
     per_epoch = math.ceil(len(rows) / batch_size)
     total = int(steps) if steps is not None else per_epoch * epochs
-    ckpt_steps = sorted({int(v) for v in checkpoint_steps if 0 < int(v) < total})
-    early = sorted({int(e) for e in save_early})
-    if early and (steps is not None or not 1 <= early[0] <= early[-1] < epochs):
-        raise EmbedkitError(
-            f"--save-early {','.join(map(str, early))}: epochs must lie in 1..{epochs - 1} "
-            f"(the final checkpoint is written anyway; not with --steps)"
-        )
-    early_at = {e * per_epoch: e for e in early}  # the step that closes epoch e
+    ckpt_steps = sorted({v for v in cfg.checkpoint_steps if 0 < v < total})
+    early_at = {e * per_epoch: e for e in cfg.save_early}  # the step that closes epoch e
 
     from embedkit.backbones.checkpoint import FORMAT, FORMAT_VERSION
 
@@ -399,6 +441,7 @@ def train_erm(
         "checkpoint_steps": ckpt_steps,
         "checkpoint_files": [str(step_path(out, k)) for k in ckpt_steps],
         "torch": torch.__version__,
+        "config": settings_of(cfg),  # every setting of the run, as `TrainConfig(**config)` reads
     }
 
     def save(model, path, history, n_params, **extra):
@@ -449,8 +492,8 @@ def train_erm(
             if log:
                 log(f"wrote early checkpoint {path} (epoch {early_at[k]})")
 
-    dev = torch.device(device)
-    with cpu_threads(threads), deterministic(warn_only=dev.type != "cpu"):
+    dev = torch.device(cfg.device)
+    with cpu_threads(cfg.threads), deterministic(warn_only=dev.type != "cpu"):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = build_backbone(name, num_classes, kwargs)
@@ -489,8 +532,8 @@ def train_erm(
         save(model, out, history, n_params)
     if log:
         log(
-            f"wrote {out} ({name}, {n_params:,} parameters, {num_classes} classes, dim {model.fc.in_features}, "
-            f"{total} steps, {time.perf_counter() - t0:.1f} s)"
+            f"wrote {out} ({name}, {n_params:,} parameters, {num_classes} classes, "
+            f"dim {model.fc.in_features}, {total} steps, {time.perf_counter() - t0:.1f} s)"
         )
     return out
 

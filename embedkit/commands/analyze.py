@@ -1,6 +1,8 @@
 """embedkit analyze: FAISS centroids, kNN purity, clusters and directions of one backbone of a
 cache; writes summary.json and PNG figures (with figures.json listing them and any skipped)."""
 
+from embedkit.commands.options import add_allow_random_init_argument, add_prompts_argument
+
 
 def add_arguments(p):
     p.add_argument("--cache", required=True, help="cache file (.h5)")
@@ -57,17 +59,8 @@ def add_arguments(p):
         metavar="SPEC",
         help="CLIP text tower for the text probe (openclip:MODEL:PRETRAINED); default: the cache's /text",
     )
-    p.add_argument(
-        "--allow-random-init",
-        action="store_true",
-        help="build the --text-backbone randomly initialised when its weights are absent (mechanics only)",
-    )
-    p.add_argument(
-        "--prompts",
-        action="append",
-        metavar="NAME_OR_FILE",
-        help="prompt set for the text probe (built-in name or a 'TAG | PROMPT' file); repeatable",
-    )
+    add_allow_random_init_argument(p, "the --text-backbone")
+    add_prompts_argument(p, "for the text probe")
     p.add_argument(
         "--root", help="dataset folder for image thumbnails (default: the adapter's own default)"
     )

@@ -5,7 +5,12 @@ Single process, a job array (`--shard i/n`), or one process per GPU with
 finished parts. See embedkit/extract/extractor.py for the rules.
 """
 
-from embedkit.commands.train_erm import add_dataset_arguments
+from embedkit.commands.datasets import add_dataset_arguments
+from embedkit.commands.options import (
+    add_allow_random_init_argument,
+    add_device_argument,
+    add_prompts_argument,
+)
 
 
 def add_arguments(p):
@@ -14,16 +19,18 @@ def add_arguments(p):
         "--backbone",
         required=True,
         metavar="SPEC",
-        help="openclip:MODEL:PRETRAINED | torchvision:MODEL[:CHECKPOINT] | resnet_cifar:DEPTH:CHECKPOINT "
-        "| checkpoint:PATH | timm:MODEL[:WEIGHTS] | hf:PATH | sbert:PATH (see `embedkit backbones`)",
+        help="openclip:MODEL:PRETRAINED | torchvision:MODEL[:CHECKPOINT] "
+        "| resnet_cifar:DEPTH:CHECKPOINT | checkpoint:PATH | timm:MODEL[:WEIGHTS] | hf:PATH "
+        "| sbert:PATH (see `embedkit backbones`)",
     )
     p.add_argument(
         "--backbone-opt",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="backbone option, repeatable (hf:/sbert: pooling=cls|mean|pooler, normalize=true|false, "
-        "max_length=N, modality=text|image; recorded in the provenance and the key)",
+        help="backbone option, repeatable (hf:/sbert: pooling=cls|mean|pooler, "
+        "normalize=true|false, max_length=N, modality=text|image; recorded in the provenance "
+        "and the key)",
     )
     p.add_argument(
         "--out",
@@ -37,11 +44,7 @@ def add_arguments(p):
     p.add_argument(
         "--batch-size", type=int, default=256, help="images or texts per forward pass (default 256)"
     )
-    p.add_argument(
-        "--device",
-        default="auto",
-        help="auto (cuda if present), cpu, cuda or cuda:N (default auto)",
-    )
+    add_device_argument(p)
     p.add_argument(
         "--precision",
         default="fp32",
@@ -63,8 +66,9 @@ def add_arguments(p):
     p.add_argument(
         "--layer",
         default=None,
-        help="representation to embed: default penultimate (input of the last Linear) or image_embeds "
-        "for open_clip; a module name such as layer3 (pooled), or pre_proj for open_clip ViTs",
+        help="representation to embed: default penultimate (input of the last Linear) or "
+        "image_embeds for open_clip; a module name such as layer3 (pooled), or pre_proj for "
+        "open_clip ViTs",
     )
     p.add_argument(
         "--shard",
@@ -88,19 +92,8 @@ def add_arguments(p):
     p.add_argument(
         "--no-resume", dest="resume", action="store_false", help="recompute every part of this job"
     )
-    p.add_argument(
-        "--prompts",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="prompt set (TAG | PROMPT per line, tags = class or attribute names; or a built-in set name) "
-        "to embed with the open_clip text tower into /text/<key>; repeatable",
-    )
-    p.add_argument(
-        "--allow-random-init",
-        action="store_true",
-        help="build the backbone randomly initialised when no weights are available (recorded)",
-    )
+    add_prompts_argument(p, "to embed with the text tower (openclip:...) into /text/<key>", "FILE")
+    add_allow_random_init_argument(p)
     p.add_argument(
         "--strict",
         action="store_true",
@@ -120,16 +113,12 @@ def add_arguments(p):
     add_wait_argument(p)
 
 
-def run(args):
+def extract_config(args):
+    """The ExtractConfig of the flags (its own checks give the flags' one-line errors)."""
     from embedkit.cli import parse_key_values
-    from embedkit.extract import extract
+    from embedkit.extract import ExtractConfig
 
-    res = extract(
-        args.dataset,
-        args.backbone,
-        args.out,
-        root=args.root,
-        dataset_options=parse_key_values(args.dataset_opt, "--dataset-opt"),
+    return ExtractConfig(
         splits=[s.strip() for s in args.splits.split(",") if s.strip()],
         batch_size=args.batch_size,
         workers=args.workers,
@@ -148,6 +137,15 @@ def run(args):
         overwrite=args.overwrite,
         keep_shards=args.keep_shards,
         wait=args.wait,
+    )
+
+
+def run(args):
+    from embedkit.commands.train_erm import dataset_kwargs
+    from embedkit.extract import extract
+
+    res = extract(
+        args.dataset, args.backbone, args.out, extract_config(args), **dataset_kwargs(args)
     )
     if res.path is not None:
         print(res.path)

@@ -3,22 +3,11 @@
 The checkpoint it writes is read by `embedkit extract --backbone checkpoint:PATH`.
 """
 
+from embedkit.commands.datasets import add_dataset_arguments
+from embedkit.commands.options import add_device_argument
+
 BATCH_SIZE = 64
 WEIGHT_DECAY = 1e-4
-
-
-def add_dataset_arguments(p, required: bool = True):
-    p.add_argument(
-        "--dataset", required=required, help="dataset adapter name (see `embedkit datasets`)"
-    )
-    p.add_argument("--root", default=None, help="dataset folder, for adapters that read files")
-    p.add_argument(
-        "--dataset-opt",
-        action="append",
-        metavar="KEY=VALUE",
-        default=[],
-        help="dataset option (repeatable), e.g. --dataset-opt train_corr=0.95",
-    )
 
 
 def add_training_arguments(p):
@@ -27,7 +16,8 @@ def add_training_arguments(p):
         "--arch",
         default="small_cnn",
         help="small_cnn, resnet_cifar[:DEPTH], mlp[:DEPTHxWIDTH] (MLP 5x2000 ReLU by default) or "
-        "resnet18[:WEIGHTS.pth] (torchvision; random init, or a local state dict) (default small_cnn)",
+        "resnet18[:WEIGHTS.pth] (torchvision; random init, or a local state dict) "
+        "(default small_cnn)",
     )
     p.add_argument("--width", type=int, default=None, help="small_cnn channel width (default 16)")
     p.add_argument("--no-batchnorm", action="store_true", help="small_cnn without BatchNorm layers")
@@ -41,7 +31,8 @@ def add_training_arguments(p):
         "--steps",
         type=int,
         default=None,
-        help="iteration budget instead of --epochs (lr-study --cache: SGD steps per head, default 2000)",
+        help="iteration budget instead of --epochs "
+        "(lr-study --cache: SGD steps per head, default 2000)",
     )
     p.add_argument(
         "--checkpoint-steps",
@@ -90,7 +81,7 @@ def add_training_arguments(p):
         default=0.0,
         help="linear warm-up as a fraction of the steps (default 0; a flagged deviation)",
     )
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (default cpu)")
+    add_device_argument(p, "cpu")
     p.add_argument(
         "--threads",
         type=int,
@@ -172,8 +163,9 @@ def add_arguments(p):
     )
 
 
-def run(args):
-    from embedkit.backbones.train_backbone import train_erm
+def train_config(args):
+    """The TrainConfig of the flags (its own checks give the flags' one-line errors)."""
+    from embedkit.backbones.train_backbone import TrainConfig
     from embedkit.errors import EmbedkitError
 
     try:
@@ -182,15 +174,18 @@ def run(args):
         raise EmbedkitError(
             f"--save-early {args.save_early!r}: expected comma-separated epochs such as 1,2"
         ) from None
-    train_erm(
-        args.dataset,
+    return TrainConfig(
         lr=args.lr,
         seed=args.seed,
         init=args.init,
-        out=args.out,
         save_early=early,
         holdout=args.holdout,
-        **dataset_kwargs(args),
         **training_kwargs(args),
     )
+
+
+def run(args):
+    from embedkit.backbones.train_backbone import train_erm
+
+    train_erm(args.dataset, train_config(args), out=args.out, **dataset_kwargs(args))
     return 0

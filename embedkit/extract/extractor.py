@@ -1,10 +1,14 @@
 """The one-time extractor: a dataset through a frozen backbone into an HDF5 cache.
 
     from embedkit import data
-    from embedkit.extract import extract
+    from embedkit.extract import ExtractConfig, extract
     ds = data.create("cifar10", "../shared/data")
-    extract(ds, "resnet_cifar:20:resnet20-12fca82f.th", "cache/cifar10.h5", batch_size=256,
-    workers=4)
+    spec = "resnet_cifar:20:resnet20-12fca82f.th"
+    extract(ds, spec, "cache/cifar10.h5", ExtractConfig(batch_size=256, workers=4))
+    extract(ds, spec, "cache/cifar10.h5", batch_size=256, workers=4)  # the same run
+
+The settings of a run are an `ExtractConfig` (embedkit/extract/config.py) or keyword arguments
+of the same names.
 
 How rows travel (nothing lost, nothing duplicated):
 
@@ -54,12 +58,18 @@ import numpy as np
 import torch
 
 from embedkit.cache import Cache, CacheWriter, merge, write_text
+from embedkit.configs import resolve
 from embedkit.errors import EmbedkitError
+from embedkit.extract.config import (  # noqa: F401 (parse_shard: re-exported)
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_PART_ROWS,
+    DTYPES,
+    ExtractConfig,
+    parse_shard,
+)
 from embedkit.locking import LockBusy, writer_lock
 from embedkit.schema import SPLITS, Samples, split_code
 
-DEFAULT_BATCH_SIZE = 256
-DEFAULT_PART_ROWS = 16384
 # The final merge waits at least this long for another writer of `out` (an import, another
 # backbone's merge): the parts are already paid for, and such writes take seconds to minutes.
 MERGE_WAIT_S = 600.0
@@ -101,22 +111,6 @@ class Layout:
         return f"part-{p:05d}-of-{self.n_parts:05d}.h5"
 
 
-def parse_shard(text) -> tuple[int, int]:
-    """'i/n' (or a tuple) -> (i, n) with 0 <= i < n."""
-    if isinstance(text, (tuple, list)):
-        i, n = text
-    else:
-        try:
-            i, n = (int(v) for v in str(text).split("/"))
-        except ValueError:
-            raise EmbedkitError(
-                f"--shard {text!r}: expected i/n such as 0/4 (0-based job index / number of jobs)"
-            ) from None
-    if not (n >= 1 and 0 <= i < n):
-        raise EmbedkitError(f"--shard {i}/{n}: need n >= 1 and 0 <= i < n")
-    return int(i), int(n)
-
-
 # ----------------------------------------------------------------------------------------------
 # torch.distributed (torchrun): one process per GPU, each with its own parts
 # ----------------------------------------------------------------------------------------------
@@ -150,6 +144,13 @@ class _Dist:
         self.dist.all_reduce(t, op=self.dist.ReduceOp.MAX)
         return int(t.item()) == 0
 
+    def check(self, err: BaseException | None, elsewhere: str) -> None:
+        """all_ok as a raise: this rank's own error, or `elsewhere` when another rank failed."""
+        if not self.all_ok(err is None):
+            if err is not None:
+                raise err
+            raise EmbedkitError(elsewhere)
+
     def close(self):
         if self.owned:
             self.dist.destroy_process_group()
@@ -177,10 +178,8 @@ class _Rows(torch.utils.data.Dataset):
         try:
             return self.transform(img), ""
         except (OSError, ValueError) as e:  # a decodable image the preprocessing cannot take
-            return (
-                None,
-                f"preprocessing failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})",
-            )
+            first = str(e).splitlines()[0] if str(e) else ""
+            return None, f"preprocessing failed ({type(e).__name__}: {first})"
 
 
 class _Timer:
@@ -241,9 +240,10 @@ def format_timing(t: dict, modality: str = "image") -> str:
     unit = "images/s" if modality == "image" else "texts/s"
     return (
         f"{t['rows']} rows at {t['images_per_s']:.1f} {unit}; per batch: waiting for data "
-        f"{1000 * t['data_wait_s'] / max(t['batches'], 1):.1f} ms ({pct['data_wait_s']:.0f}%), model "
-        f"{1000 * t['model_s'] / max(t['batches'], 1):.1f} ms ({pct['model_s']:.0f}%), write "
-        f"{1000 * t['write_s'] / max(t['batches'], 1):.1f} ms ({pct['write_s']:.0f}%); bottleneck: {verdict}"
+        f"{1000 * t['data_wait_s'] / max(t['batches'], 1):.1f} ms ({pct['data_wait_s']:.0f}%), "
+        f"model {1000 * t['model_s'] / max(t['batches'], 1):.1f} ms ({pct['model_s']:.0f}%), "
+        f"write {1000 * t['write_s'] / max(t['batches'], 1):.1f} ms ({pct['write_s']:.0f}%); "
+        f"bottleneck: {verdict}"
     )
 
 
@@ -359,35 +359,40 @@ def _select_rows(samples: Samples, splits) -> tuple[np.ndarray, Samples]:
     return sel[order], sub.take(order)
 
 
+@dataclass
+class _Job:
+    """One extraction's resolved pieces, handed to the part loop and the merge."""
+
+    out: Path
+    ds: object
+    rows: np.ndarray  # dataset row of each extraction position
+    samples: Samples
+    seen: np.ndarray | None
+    bb: object
+    layout: Layout
+    shard_dir: Path
+    config_hash: str
+    prov: dict
+    prompt_data: tuple | None
+    dtype: str  # the stored feature dtype (the config's, or the backbone's default)
+    workers: int
+
+
 def extract(
     dataset,
     backbone,
     out,
+    config: ExtractConfig | None = None,
     *,
-    splits=SPLITS,
-    batch_size: int = DEFAULT_BATCH_SIZE,
-    workers: int | None = None,
-    device="auto",
-    precision: str = "fp32",
-    dtype: str | None = None,
-    layer: str | None = None,
-    allow_random_init: bool = False,
-    backbone_options: dict | None = None,
-    shard=(0, 1),
-    resume: bool = True,
-    strict: bool = False,
-    allow_nonfinite: bool = False,
-    prompts=(),
-    part_rows: int = DEFAULT_PART_ROWS,
-    overwrite: bool = False,
-    keep_shards: bool = False,
     root=None,
     dataset_options: dict | None = None,
     log=None,
-    wait: float = 0.0,
+    **settings,
 ) -> ExtractResult:
     """Extract `dataset` (an ImageDataset, or a name with `root`/`dataset_options`) through
-    `backbone` (a SPEC string or a Backbone) into the cache `out`. See the module docstring for
+    `backbone` (a SPEC string or a Backbone) into the cache `out`, with the settings of `config`
+    (an ExtractConfig) or keyword arguments of the same names (`batch_size=256, workers=4`; they
+    override the config's fields; an unknown one is a TypeError). See the module docstring for
     the sharding, resume and merge rules; `shard=(i, n)` is job i of an n-job array, and under
     torchrun each rank takes its own parts of that job. `wait`: seconds to wait for another
     process writing the same parts or the same cache before refusing.
@@ -396,16 +401,15 @@ def extract(
     from embedkit.backbones.base import Backbone
     from embedkit.devices import resolve_device
 
+    cfg = resolve(ExtractConfig, config, settings, "extract")
     log = log or (lambda msg: print(msg, file=sys.stderr))
     out = Path(out)
-    shard_i, n_shards = parse_shard(shard)
-    if int(batch_size) < 1 or int(part_rows) < 1:
-        raise EmbedkitError("--batch-size and --part-rows must be positive")
-    batch_size = int(batch_size)
+    shard_i, n_shards = cfg.shard
+    batch_size = cfg.batch_size
     dist = _Dist()
     locks = contextlib.ExitStack()
     try:
-        dev = resolve_device(device)
+        dev = resolve_device(cfg.device)
         if dev.type == "cuda" and dist.world > 1:
             dev = torch.device("cuda", dist.local_rank)
             torch.cuda.set_device(dev)
@@ -417,39 +421,39 @@ def extract(
             else _bb.create(
                 backbone,
                 device=dev,
-                allow_random_init=allow_random_init,
-                layer=layer,
-                precision=precision,
-                options=backbone_options,
+                allow_random_init=cfg.allow_random_init,
+                layer=cfg.layer,
+                precision=cfg.precision,
+                options=cfg.backbone_options,
             )
         )
         ds = _resolve_dataset(dataset, root, dataset_options)
         if ds.meta.get("note") and dist.rank == 0:  # e.g. the columns the csv adapter picked
             log(f"dataset {ds.name}: {ds.meta['note']}")
-        rows, samples = _select_rows(ds.samples(), splits)
+        rows, samples = _select_rows(ds.samples(), cfg.splits)
         if getattr(ds, "root", None) not in (None, ""):
             # Figures rebuild the adapter from the cache to show thumbnails: record its folder.
             samples.meta = {**samples.meta, "root": str(Path(ds.root).resolve())}
-        dtype = {"fp16": "float16", "fp32": "float32"}.get(
-            dtype or bb.default_dtype, dtype or bb.default_dtype
-        )
+        dtype = cfg.dtype or DTYPES.get(bb.default_dtype, bb.default_dtype)
         if dtype not in ("float16", "float32"):
             raise EmbedkitError(f"--dtype {dtype!r}: choose float16 or float32")
         modality = getattr(ds, "modality", "image")
         if modality != bb.modality:
             raise EmbedkitError(
-                f"dataset {ds.name} yields {modality} rows but backbone {bb.key} takes {bb.modality}: "
-                f"choose a {modality} backbone (`embedkit backbones` lists them)"
+                f"dataset {ds.name} yields {modality} rows but backbone {bb.key} takes "
+                f"{bb.modality}: choose a {modality} backbone (`embedkit backbones` lists them)"
             )
-        if prompts and not bb.has_text:
+        if cfg.prompts and not bb.has_text:
             raise EmbedkitError(
                 f"--prompts needs a backbone with a text tower (openclip:...), not {bb.key}"
             )
         prompt_data = (
-            prompt_rows(prompts, samples.class_names, samples.attr_names) if prompts else None
+            prompt_rows(cfg.prompts, samples.class_names, samples.attr_names)
+            if cfg.prompts
+            else None
         )
         seen, seen_note = _seen_rows(bb, samples)
-        workers = _default_workers(bb.device, bb.modality) if workers is None else int(workers)
+        workers = _default_workers(bb.device, bb.modality) if cfg.workers is None else cfg.workers
 
         config = {
             "format": EXTRACT_FORMAT,
@@ -471,46 +475,31 @@ def extract(
             locks.enter_context(
                 writer_lock(
                     out.with_name(f"{out.name}.extract-{bb.key}-{worker}of{n_workers}"),
-                    wait,
+                    cfg.wait,
                     "extract",
                     label=f"{out} (extraction of {bb.key}, worker {worker} of {n_workers})",
                 )
             )
         except EmbedkitError as e:
             err = e
-        if not dist.all_ok(err is None):
-            raise err or EmbedkitError(
-                "another rank of this torchrun is blocked by another writer; see its message"
-            )
-        early = _check_out(out, bb.key, samples, config_hash, overwrite)
+        dist.check(
+            err, "another rank of this torchrun is blocked by another writer; see its message"
+        )
+        early = _check_out(out, bb.key, samples, config_hash, cfg.overwrite)
         if early is not None:
             if dist.rank == 0:
                 log(early)
                 if prompt_data is not None:
-                    _write_prompts(out, bb, prompt_data, wait)
+                    _write_prompts(out, bb, prompt_data, cfg.wait)
             return ExtractResult(out, bb.key, len(samples), 0, message=early)
 
-        layout = Layout.plan(len(samples), batch_size, n_workers, int(part_rows))
+        layout = Layout.plan(len(samples), batch_size, n_workers, cfg.part_rows)
         shard_dir = Path(f"{out}.shards") / bb.key
         shard_dir.mkdir(parents=True, exist_ok=True)
         mine = list(layout.parts_of(worker, n_workers))
         result = ExtractResult(None, bb.key, len(samples), layout.n_parts)
         err = None
         try:
-            todo = []
-            for p in mine:
-                path = shard_dir / layout.part_name(p)
-                if resume and _part_done(path, bb.key, config_hash, layout.rows(p)):
-                    result.parts_skipped.append(p)
-                else:
-                    for stale in shard_dir.glob(f".{layout.part_name(p)}.*.tmp"):
-                        stale.unlink(missing_ok=True)
-                    path.unlink(missing_ok=True)
-                    todo.append(p)
-            if result.parts_skipped and dist.rank == 0:
-                log(
-                    f"resume: {len(result.parts_skipped)} finished part(s) of {layout.n_parts} kept in {shard_dir}"
-                )
             prov = {
                 **bb.provenance(),
                 "extractor_config_hash": config_hash,
@@ -519,55 +508,49 @@ def extract(
                 "embedkit_extract": EXTRACT_FORMAT,
                 **({"seen_source": seen_note} if seen_note else {}),
             }
+            job = _Job(
+                out=out,
+                ds=ds,
+                rows=rows,
+                samples=samples,
+                seen=seen,
+                bb=bb,
+                layout=layout,
+                shard_dir=shard_dir,
+                config_hash=config_hash,
+                prov=prov,
+                prompt_data=prompt_data,
+                dtype=dtype,
+                workers=workers,
+            )
+            todo = []
+            for p in mine:
+                path = shard_dir / layout.part_name(p)
+                if cfg.resume and _part_done(path, bb.key, config_hash, layout.rows(p)):
+                    result.parts_skipped.append(p)
+                else:
+                    for stale in shard_dir.glob(f".{layout.part_name(p)}.*.tmp"):
+                        stale.unlink(missing_ok=True)
+                    path.unlink(missing_ok=True)
+                    todo.append(p)
+            if result.parts_skipped and dist.rank == 0:
+                log(
+                    f"resume: {len(result.parts_skipped)} finished part(s) of {layout.n_parts} "
+                    f"kept in {shard_dir}"
+                )
             if seen is None and seen_note and dist.rank == 0:
                 log(f"extract {bb.key}: rows seen in training unknown: {seen_note}")
             if todo:
-                _run_parts(
-                    ds,
-                    rows,
-                    samples,
-                    seen,
-                    bb,
-                    layout,
-                    todo,
-                    shard_dir,
-                    prov,
-                    result,
-                    batch_size=batch_size,
-                    workers=workers,
-                    dtype=dtype,
-                    strict=strict,
-                    allow_nonfinite=allow_nonfinite,
-                    show=dist.rank == 0,
-                    log=log,
-                )
+                _run_parts(job, todo, result, cfg, show=dist.rank == 0, log=log)
         except BaseException as e:  # every rank must reach the collective below
             err = e
-        if not dist.all_ok(err is None):
-            if err is not None:
-                raise err
-            raise EmbedkitError("another rank of this torchrun failed; see its message above")
+        dist.check(err, "another rank of this torchrun failed; see its message above")
         try:
             if dist.rank == 0:
-                _finish(
-                    out,
-                    shard_dir,
-                    layout,
-                    bb,
-                    config_hash,
-                    result,
-                    prompt_data,
-                    overwrite,
-                    keep_shards,
-                    log,
-                    wait,
-                )
+                _finish(job, result, cfg, log)
         except BaseException as e:
             err = e
-        if not dist.all_ok(err is None):
-            if err is not None:
-                raise err
-            raise EmbedkitError("rank 0 failed to merge the parts; see its message above")
+        dist.check(err, "rank 0 failed to merge the parts; see its message above")
         return result
     finally:
         locks.close()
@@ -607,7 +590,10 @@ def _check_out(
         )
     if key in cache.backbones() and not overwrite:
         if cache.provenance(key).get("extractor_config_hash") == config_hash:
-            return f"{out} already holds {key} from the same configuration; nothing to do (--overwrite to redo)"
+            return (
+                f"{out} already holds {key} from the same configuration; nothing to do "
+                f"(--overwrite to redo)"
+            )
         raise EmbedkitError(
             f"{out}: backbone key {key!r} already exists from another configuration; "
             f"pass --overwrite to replace it"
@@ -615,27 +601,19 @@ def _check_out(
     return None
 
 
-def _run_parts(
-    ds,
-    rows,
-    samples,
-    seen,
-    bb,
-    layout,
-    todo,
-    shard_dir,
-    prov,
-    result,
-    *,
-    batch_size,
-    workers,
-    dtype,
-    strict,
-    allow_nonfinite,
-    show,
-    log,
-):
+def _run_parts(job: _Job, todo, result: ExtractResult, cfg: ExtractConfig, *, show, log):
+    """Compute the parts `todo` into their shard files (each through its own CacheWriter)."""
     from tqdm import tqdm
+
+    ds, rows, samples, seen, bb, layout = (
+        job.ds,
+        job.rows,
+        job.samples,
+        job.seen,
+        job.bb,
+        job.layout,
+    )
+    batch_size, workers = cfg.batch_size, job.workers
 
     batches, owner = [], []
     for p in todo:
@@ -671,14 +649,14 @@ def _run_parts(
                 part = owner[k]
                 lo, hi = layout.rows(part)
                 writer = CacheWriter(
-                    shard_dir / layout.part_name(part),
+                    job.shard_dir / layout.part_name(part),
                     samples.take(np.arange(lo, hi)),
                     bb.key,
                     bb.dim,
-                    dtype=dtype,
-                    provenance=prov,
+                    dtype=job.dtype,
+                    provenance=job.prov,
                     n_logits=n_logits,
-                    allow_nonfinite=allow_nonfinite,
+                    allow_nonfinite=cfg.allow_nonfinite,
                     seen=None if seen is None else seen[lo:hi],
                 )
                 timer = _Timer()
@@ -687,7 +665,7 @@ def _run_parts(
             bad = np.asarray([bool(r) for r in reasons])
             if bad.any():
                 j = int(np.flatnonzero(bad)[0])
-                if strict:
+                if cfg.strict:
                     raise EmbedkitError(
                         f"row {pos[j]} (uid {samples.uid[pos[j]]}): {reasons[j]} "
                         f"(--strict stops at the first unreadable image)"
@@ -739,30 +717,19 @@ def _run_parts(
         log(f"extract {bb.key}: {format_timing(result.timing, bb.modality)}")
     if result.n_invalid:
         log(
-            f"extract {bb.key}: {result.n_invalid} unreadable image(s) flagged invalid in /samples/valid "
-            f"(e.g. {result.invalid_examples[0]})"
+            f"extract {bb.key}: {result.n_invalid} unreadable image(s) flagged invalid in "
+            f"/samples/valid (e.g. {result.invalid_examples[0]})"
         )
 
 
-def _finish(
-    out,
-    shard_dir,
-    layout,
-    bb,
-    config_hash,
-    result,
-    prompt_data,
-    overwrite,
-    keep_shards,
-    log,
-    wait=0.0,
-):
+def _finish(job: _Job, result: ExtractResult, cfg: ExtractConfig, log) -> None:
     """Merge the parts into `out` once all exist (the last shard job to finish does it)."""
+    out, shard_dir, layout, bb = job.out, job.shard_dir, job.layout, job.bb
     paths = [shard_dir / layout.part_name(p) for p in range(layout.n_parts)]
     missing = [
         p
         for p, path in enumerate(paths)
-        if not _part_done(path, bb.key, config_hash, layout.rows(p))
+        if not _part_done(path, bb.key, job.config_hash, layout.rows(p))
     ]
     if missing:
         result.message = (
@@ -780,22 +747,10 @@ def _finish(
             result.message = f"another job is merging the parts into {out} ({e})"
             log(result.message)
             return
-        merge_wait = max(float(wait or 0), MERGE_WAIT_S)
+        merge_wait = max(cfg.wait, MERGE_WAIT_S)
         try:
             held.enter_context(writer_lock(out, merge_wait, "merge"))
-            _merge_parts(
-                out,
-                paths,
-                shard_dir,
-                layout,
-                bb,
-                prompt_data,
-                overwrite,
-                keep_shards,
-                result,
-                log,
-                merge_wait,
-            )
+            _merge_parts(job, paths, result, cfg, log, merge_wait)
         except LockBusy as e:
             raise EmbedkitError(
                 f"{e}; the {layout.n_parts} finished part(s) are kept in {shard_dir}: "
@@ -803,15 +758,14 @@ def _finish(
             ) from None
 
 
-def _merge_parts(
-    out, paths, shard_dir, layout, bb, prompt_data, overwrite, keep_shards, result, log, wait
-):
+def _merge_parts(job: _Job, paths, result: ExtractResult, cfg: ExtractConfig, log, wait) -> None:
+    out, bb, prompt_data = job.out, job.bb, job.prompt_data
     timings, invalid = [], 0
     for path in paths:
         prov = Cache.open(path).provenance(bb.key)
         timings.append(prov.get("timing_json") or {})
         invalid += int(prov.get("n_invalid", 0))
-    merge(paths, out, backbone=bb.key, overwrite=overwrite, wait=wait)
+    merge(paths, out, backbone=bb.key, overwrite=cfg.overwrite, wait=wait)
     timing = _merge_timing(timings)
     _annotate(
         out,
@@ -821,15 +775,15 @@ def _merge_parts(
             "images_per_s": timing["images_per_s"],
             "bottleneck": timing["bottleneck"],
             "n_invalid": invalid,
-            "n_parts": layout.n_parts,
+            "n_parts": job.layout.n_parts,
             "device_name": _device_name(bb.device),
         },
     )
     if prompt_data is not None:
         _write_prompts(out, bb, prompt_data, wait)
-    if not keep_shards:
-        shutil.rmtree(shard_dir, ignore_errors=True)
-        for d in (shard_dir.parent,):
+    if not cfg.keep_shards:
+        shutil.rmtree(job.shard_dir, ignore_errors=True)
+        for d in (job.shard_dir.parent,):
             if d.is_dir() and not any(d.iterdir()):
                 d.rmdir()
     result.path = out

@@ -48,7 +48,7 @@ from embedkit import metrics
 from embedkit.heads.balancing import subsample_units
 from embedkit.heads.base import Head
 from embedkit.heads.params import Param
-from embedkit.heads.trainer import TRAINER_PARAMS, fit_grid, weighted_mean
+from embedkit.heads.trainer import TRAINER_PARAMS, LoopConfig, fit_grid, weighted_mean
 from embedkit.metrics import softmax
 from embedkit.selection import RULES
 
@@ -226,21 +226,23 @@ class DPEHead(Head):
                 Zfit[sub],
                 fit.y[sub],
                 [{"lr": float(p["lr"]), "wd": 0.0, "stage": m}],
+                LoopConfig(
+                    steps=int(p["epochs"]) * per_epoch,
+                    eval_every=per_epoch,
+                    batch_size=B,
+                    model=PrototypeModel(Zfit.shape[1], val.n_classes, p["entropic"]),
+                    init_seed=int(gen[m - 1].generate_state(1)[0]),
+                    sampler_seed=int(samp[m - 1].generate_state(1)[0]),
+                    device=p["device"],
+                    threads=p["threads"],
+                ),
                 val=select_feats,
                 monitor=watched,
                 rule=rule,
                 tie="later_epoch",
-                steps=int(p["epochs"]) * per_epoch,
-                eval_every=per_epoch,
-                batch_size=B,
-                model=PrototypeModel(Zfit.shape[1], val.n_classes, p["entropic"]),
                 objective=DiversityObjective(
                     prev, cov_reg_schedule(p["cov_reg"], p["alpha"], m), p["wd_weight"]
                 ),
-                init_seed=int(gen[m - 1].generate_state(1)[0]),
-                sampler_seed=int(samp[m - 1].generate_state(1)[0]),
-                device=p["device"],
-                threads=p["threads"],
                 config_offset=m - 1,
             )
             self.history_.extend(res.history)

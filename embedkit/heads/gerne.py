@@ -35,7 +35,14 @@ import torch
 from embedkit.errors import EmbedkitError
 from embedkit.heads.base import Head
 from embedkit.heads.params import Param
-from embedkit.heads.trainer import TRAINER_PARAMS, Variant, as_grid, fit_grid
+from embedkit.heads.trainer import (
+    TRAINER_PARAMS,
+    LoopConfig,
+    Variant,
+    as_grid,
+    fit_grid,
+    seeded_loop,
+)
 from embedkit.metrics import softmax
 from embedkit.selection import check_leak, select
 
@@ -308,19 +315,21 @@ def train_gerne_grid(
         Z,
         y,
         configs,
+        LoopConfig(
+            steps=steps,
+            eval_every=eval_every,
+            batch_size=(1 + len(cs)) * n,
+            standardize=standardize,
+            init_seed=init_seed,
+            sampler_seed=sampler_seed,
+            device=device,
+            threads=threads,
+        ),
         val=val,
         monitor=monitor,
         rule=rule,
-        steps=steps,
-        eval_every=eval_every,
-        batch_size=(1 + len(cs)) * n,
-        standardize=standardize,
         objective=ExtrapolatedLoss(configs, cs, n),
         hooks=[GERNEBatches(sampler, alpha, cs, coupling)],
-        init_seed=init_seed,
-        sampler_seed=sampler_seed,
-        device=device,
-        threads=threads,
         config_offset=config_offset,
     )
     return (
@@ -586,18 +595,17 @@ class GERNEHead(Head):
             train.Z,
             train.y,
             grid,
+            seeded_loop(
+                self,
+                steps=steps,
+                eval_every=eval_every,
+                batch_size=None,
+                standardize=bool(p["standardize"]),
+            ),
             variants=variants,
             val=val,
             monitor=monitor,
             rule=rule,
-            steps=steps,
-            eval_every=eval_every,
-            batch_size=None,
-            standardize=bool(p["standardize"]),
-            init_seed=self.seeds["init"],
-            sampler_seed=self.seeds["sampler"],
-            device=p["device"],
-            threads=p["threads"],
             config_offset=offset,
         )
         return res.history, res.state

@@ -65,7 +65,14 @@ from embedkit.errors import EmbedkitError
 from embedkit.geometry.index import knn
 from embedkit.heads.base import Head
 from embedkit.heads.params import Param
-from embedkit.heads.trainer import TRAINER_DEFAULTS, TRAINER_PARAMS, as_grid, fit_grid, lr_wd_grid
+from embedkit.heads.trainer import (
+    TRAINER_DEFAULTS,
+    TRAINER_PARAMS,
+    as_grid,
+    fit_grid,
+    lr_wd_grid,
+    seeded_loop,
+)
 from embedkit.selection import check_leak
 
 DISCREPANCIES = ("sym_kl", "logit_mse", "tv")
@@ -311,7 +318,10 @@ class IPGHead(Head):
             return None
         src = train if p["pair_source"] == "train" else val
         if not (src.a >= 0).any():
-            return f"ipg: pairs={p['pairs']} needs attribute labels on some {src.name} rows; none are visible"
+            return (
+                f"ipg: pairs={p['pairs']} needs attribute labels on some {src.name} rows; "
+                f"none are visible"
+            )
         return None
 
     # -- pairs ------------------------------------------------------------------------------
@@ -379,17 +389,17 @@ class IPGHead(Head):
             train.Z,
             train.y,
             grid,
+            seeded_loop(
+                self,
+                steps=int(p["steps"]),
+                eval_every=int(p["eval_every"]),
+                batch_size=int(p["batch_size"]),
+                device="cpu",
+            ),
             val=val,
             monitor=monitor,
             rule=rule,
-            steps=int(p["steps"]),
-            eval_every=int(p["eval_every"]),
-            batch_size=int(p["batch_size"]),
             hooks=[hook],
-            init_seed=self.seeds["init"],
-            sampler_seed=self.seeds["sampler"],
-            device="cpu",
-            threads=p["threads"],
         )
         self.history_ = res.history
         chosen = self._select(self.history_, rule, "val", rows=val.rows)

@@ -39,7 +39,7 @@ import numpy as np
 from embedkit.errors import EmbedkitError
 from embedkit.heads.heldout import check_unseen, unseen_need
 from embedkit.heads.params import Param
-from embedkit.heads.trainer import SGDHead, Variant, as_grid, fit_grid
+from embedkit.heads.trainer import LoopConfig, SGDHead, Variant, as_grid, fit_grid
 from embedkit.selection import GRIDS
 
 
@@ -151,8 +151,9 @@ class JTTHead(SGDHead):
                 )
             if not p["allow_seen_rows"]:
                 raise EmbedkitError(
-                    "jtt: id=stored reads the backbone's own train logits, which are near-perfect on "
-                    "rows it was trained on; pass allow_seen_rows=True if the backbone never saw them"
+                    "jtt: id=stored reads the backbone's own train logits, which are "
+                    "near-perfect on rows it was trained on; pass allow_seen_rows=True if the "
+                    "backbone never saw them"
                 )
             return {(0, 0.0): error_set(train.logits, train.y)}
         batch = int(p["batch_size"])
@@ -165,15 +166,17 @@ class JTTHead(SGDHead):
             train.Z,
             train.y,
             [{"lr": float(p["stage1_lr"]), "wd": wd} for wd in grid["wd1"]],
-            steps=max(grid["T"]) * epoch,
-            eval_every=max(grid["T"]) * epoch,
-            batch_size=batch,
-            standardize=bool(p["standardize"]),
-            init_seed=s_init,
-            sampler_seed=s_sampler,
-            device=p["device"],
-            threads=p["threads"],
-            snapshot_steps=[T * epoch for T in grid["T"]],
+            LoopConfig(
+                steps=max(grid["T"]) * epoch,
+                eval_every=max(grid["T"]) * epoch,
+                batch_size=batch,
+                standardize=bool(p["standardize"]),
+                init_seed=s_init,
+                sampler_seed=s_sampler,
+                device=p["device"],
+                threads=p["threads"],
+                snapshot_steps=[T * epoch for T in grid["T"]],
+            ),
         )
         self.info_["stage1"] = {
             "lr": float(p["stage1_lr"]),

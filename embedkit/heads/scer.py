@@ -80,6 +80,7 @@ from embedkit.heads.trainer import (
     _default_uniform,
     as_grid,
     fit_grid,
+    seeded_loop,
 )
 
 # ----------------------------------------------------------------------------------------------
@@ -564,21 +565,20 @@ class SCERHead(SGDHead):
                     train.Z,
                     train.y,
                     block,
+                    seeded_loop(
+                        self,
+                        steps=int(p["steps"]),
+                        eval_every=int(p["eval_every"]),
+                        batch_size=int(p["batch_size"]),
+                        model=model,
+                        standardize=bool(p["standardize"]),
+                    ),
                     variants=[variant],
                     val=val,
                     monitor=monitor,
                     rule=self.rule(val),
-                    steps=int(p["steps"]),
-                    eval_every=int(p["eval_every"]),
-                    batch_size=int(p["batch_size"]),
-                    model=model,
-                    standardize=bool(p["standardize"]),
                     objective=loss,
                     row_data={"g": g},
-                    init_seed=self.seeds["init"],
-                    sampler_seed=self.seeds["sampler"],
-                    device=p["device"],
-                    threads=p["threads"],
                     config_offset=offset,
                 )
             )

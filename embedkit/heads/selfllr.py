@@ -51,7 +51,7 @@ from embedkit.errors import EmbedkitError
 from embedkit.heads.balancing import sampler_probs
 from embedkit.heads.llr import heldout_halves
 from embedkit.heads.params import Param
-from embedkit.heads.trainer import SGDHead, Variant, as_grid, fit_grid
+from embedkit.heads.trainer import LoopConfig, SGDHead, Variant, as_grid, fit_grid
 
 VARIANTS = (
     "es_disagreement",
@@ -174,11 +174,15 @@ class SELFHead(SGDHead):
 
     def unmet(self, train, val) -> str | None:
         if self.early_keys() and (train.logits is None or train.erm_head is None):
-            return f"self with early_backbone needs the final backbone's stored logits and head ({train.backbone})"
+            return (
+                f"self with early_backbone needs the final backbone's stored logits and head "
+                f"({train.backbone})"
+            )
         if self.early_keys() and np.shape(train.erm_head[0])[0] != train.n_classes:
             return (
-                f"self: the stored head of {train.backbone} scores {np.shape(train.erm_head[0])[0]} classes, "
-                f"the cache has {train.n_classes} (a backbone's own head of another label set)"
+                f"self: the stored head of {train.backbone} scores "
+                f"{np.shape(train.erm_head[0])[0]} classes, the cache has {train.n_classes} "
+                f"(a backbone's own head of another label set)"
             )
         missing = [k for k in self.early_keys() if k not in self._bound]
         return (
@@ -224,14 +228,16 @@ class SELFHead(SGDHead):
             train.Z,
             train.y,
             [{"lr": float(p["stage1_lr"]), "wd": float(p["stage1_wd"])}],
-            steps=steps,
-            eval_every=steps,
-            batch_size=128,  # the shared trainer's batch
-            init_seed=s_init,
-            sampler_seed=s_samp,
-            device=p["device"],
-            threads=p["threads"],
-            snapshot_steps=snaps,
+            LoopConfig(
+                steps=steps,
+                eval_every=steps,
+                batch_size=128,
+                init_seed=s_init,
+                sampler_seed=s_samp,
+                device=p["device"],
+                threads=p["threads"],
+                snapshot_steps=snaps,
+            ),
         )
         final = res.final[0]
         W0, b0 = final.arrays["coef"], final.arrays["intercept"]

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from embedkit import selection
+from embedkit.configs import field_names, resolve
 from embedkit.determinism import reproducible
 from embedkit.devices import resolve_device
 from embedkit.errors import EmbedkitError
@@ -308,7 +309,9 @@ class MLPModel:
         return HeadState("mlp", arrays)
 
 
-def build_model(model, dim: int, n_classes: int, hidden: int = 512):
+def build_head_model(model, dim: int, n_classes: int, hidden: int = 512):
+    """The K-stacked head model: linear, mlp, or a model object passed through (not a backbone:
+    embedkit.backbones.train_backbone.build_backbone builds those)."""
     if model == "linear":
         return LinearModel(dim, n_classes)
     if model == "mlp":
@@ -384,37 +387,88 @@ def sgd_step(
             p.addcmul_(lr.view(shape), g, value=-1.0)
 
 
+@dataclass(frozen=True)
+class LoopConfig:
+    """The loop settings of one `fit_grid` call (what every config of the grid shares), validated
+    once, here. What is trained on and how it is selected (the data, grid, variants, val, monitor,
+    rule, init, objective, hooks) are arguments of `fit_grid`, not loop settings.
+
+    `steps` SGD steps, an evaluation every `eval_every` (and at the last step); `batch_size` rows
+    per minibatch (None = full batch); `model` linear, mlp (`hidden` units) or a model object with
+    `init_params`/`forward`; `standardize` the features on the fitting rows; SGD `momentum`;
+    per-config gradient-norm clipping at `clip_norm`; `dtype` float32 or float64; `device`, CPU
+    `threads` (None = torch's default); `init_seed` / `sampler_seed` the two seeded streams;
+    `snapshot_steps`: steps at which every config's head is also returned."""
+
+    steps: int = 1000
+    eval_every: int = 100
+    batch_size: int | None = 128
+    model: object = "linear"
+    hidden: int = 512
+    standardize: bool = False
+    momentum: float = 0.9
+    clip_norm: float | None = None
+    dtype: str = "float32"
+    device: object = "cpu"
+    threads: int | None = None
+    init_seed: int = 0
+    sampler_seed: int = 0
+    snapshot_steps: tuple = ()
+
+    def __post_init__(self):
+        if self.dtype not in ("float32", "float64"):
+            raise EmbedkitError(f"trainer: dtype must be float32 or float64, not {self.dtype!r}")
+        steps, eval_every = int(self.steps), int(self.eval_every)
+        if steps < 1 or eval_every < 1:
+            raise EmbedkitError(
+                f"trainer: steps ({steps}) and eval_every ({eval_every}) must be >= 1"
+            )
+        if self.batch_size is not None and int(self.batch_size) < 1:
+            raise EmbedkitError(f"trainer: batch_size {self.batch_size} must be >= 1 (or None)")
+        build_head_model(self.model, 1, 2, self.hidden)  # an unknown model: its error now
+        normal = {
+            "steps": steps,
+            "eval_every": eval_every,
+            "batch_size": None if self.batch_size is None else int(self.batch_size),
+            "hidden": int(self.hidden),
+            "snapshot_steps": tuple(int(s) for s in self.snapshot_steps),
+        }
+        for k, v in normal.items():  # frozen: the normal form is set once, here
+            object.__setattr__(self, k, v)
+
+
+LOOP_SETTINGS = field_names(LoopConfig)
+
+
+def seeded_loop(head: Head, **settings) -> LoopConfig:
+    """A LoopConfig on `head`'s init and sampler seed streams, with its device and threads
+    parameters unless `settings` set them (settings: any other LoopConfig fields)."""
+    kw = {"init_seed": head.seeds["init"], "sampler_seed": head.seeds["sampler"]}
+    kw.update({k: head.params[k] for k in ("device", "threads") if k not in settings})
+    return LoopConfig(**kw, **settings)
+
+
 def fit_grid(
     Z,
     y,
     grid: list[dict],
+    loop: LoopConfig | None = None,
     *,
     variants: list[Variant] | None = None,
     val=None,
     monitor: Monitor | None = None,
     rule: str | None = None,
     tie: str = "default",
-    steps: int = 1000,
-    eval_every: int = 100,
-    batch_size: int | None = 128,
-    model="linear",
-    hidden: int = 512,
-    standardize: bool = False,
     init: tuple | None = None,
-    momentum: float = 0.9,
-    clip_norm: float | None = None,
     objective=None,
     row_data: dict | None = None,
-    init_seed: int = 0,
-    sampler_seed: int = 0,
-    device: str = "cpu",
-    threads: int | None = None,
-    dtype: str = "float32",
-    snapshot_steps=(),
     config_offset: int = 0,
     hooks=(),
+    **settings,
 ) -> GridResult:
-    """Train every config of `variants x grid` on the fitting rows (Z [N, D], y [N]).
+    """Train every config of `variants x grid` on the fitting rows (Z [N, D], y [N]) with the loop
+    settings of `loop` (a LoopConfig) or keyword arguments of the same names (`steps=1000,
+    eval_every=100`; they override the config's fields; an unknown one is a TypeError).
 
     grid: dicts with at least `lr` and `wd` (weight decay, weights only); other keys are recorded
     and are for the objective to read. `batch_size=None` = full batch (every row every step, as
@@ -438,8 +492,11 @@ def fit_grid(
     A config whose val logits are not finite (diverged) gets `val: None` and is never selected.
     """
     t0 = time.perf_counter()
-    if dtype not in ("float32", "float64"):
-        raise EmbedkitError(f"trainer: dtype must be float32 or float64, not {dtype!r}")
+    lc = resolve(LoopConfig, loop, settings, "fit_grid")
+    steps, eval_every, batch_size, model = lc.steps, lc.eval_every, lc.batch_size, lc.model
+    hidden, standardize, momentum, clip_norm = lc.hidden, lc.standardize, lc.momentum, lc.clip_norm
+    dtype, device, threads = lc.dtype, lc.device, lc.threads
+    init_seed, sampler_seed, snapshot_steps = lc.init_seed, lc.sampler_seed, lc.snapshot_steps
     Z = np.asarray(Z, dtype)
     y = np.asarray(y, np.int64)
     if Z.ndim != 2 or len(Z) != len(y) or len(y) == 0:
@@ -451,9 +508,6 @@ def fit_grid(
     for c in grid:
         if "lr" not in c or "wd" not in c:
             raise EmbedkitError(f"trainer: grid entry {c} needs lr and wd")
-    steps, eval_every = int(steps), int(eval_every)
-    if steps < 1 or eval_every < 1:
-        raise EmbedkitError(f"trainer: steps ({steps}) and eval_every ({eval_every}) must be >= 1")
     N, D = Z.shape
     C = val.n_classes if val is not None else int(y.max()) + 1
     if y.min() < 0 or y.max() >= C:
@@ -466,7 +520,7 @@ def fit_grid(
     dev = resolve_device(device)
     tdtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
     std = Standardizer.fit(Z) if standardize else None
-    net = build_model(model, D, C, hidden)
+    net = build_head_model(model, D, C, hidden)
 
     with reproducible(threads, active=dev.type == "cpu"):
         Zt = torch.as_tensor(std.transform(Z) if std else Z, device=dev).to(tdtype)
@@ -762,7 +816,8 @@ class SGDHead(Head):
 
     PARAMS = dict(TRAINER_PARAMS)
 
-    def trainer_kwargs(self, **overrides) -> dict:
+    def loop_config(self, **overrides) -> LoopConfig:
+        """This head's trainer settings and seeds as a LoopConfig (`overrides` replace fields)."""
         p = self.params
         kw = {
             "steps": int(p["steps"]),
@@ -771,27 +826,27 @@ class SGDHead(Head):
             "model": p["model"],
             "hidden": int(p["hidden"]),
             "standardize": bool(p["standardize"]),
-            "device": p["device"],
-            "threads": p["threads"],
-            "init_seed": self.seeds["init"],
-            "sampler_seed": self.seeds["sampler"],
         }
         kw.update(overrides)
-        return kw
+        return seeded_loop(self, **kw)
 
     def default_grid(self) -> list[dict]:
         return lr_wd_grid(self.params["lr_grid"], self.params["wd_grid"])
 
-    def run_grid(self, Z, y, val, monitor, grid=None, **overrides) -> GridResult:
-        """fit_grid with this head's settings and selection rule; returns the result unadopted."""
+    def run_grid(self, Z, y, val, monitor, grid=None, **kw) -> GridResult:
+        """fit_grid with this head's settings and selection rule; returns the result unadopted.
+        `kw`: loop settings that replace the head's (LoopConfig fields) and fit_grid's other
+        arguments (variants, init, objective, ...)."""
+        loop = self.loop_config(**{k: v for k, v in kw.items() if k in LOOP_SETTINGS})
         return fit_grid(
             Z,
             y,
             grid if grid is not None else self.default_grid(),
+            loop,
             val=val,
             monitor=monitor,
             rule=self.rule(val),
-            **self.trainer_kwargs(**overrides),
+            **{k: v for k, v in kw.items() if k not in LOOP_SETTINGS},
         )
 
     def adopt(self, results: list[GridResult], val, split_name: str = "val") -> None:
