@@ -161,7 +161,7 @@ def test_real_waterbirds_clip_background_shift_leans_towards_waterbird(tmp_path)
     """256 real CLIP-RN50 Waterbirds train embeddings: the land -> water centroid shift within each
     class points towards the 'waterbird' class prompt and away from 'landbird' (CLIP's class words
     carry the background: the spurious link). Measured: +0.030 vs -0.010."""
-    from embedkit.analysis.summary import analyze_cache
+    from embedkit.pipelines.analyze import analyze_cache
     from embedkit.cache import Cache
     from embedkit.interop.arrays import import_npz
 

@@ -7,6 +7,7 @@ import pytest
 
 from embedkit import heads, metrics, runs
 from embedkit.cli import main
+from embedkit.pipelines.report import write_report
 from embedkit.errors import SelectionLeakError
 from embedkit.heads.base import Head
 from embedkit.selection import label_budget_mask, select
@@ -207,7 +208,7 @@ def test_report_tables_and_bar_chart(text_cache_path, tmp_path):
         params={"dfr": {"n_refits": 2}},
         log=lambda s: None,
     )
-    rep = runs.write_report(tmp_path / "runs", tmp_path / "report")
+    rep = write_report(tmp_path / "runs", tmp_path / "report")
     png = tmp_path / "report" / "group_accuracy.png"
     assert png.exists() and png.stat().st_size > 5000
     from PIL import Image

@@ -9,6 +9,7 @@ import pytest
 
 from embedkit import runs
 from embedkit.cli import main
+from embedkit.pipelines.report import write_report
 from embedkit.errors import EmbedkitError
 from embedkit.viz import accuracy
 
@@ -136,5 +137,5 @@ def test_tables_and_figures_count_the_same_runs(serial, tmp_path):
     names, _, acc = accuracy.per_group_table(recs)
     figure = dict(zip(names, np.isfinite(acc).any(axis=1).sum(axis=1).tolist(), strict=True))
     assert table == figure and table["erm"] == 1
-    rep = runs.write_report(copy, tmp_path / "report")
+    rep = write_report(copy, tmp_path / "report")
     assert {r["run"]: r["n_seeds"] for r in rep["rows"] if r["n_seeds"]} == figure

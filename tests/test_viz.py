@@ -1,5 +1,5 @@
 """Every figure renders to a non-empty PNG of the expected size from a small cache, and
-`report_figures` / `embedkit analyze` make what the available pieces allow and note the rest.
+`pipelines.report.report_figures` / `embedkit analyze` make what the available pieces allow and note the rest.
 
 The image cache is `colored_digits` (scikit-learn's bundled digits, no files needed) embedded by a
 fixed random projection of the pixels, so thumbnails come through the dataset adapter recorded in
@@ -14,8 +14,11 @@ from PIL import Image
 
 from embedkit.analysis.edits import Edit
 from embedkit.cache import Cache, write_cache
+from embedkit.analysis.maps import map_2d
+from embedkit.data.thumbnails import ThumbnailSource
+from embedkit.pipelines.report import report_figures
 from embedkit.runs import collect
-from embedkit.viz import accuracy, embedding, grids, report_figures
+from embedkit.viz import accuracy, embedding, grids
 from embedkit.viz import edits as edit_figs
 
 
@@ -96,7 +99,9 @@ def test_group_accuracy_bars(tmp_path, digits_cache):
 
 def test_map_heatmap_and_histograms(tmp_path, digits_cache):
     tr = digits_cache.split("train")
-    p, info = embedding.scatter_2d(tr.Z, tr.g, tr.group_names, tmp_path / "map.png", max_points=300)
+    XY, g, used = map_2d(tr.Z, tr.g, "pca", max_points=300)
+    assert XY.shape == (300, 2) and used == "pca"
+    p, info = embedding.scatter_2d(XY, g, tr.group_names, tmp_path / "map.png", method=used)
     assert png_size(p) == (800, 700) and info == {"method": "pca", "n_points": 300}
     D = np.array([[0, 0.3, np.nan], [0.3, 0, np.nan], [np.nan, np.nan, np.nan]])
     assert png_size(embedding.centroid_heatmap(D, ["a", "b", "c"], tmp_path / "heat.png")) == (
@@ -119,7 +124,7 @@ def test_stratified_map_sample_keeps_small_groups():
 
 
 def test_image_grids_through_the_dataset_adapter(tmp_path, digits_cache):
-    thumbs = grids.ThumbnailSource.from_cache(digits_cache)
+    thumbs = ThumbnailSource.from_cache(digits_cache)
     assert thumbs.n_missing == 0 and thumbs(0).mode == "RGB"
     caption = lambda r: f"row {r}"  # noqa: E731
     nb = np.array([[1, 2, 3], [4, 5, 6]])
@@ -137,7 +142,7 @@ def test_unreachable_images_say_why(tmp_path):
 
     path, _ = planted_cache(tmp_path / "p.h5", {"train": 50, "val": 10, "test": 10}, dim=4)
     with pytest.raises(EmbedkitError, match="planted"):
-        grids.ThumbnailSource.from_cache(Cache.open(path))
+        ThumbnailSource.from_cache(Cache.open(path))
 
 
 def test_text_probe_bars_and_decoded_edit_grid(tmp_path):
@@ -197,7 +202,7 @@ def test_report_figures_with_hsfm_edits(tmp_path, digits_cache):
         coef=np.zeros((2, 48)),
     )
     out = tmp_path / "figs"
-    paths = report_figures(runs, out, records=collect(runs))  # the cache path from the records
+    paths = report_figures(runs, out, collect(runs))  # the cache path comes from the records
     names = {p.name for p in paths}
     assert {
         "group_accuracy.png",
@@ -219,7 +224,7 @@ def test_report_figures_with_hsfm_edits(tmp_path, digits_cache):
 def test_report_figures_tolerate_missing_pieces(tmp_path):
     empty = tmp_path / "runs"
     empty.mkdir()
-    assert report_figures(empty, tmp_path / "figs", records=collect(empty)) == []
+    assert report_figures(empty, tmp_path / "figs", collect(empty)) == []
     skipped = json.loads((tmp_path / "figs" / "figures.json").read_text())["skipped"]
     assert any("no run records" in s["reason"] for s in skipped)
     assert any("no cache given" in s["reason"] for s in skipped)

@@ -1,5 +1,6 @@
 """Everything `embedkit analyze` computes on one backbone of a cache, as one object: a JSON-able
-`summary` plus the arrays the figures need. Nothing here draws (embedkit.viz does).
+`summary` plus the arrays the figures need. It computes on splits it is given: nothing here opens
+a cache, builds a text tower, draws or writes (embedkit.pipelines.analyze does).
 
 Steps on the analysed split (train by default): group centroids and their distances, k-NN group
 purity, spurious/core directions (group means and probes, with Sigma-norms and the stored ERM head's
@@ -21,6 +22,7 @@ from embedkit import prompts
 from embedkit.analysis import clusters, edits, groups, probes
 from embedkit.errors import EmbedkitError
 from embedkit.geometry.directions import Sigma, alignment, group_means, pair_differences, sigma_norm
+from embedkit.jsonsafe import jsonable
 
 
 @dataclass
@@ -79,26 +81,12 @@ def resolve_prompt_sets(
     ]
 
 
-def _jsonable(x):
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    return x
-
-
-def analyze_cache(
-    cache,
-    backbone: str | None = None,
+def analyze_splits(
+    tr,
+    ev=None,
     *,
-    split: str = "train",
-    eval_split: str = "test",
+    dataset: str = "",
+    source: str = "",
     k: int = 10,
     metric: str = "cosine",
     max_queries: int = 20_000,
@@ -109,23 +97,24 @@ def analyze_cache(
     max_error_queries: int = 8,
     seed: int = 0,
 ) -> CacheAnalysis:
-    """Run the whole analysis on one backbone of `cache` (an embedkit.cache.Cache)."""
-    tr = cache.split(split, backbone)
+    """The whole analysis of one backbone's analysed split `tr` (and evaluation split `ev`, or
+    None), both embedkit.schema.Split objects already loaded; `dataset` picks the built-in prompt
+    sets and `source` (the cache path) is recorded in the summary."""
     if len(tr) <= k:
         raise EmbedkitError(
-            f"{cache.path}: split {split!r} has {len(tr)} rows; the analysis needs more than k={k}"
+            f"{source}: split {tr.name!r} has {len(tr)} rows; the analysis needs more than k={k}"
         )
-    ev = cache.split(eval_split, backbone) if eval_split else None
     if ev is not None and len(ev) == 0:
         ev = None
+    split, eval_split = tr.name, (ev.name if ev is not None else None)
     C, A, names = tr.n_classes, tr.n_attrs, tr.group_names
     res = CacheAnalysis(summary={}, split=tr, eval_split=ev)
     notes = res.notes
     known = tr.a >= 0
     s = {
-        "cache": str(cache.path),
+        "cache": str(source),
         "backbone": tr.backbone,
-        "dataset": cache.dataset,
+        "dataset": dataset,
         "split": split,
         "eval_split": eval_split if ev is not None else None,
         "n_rows": int(len(tr)),
@@ -227,7 +216,7 @@ def analyze_cache(
                 inf.g, tr.g, y=tr.y, true_a=tr.a, pred_a=inf.a
             )
 
-    _text_views(res, cache, tr, text_encoder, prompt_sets, notes)
+    _text_views(res, dataset, tr, text_encoder, prompt_sets, notes)
     s["text_probes"] = res.text_probes
     if res.errors.get("queries") and "spurious" in res.directions:
         _retrieval_view(res, tr, ev, k)
@@ -235,11 +224,11 @@ def analyze_cache(
             key: v for key, v in res.retrieval.items() if not isinstance(v, np.ndarray)
         }
     s["notes"] = notes
-    res.summary = _jsonable(s)
+    res.summary = jsonable(s)
     return res
 
 
-def _text_views(res: CacheAnalysis, cache, tr, encoder, prompt_names, notes) -> None:
+def _text_views(res: CacheAnalysis, dataset, tr, encoder, prompt_names, notes) -> None:
     """Text probe of the spurious centroid shifts mu(y,a) -> mu(y,a')."""
     if not (tr.a >= 0).any():
         return
@@ -259,7 +248,7 @@ def _text_views(res: CacheAnalysis, cache, tr, encoder, prompt_names, notes) -> 
     try:
         embed = edits.TextEmbedder(encoder, tr.text)
         sets = resolve_prompt_sets(
-            cache.dataset, tr.class_names, tr.attr_names, tr.text, encoder, prompt_names
+            dataset, tr.class_names, tr.attr_names, tr.text, encoder, prompt_names
         )
         for ps in sets:
             res.text_probes.append(
@@ -286,106 +275,3 @@ def _retrieval_view(res: CacheAnalysis, tr, ev, k: int) -> None:
     res.retrieval = edits.retrieval(edit, tr.Z, a_db=tr.a, y_db=tr.y, k=min(k, 6)) | {
         "edit": edit.name
     }
-
-
-def run_analysis(
-    cache_path,
-    out,
-    *,
-    backbone: str | None = None,
-    split: str = "train",
-    eval_split: str | None = "test",
-    k: int = 10,
-    metric: str = "cosine",
-    max_queries: int = 20_000,
-    george: bool = True,
-    george_params: dict | None = None,
-    text_backbone: str | None = None,
-    allow_random_init: bool = False,
-    prompt_sets=None,
-    root=None,
-    map_method: str = "pca",
-    store: bool = False,
-    figures: bool = True,
-    seed: int = 0,
-    log=print,
-) -> dict:
-    """Everything `embedkit analyze` does: the analysis of one backbone of a cache, written to
-    `out/summary.json` with its figures (and `figures.json`), optionally stored under
-    /derived/analysis_<key> in the cache. Returns the summary."""
-    import json
-    from pathlib import Path
-
-    from embedkit.cache import Cache, write_derived
-
-    cache = Cache.open(cache_path)
-    encoder = None
-    if text_backbone:
-        from embedkit import backbones
-
-        encoder = backbones.create(text_backbone, allow_random_init=allow_random_init)
-    res = analyze_cache(
-        cache,
-        backbone,
-        split=split,
-        eval_split=eval_split,
-        k=k,
-        metric=metric,
-        max_queries=max_queries,
-        george=george,
-        george_params=george_params,
-        text_encoder=encoder,
-        prompt_sets=prompt_sets,
-        seed=seed,
-    )
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    made = []
-    if figures:
-        from embedkit.viz.report import analysis_figures, thumbnail_source
-
-        thumbs, why = thumbnail_source(cache, root)
-        figs = analysis_figures(
-            res, cache, out, thumbs=thumbs, thumbs_reason=why, map_method=map_method
-        )
-        figs.write_manifest({"cache": str(cache.path)})
-        made = [p.name for p in figs.paths]
-        res.summary["figures"] = made
-        res.summary["skipped_figures"] = figs.skipped
-    (out / "summary.json").write_text(json.dumps(res.summary, indent=2), encoding="utf-8")
-    if store:
-        arrays = {"rows": res.split.rows}
-        if res.centroids is not None:
-            arrays["centroids"] = res.centroids
-        for kind, v in res.directions.items():
-            arrays[f"{kind}_direction"] = v
-        if res.inferred is not None:
-            arrays["inferred_a"] = res.inferred.a
-        write_derived(
-            cache.path,
-            f"analysis_{res.split.backbone.replace(':', '_')}",
-            arrays,
-            {"split": split, "k": k, "metric": metric, "seed": seed},
-        )
-    s = res.summary
-    log(f"analysed {s['n_rows']} {split} rows of {s['backbone']} ({s['dim']}-d) in {cache.path}")
-    if "purity" in s:
-        o = s["purity"]["overall"]
-        log(
-            f"  {k}-NN purity: same group {o['same_group']:.3f}, same class {o['same_class']:.3f}, "
-            f"same attribute {o['same_attr']:.3f}"
-        )
-    if s.get("errors", {}).get("worst_group") is not None:
-        e = s["errors"]
-        log(
-            f"  worst group on {eval_split}: {e['worst_group']} ({e['n_errors']} errors, {e['predictions']})"
-        )
-    if "clusters" in s and "agreement" in s["clusters"]:
-        a = s["clusters"]["agreement"]
-        log(
-            f"  per-class k-means: k = {s['clusters']['k_per_class']}, ARI {a['ari']:.3f}, purity {a['purity']:.3f}"
-        )
-    for note in s.get("notes", []):
-        log(f"  note: {note}")
-    log(f"wrote {out / 'summary.json'}" + (f" and {len(made)} figures" if made else ""))
-    return s

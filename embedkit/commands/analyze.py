@@ -97,8 +97,8 @@ def _k_grid(text: str) -> list[int]:
 
 
 def run(args):
-    from embedkit.analysis.summary import run_analysis
     from embedkit.errors import EmbedkitError
+    from embedkit.pipelines.analyze import run_analysis
 
     if args.k < 1:
         raise EmbedkitError(f"--k {args.k}: must be at least 1")

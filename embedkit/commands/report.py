@@ -17,14 +17,9 @@ def add_arguments(p):
 
 def run(args):
     from embedkit import runs
-    from embedkit.errors import EmbedkitError
+    from embedkit.pipelines.report import write_report
 
-    if not runs.collect(args.runs):
-        raise EmbedkitError(
-            f"{args.runs}: no run records under it (record.json of a finished run); "
-            f"point it at the --out of `embedkit fit` or `embedkit sweep`"
-        )
-    rep = runs.write_report(args.runs, args.out, include_flagged=args.include_flagged)
+    rep = write_report(args.runs, args.out, include_flagged=args.include_flagged)
     print(runs.markdown_table(rep["rows"]))
     for f in rep["files"]:
         print(f"wrote {f}")

@@ -48,8 +48,9 @@ def run_demo(
 ) -> dict:
     """Run the demo pipeline; returns {'table': rows, 'paths': {...}, 'seconds': float}."""
     from embedkit import runs
-    from embedkit.analysis.summary import run_analysis
     from embedkit.extract import extract
+    from embedkit.pipelines.analyze import run_analysis
+    from embedkit.pipelines.report import write_report
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -112,7 +113,7 @@ def run_demo(
     log(f"      done in {time.perf_counter() - t:.1f} s")
 
     t = _step(log, 5, n, f"writing the report (embedkit report) -> {paths['report']}")
-    report = runs.write_report(paths["runs"], paths["report"])
+    report = write_report(paths["runs"], paths["report"])
     log(f"      {len(report['files'])} files in {time.perf_counter() - t:.1f} s")
 
     table = demo_table(report["rows"])

@@ -31,11 +31,11 @@ from embedkit.runs.records import (
     run_name,
 )
 from embedkit.runs.tables import (
+    TABLE_FILES,
     TABLE_METRICS,
     markdown_table,
     per_seed_table,
     results_table,
-    write_report,
     write_results,
 )
 from embedkit.selection import excluded_flags, regime
@@ -44,6 +44,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "RICHNESS",
+    "TABLE_FILES",
     "TABLE_METRICS",
     "Planned",
     "UnmetNeeds",
@@ -71,6 +72,5 @@ __all__ = [
     "run_name",
     "sweep",
     "unmet_needs",
-    "write_report",
     "write_results",
 ]

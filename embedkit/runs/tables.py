@@ -167,27 +167,14 @@ def markdown_table(rows: list[dict]) -> str:
 TABLE_FILES = ("results.csv", "results.md", "results_per_seed.csv")
 
 
-def write_results(root, out_dir=None, include_flagged: bool = False) -> list[dict]:
+def write_results(root, out_dir=None, include_flagged: bool = False, entries=None) -> list[dict]:
     """results.csv, results.md and results_per_seed.csv from the records under `root` (every
-    shard's, when several sweeps shared the folder)."""
+    shard's, when several sweeps shared the folder), or from `entries` already collected there."""
     out = Path(out_dir or root)
     out.mkdir(parents=True, exist_ok=True)
-    entries = collect(root)
+    entries = collect(root) if entries is None else entries
     rows = results_table(entries, include_flagged)
     write_csv(out / "results.csv", rows)
     write_csv(out / "results_per_seed.csv", per_seed_table(entries))
     (out / "results.md").write_text(markdown_table(rows))
     return rows
-
-
-def write_report(root, out_dir, include_flagged: bool = False) -> dict:
-    """Tables from run directories only (nothing is refitted), plus the figures of
-    `embedkit.viz.report_figures` drawn from the same `collect`ed records."""
-    from embedkit.viz import report_figures
-
-    out = Path(out_dir)
-    rows = write_results(root, out, include_flagged)
-    files = [out / f for f in TABLE_FILES]
-    records = [e for e in collect(root) if "metrics" in e]
-    files += [Path(p) for p in (report_figures(Path(root), out, records=records) or [])]
-    return {"rows": rows, "files": [str(f) for f in files]}

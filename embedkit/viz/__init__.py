@@ -1,12 +1,8 @@
-"""Figures (matplotlib on an Agg canvas, PNG): per-group accuracy bars over seeds, 2-D maps by
-group,
-centroid-distance heat maps, per-group projection histograms, nearest-neighbour and retrieval image
-grids, and CLIP views of feature edits (text probe, decoded edits).
+"""Figures (matplotlib on an Agg canvas, PNG) drawn from the arrays and records they are given:
+per-group accuracy bars over seeds (accuracy), 2-D maps by group, centroid-distance heat maps and
+per-group projection histograms (embedding), nearest-neighbour and retrieval image grids (grids),
+CLIP views of feature edits (edits) and the learning-rate study's panels (lr).
 
-`report_figures(run_or_runs_dir, out_dir, cache=None)` makes every figure that the available pieces
-allow and is what `embedkit report` calls.
+Nothing here opens a cache, loads records or computes an analysis: embedkit.pipelines does, and
+`embedkit.pipelines.report.report_figures` makes every figure of `embedkit report`.
 """
-
-from embedkit.viz.report import analysis_figures, report_figures
-
-__all__ = ["report_figures", "analysis_figures"]

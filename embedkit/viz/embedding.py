@@ -1,61 +1,28 @@
 """Pictures of the embedding space: a 2-D map coloured by group, the group-centroid distance
-heat map, and per-group histograms of projections on directions (spurious, core, text, edit)."""
+heat map, and per-group histograms of projections on directions (spurious, core, text, edit).
+They draw the arrays they are given; the map's coordinates come from embedkit.analysis.maps."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from embedkit.analysis.groups import stratified_subsample
 from embedkit.errors import EmbedkitError
 from embedkit.viz.canvas import group_colors, new_figure, save
 
-MAP_METHODS = ("pca", "umap", "auto")
-
-
-def _umap():
-    try:
-        import umap
-    except ImportError:
-        return None
-    return umap
-
-
-def embed_2d(Z, method: str = "pca", seed: int = 0) -> tuple[np.ndarray, str]:
-    """(coordinates [N, 2], method used). `auto` = UMAP when umap-learn is installed, else PCA."""
-    if method not in MAP_METHODS:
-        raise EmbedkitError(f"unknown 2-D map {method!r}: choose from {', '.join(MAP_METHODS)}")
-    umap = _umap()
-    if method == "umap" and umap is None:
-        raise EmbedkitError(
-            "2-D map 'umap' needs umap-learn (pip install umap-learn); the default is 'pca'"
-        )
-    Z = np.asarray(Z, np.float32)
-    if method in ("umap", "auto") and umap is not None:
-        return umap.UMAP(n_components=2, random_state=seed).fit_transform(Z), "umap"
-    from sklearn.decomposition import PCA
-
-    if Z.shape[1] < 2 or len(Z) < 2:
-        raise EmbedkitError(f"a 2-D map needs at least 2 rows and 2 dimensions, got {Z.shape}")
-    return PCA(n_components=2, random_state=seed).fit_transform(Z), "pca"
-
 
 def scatter_2d(
-    Z,
+    XY,
     g,
     group_names,
     out,
     *,
     method: str = "pca",
-    max_points: int = 5000,
-    seed: int = 0,
     title: str = "",
     size=(800, 700),
 ):
-    """2-D map of the rows coloured by group (rows with g = -1 in grey). Returns (path, info)."""
-    g = np.asarray(g)
-    idx = stratified_subsample(g, max_points, seed)
-    XY, used = embed_2d(np.asarray(Z)[idx], method, seed)
-    gs = g[idx]
+    """Draw 2-D coordinates (embedkit.analysis.maps.map_2d) coloured by group (rows with g = -1
+    in grey); `method` names the axes. Returns (path, info)."""
+    XY, gs = np.asarray(XY), np.asarray(g)
     fig = new_figure(*size)
     ax = fig.add_axes([0.08, 0.08, 0.62, 0.84])
     colors = group_colors(len(group_names))
@@ -76,13 +43,13 @@ def scatter_2d(
                 linewidths=0,
                 alpha=0.8,
             )
-    ax.set_xlabel(f"{used.upper()} 1")
-    ax.set_ylabel(f"{used.upper()} 2")
-    ax.set_title(title or f"{used.upper()} of {len(idx)} rows, coloured by group", fontsize=10)
+    ax.set_xlabel(f"{method.upper()} 1")
+    ax.set_ylabel(f"{method.upper()} 2")
+    ax.set_title(title or f"{method.upper()} of {len(XY)} rows, coloured by group", fontsize=10)
     ax.legend(
         loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, markerscale=2, frameon=False
     )
-    return save(fig, out), {"method": used, "n_points": int(len(idx))}
+    return save(fig, out), {"method": method, "n_points": int(len(XY))}
 
 
 def centroid_heatmap(

@@ -1,4 +1,6 @@
-"""The figures of `embedkit analyze` and the ones `embedkit report` adds to its tables.
+"""The figures of `embedkit analyze` and the ones `embedkit report` adds to its tables: this
+module opens what the figures need (the records' artifacts, the dataset's images), calls
+embedkit.analysis for the numbers and embedkit.viz to draw them.
 
 Every figure is optional: a piece that is missing (no run records, no cache, no attributes, no
 text embeddings, no images, no HSFM run) is skipped with a note, and the notes are written to
@@ -12,15 +14,20 @@ from pathlib import Path
 
 import numpy as np
 
+from embedkit.analysis import edits
+from embedkit.analysis.maps import map_2d
+from embedkit.analysis.summary import resolve_prompt_sets
+from embedkit.data.thumbnails import ThumbnailSource
 from embedkit.errors import EmbedkitError
-from embedkit.viz import accuracy, embedding, grids
 from embedkit.viz import edits as edit_figs
+from embedkit.viz import embedding, grids
 
 MANIFEST = "figures.json"
 
 
-class _Figures:
-    """Collects made figures and skip notes."""
+class Figures:
+    """Collects the figures made and the notes of those skipped; `write_manifest` writes both to
+    `figures.json`."""
 
     def __init__(self, out_dir):
         self.out = Path(out_dir)
@@ -59,7 +66,7 @@ class _Figures:
         return path
 
 
-def _captioner(cache):
+def captioner(cache):
     """cache row -> short group label ('class|attr', or 'class|?' for unknown attributes)."""
     s = cache.samples()
     cls, att = s.class_names, s.attr_names
@@ -69,7 +76,7 @@ def _captioner(cache):
 def thumbnail_source(cache, root=None):
     """(callable row -> PIL image or None, reason it is None)."""
     try:
-        return grids.ThumbnailSource.from_cache(cache, root), None
+        return ThumbnailSource.from_cache(cache, root), None
     except EmbedkitError as e:
         return None, str(e)
 
@@ -82,21 +89,26 @@ def analysis_figures(
     thumbs=None,
     thumbs_reason: str = "",
     map_method: str = "pca",
-    figs: _Figures | None = None,
-) -> _Figures:
-    """Figures of a `CacheAnalysis` (embedkit.analysis.summary.analyze_cache)."""
-    figs = figs or _Figures(out_dir)
+    figs: Figures | None = None,
+) -> Figures:
+    """Figures of a `CacheAnalysis` (embedkit.analysis.summary.analyze_splits): the 2-D map, the
+    centroid distances, the projections, the text probes and the image grids."""
+    figs = figs or Figures(out_dir)
     tr, ev = res.split, res.eval_split
     names = tr.group_names
-    figs.make(
-        f"scatter_{tr.name}.png",
-        embedding.scatter_2d,
-        tr.Z,
-        tr.g,
-        names,
-        method=map_method,
-        title=f"{tr.backbone}: {tr.name} rows coloured by group",
-    )
+    try:
+        XY, g_map, used = map_2d(tr.Z, tr.g, map_method)
+        figs.make(
+            f"scatter_{tr.name}.png",
+            embedding.scatter_2d,
+            XY,
+            g_map,
+            names,
+            method=used,
+            title=f"{tr.backbone}: {tr.name} rows coloured by group",
+        )
+    except EmbedkitError as e:
+        figs.skip(f"scatter_{tr.name}.png", str(e))
     if res.distances is not None:
         figs.make(
             "centroid_distance.png",
@@ -130,7 +142,7 @@ def analysis_figures(
             "text_probe_*.png",
             next((n for n in res.notes if n.startswith("text probe")), "no text embeddings"),
         )
-    caption = _captioner(cache)
+    caption = captioner(cache)
     err = res.errors
     if err.get("queries"):
         if thumbs is None:
@@ -170,39 +182,21 @@ def analysis_figures(
     return figs
 
 
-def _find_artifacts(record: dict) -> Path | None:
+def find_artifacts(record: dict) -> Path | None:
     """The artifacts.npz beside a run record (embedkit.runs' run directory layout)."""
     p = Path(record["_path"]).parent / "artifacts.npz"
     return p if p.exists() else None
 
 
-def _open_cache(cache, records, root):
-    """The cache given, else the first record's cache that exists (absolute path, or the path
-    relative to the runs folder, for a runs folder moved together with its cache)."""
-    from embedkit.cache import Cache
-
-    if cache is not None:
-        return cache if isinstance(cache, Cache) else Cache.open(cache)
-    for r in records:
-        c = r.get("cache") or {}
-        for p in (c.get("path"), c.get("path_rel") and Path(root) / c["path_rel"]):
-            if p and Path(p).exists():
-                return Cache.open(p)
-    return None
-
-
 def hsfm_figures(
-    records, cache, figs: _Figures, thumbs, thumbs_reason: str, backbone: str | None
+    records, cache, figs: Figures, thumbs, thumbs_reason: str, backbone: str | None
 ) -> None:
     """Text probe and retrieval views of the first HSFM run's support edits."""
-    from embedkit.analysis import edits
-    from embedkit.analysis.summary import resolve_prompt_sets
-
     hsfm = [r for r in records if str(r.get("method", "")).startswith("hsfm")]
     if not hsfm:
         figs.skip("hsfm_*.png", "no HSFM run among the records")
         return
-    art = next(((r, _find_artifacts(r)) for r in hsfm if _find_artifacts(r) is not None), None)
+    art = next(((r, find_artifacts(r)) for r in hsfm if find_artifacts(r) is not None), None)
     if art is None:
         figs.skip(
             "hsfm_*.png", "the HSFM runs have no artifacts.npz with support_before/support_after"
@@ -252,55 +246,7 @@ def hsfm_figures(
         tr.rows[ret["before"]],
         tr.rows[ret["after"]],
         thumbs,
-        _captioner(cache),
+        captioner(cache),
         title=f"HSFM support edits ({edit.name}): nearest train images before / after "
         f"(relative edit norm {ret['relative_edit_norm']:.2f}{shares})",
     )
-
-
-def report_figures(run_or_runs_dir, out_dir, cache=None, records=None) -> list[Path]:
-    """The analysis and edit figures `embedkit report` adds: per-group accuracy bars over seeds
-    from the run records, the cache's analysis figures (map, centroid distances, projections, text
-    probe, error neighbours, retrieval) and HSFM's edit views. Missing pieces are skipped with a
-    note in `figures.json`; returns the PNG paths made."""
-    figs = _Figures(out_dir)
-    try:
-        if records is None:  # the caller loads them with embedkit.runs.collect
-            raise EmbedkitError(f"no run records given for {run_or_runs_dir}")
-    except EmbedkitError as e:
-        records = []
-        figs.skip("group_accuracy.png", str(e))
-    if records:
-        figs.make("group_accuracy.png", accuracy.group_accuracy_bars, records)
-    elif not figs.skipped:
-        figs.skip("group_accuracy.png", f"no run records under {run_or_runs_dir}")
-    try:
-        c = _open_cache(cache, records, run_or_runs_dir)
-    except EmbedkitError as e:
-        c = None
-        figs.skip("analysis figures", str(e))
-    if c is None:
-        figs.skip(
-            "analysis figures", "no cache given and none of the run records' cache paths exists"
-        )
-        figs.write_manifest()
-        return figs.paths
-    from embedkit.analysis.summary import analyze_cache
-
-    backbone = next(
-        (
-            (r.get("cache") or {}).get("backbone_key")
-            for r in records
-            if (r.get("cache") or {}).get("backbone_key") in c.backbones()
-        ),
-        None,
-    )
-    thumbs, why = thumbnail_source(c)
-    try:
-        res = analyze_cache(c, backbone, george=False)
-        analysis_figures(res, c, out_dir, thumbs=thumbs, thumbs_reason=why, figs=figs)
-    except EmbedkitError as e:
-        figs.skip("analysis figures", str(e))
-    hsfm_figures(records, c, figs, thumbs, why, backbone)
-    figs.write_manifest({"cache": str(c.path)})
-    return figs.paths

@@ -1,0 +1,47 @@
+"""2-D maps of an embedding (PCA, or UMAP when installed): the coordinates that
+`embedkit.viz.embedding.scatter_2d` draws."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from embedkit.analysis.groups import stratified_subsample
+from embedkit.errors import EmbedkitError
+
+MAP_METHODS = ("pca", "umap", "auto")
+
+
+def _umap():
+    try:
+        import umap
+    except ImportError:
+        return None
+    return umap
+
+
+def embed_2d(Z, method: str = "pca", seed: int = 0) -> tuple[np.ndarray, str]:
+    """(coordinates [N, 2], method used). `auto` = UMAP when umap-learn is installed, else PCA."""
+    if method not in MAP_METHODS:
+        raise EmbedkitError(f"unknown 2-D map {method!r}: choose from {', '.join(MAP_METHODS)}")
+    umap = _umap()
+    if method == "umap" and umap is None:
+        raise EmbedkitError(
+            "2-D map 'umap' needs umap-learn (pip install umap-learn); the default is 'pca'"
+        )
+    Z = np.asarray(Z, np.float32)
+    if method in ("umap", "auto") and umap is not None:
+        return umap.UMAP(n_components=2, random_state=seed).fit_transform(Z), "umap"
+    from sklearn.decomposition import PCA
+
+    if Z.shape[1] < 2 or len(Z) < 2:
+        raise EmbedkitError(f"a 2-D map needs at least 2 rows and 2 dimensions, got {Z.shape}")
+    return PCA(n_components=2, random_state=seed).fit_transform(Z), "pca"
+
+
+def map_2d(Z, g, method: str = "pca", max_points: int = 5000, seed: int = 0):
+    """(coordinates [n, 2], the rows' groups [n], method used) for at most `max_points` rows,
+    subsampled group by group so that minority groups stay visible."""
+    g = np.asarray(g)
+    idx = stratified_subsample(g, max_points, seed)
+    XY, used = embed_2d(np.asarray(Z)[idx], method, seed)
+    return XY, g[idx], used

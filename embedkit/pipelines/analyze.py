@@ -1,0 +1,128 @@
+"""`embedkit analyze`: open a cache, build the text tower when asked, compute the analysis
+(embedkit.analysis.summary), draw its figures (embedkit.pipelines.figures) and write
+`summary.json`, `figures.json` and, with `store`, the arrays under /derived in the cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from embedkit.analysis.summary import CacheAnalysis, analyze_splits
+from embedkit.cache import Cache, write_derived
+from embedkit.jsonsafe import write_json
+from embedkit.pipelines.figures import analysis_figures, thumbnail_source
+
+
+def analyze_cache(
+    cache,
+    backbone: str | None = None,
+    *,
+    split: str = "train",
+    eval_split: str | None = "test",
+    **options,
+) -> CacheAnalysis:
+    """The analysis of one backbone of `cache` (a path or an open embedkit.cache.Cache): its
+    `split` analysed, `eval_split` (or None) for the errors; `options` as analyze_splits takes."""
+    cache = cache if isinstance(cache, Cache) else Cache.open(cache)
+    tr = cache.split(split, backbone)
+    ev = cache.split(eval_split, backbone) if eval_split else None
+    return analyze_splits(tr, ev, dataset=cache.dataset, source=str(cache.path), **options)
+
+
+def run_analysis(
+    cache_path,
+    out,
+    *,
+    backbone: str | None = None,
+    split: str = "train",
+    eval_split: str | None = "test",
+    k: int = 10,
+    metric: str = "cosine",
+    max_queries: int = 20_000,
+    george: bool = True,
+    george_params: dict | None = None,
+    text_backbone: str | None = None,
+    allow_random_init: bool = False,
+    prompt_sets=None,
+    root=None,
+    map_method: str = "pca",
+    store: bool = False,
+    figures: bool = True,
+    seed: int = 0,
+    log=print,
+) -> dict:
+    """Everything `embedkit analyze` does: the analysis of one backbone of a cache, written to
+    `out/summary.json` with its figures (and `figures.json`), optionally stored under
+    /derived/analysis_<key> in the cache. Returns the summary."""
+    cache = Cache.open(cache_path)
+    encoder = None
+    if text_backbone:
+        from embedkit import backbones
+
+        encoder = backbones.create(text_backbone, allow_random_init=allow_random_init)
+    res = analyze_cache(
+        cache,
+        backbone,
+        split=split,
+        eval_split=eval_split,
+        k=k,
+        metric=metric,
+        max_queries=max_queries,
+        george=george,
+        george_params=george_params,
+        text_encoder=encoder,
+        prompt_sets=prompt_sets,
+        seed=seed,
+    )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    made = []
+    if figures:
+        thumbs, why = thumbnail_source(cache, root)
+        figs = analysis_figures(
+            res, cache, out, thumbs=thumbs, thumbs_reason=why, map_method=map_method
+        )
+        figs.write_manifest({"cache": str(cache.path)})
+        made = [p.name for p in figs.paths]
+        res.summary["figures"] = made
+        res.summary["skipped_figures"] = figs.skipped
+    write_json(out / "summary.json", res.summary)
+    if store:
+        _store(cache, res, split=split, k=k, metric=metric, seed=seed)
+    _log_summary(res.summary, k, split, eval_split, cache.path, log)
+    log(f"wrote {out / 'summary.json'}" + (f" and {len(made)} figures" if made else ""))
+    return res.summary
+
+
+def _store(cache, res: CacheAnalysis, **settings) -> None:
+    arrays = {"rows": res.split.rows}
+    if res.centroids is not None:
+        arrays["centroids"] = res.centroids
+    for kind, v in res.directions.items():
+        arrays[f"{kind}_direction"] = v
+    if res.inferred is not None:
+        arrays["inferred_a"] = res.inferred.a
+    write_derived(cache.path, f"analysis_{res.split.backbone.replace(':', '_')}", arrays, settings)
+
+
+def _log_summary(s: dict, k, split, eval_split, path, log) -> None:
+    log(f"analysed {s['n_rows']} {split} rows of {s['backbone']} ({s['dim']}-d) in {path}")
+    if "purity" in s:
+        o = s["purity"]["overall"]
+        log(
+            f"  {k}-NN purity: same group {o['same_group']:.3f}, same class {o['same_class']:.3f}, "
+            f"same attribute {o['same_attr']:.3f}"
+        )
+    if s.get("errors", {}).get("worst_group") is not None:
+        e = s["errors"]
+        log(
+            f"  worst group on {eval_split}: {e['worst_group']} ({e['n_errors']} errors, "
+            f"{e['predictions']})"
+        )
+    if "clusters" in s and "agreement" in s["clusters"]:
+        a = s["clusters"]["agreement"]
+        log(
+            f"  per-class k-means: k = {s['clusters']['k_per_class']}, ARI {a['ari']:.3f}, "
+            f"purity {a['purity']:.3f}"
+        )
+    for note in s.get("notes", []):
+        log(f"  note: {note}")

@@ -1,0 +1,93 @@
+"""`embedkit report`: tables and figures from a run or sweep folder, nothing refitted. The
+records come from `embedkit.runs.collect` once and feed both the tables and the per-group accuracy
+figure, so they count the same runs; the cache named in the records is opened and analysed once
+for its figures (or a given `CacheAnalysis` is drawn as it is)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from embedkit import runs
+from embedkit.cache import Cache
+from embedkit.errors import EmbedkitError
+from embedkit.pipelines.analyze import analyze_cache
+from embedkit.pipelines.figures import Figures, analysis_figures, hsfm_figures, thumbnail_source
+from embedkit.viz import accuracy
+
+
+def open_record_cache(cache, records, root):
+    """The cache given, else the first record's cache that exists (absolute path, or the path
+    relative to the runs folder, for a runs folder moved together with its cache)."""
+    if cache is not None:
+        return cache if isinstance(cache, Cache) else Cache.open(cache)
+    for r in records:
+        c = r.get("cache") or {}
+        for p in (c.get("path"), c.get("path_rel") and Path(root) / c["path_rel"]):
+            if p and Path(p).exists():
+                return Cache.open(p)
+    return None
+
+
+def report_figures(
+    root, out_dir, records: list[dict], *, cache=None, analysis=None, include_flagged=False
+) -> list[Path]:
+    """The figures `embedkit report` adds to its tables: per-group accuracy bars over seeds from
+    `records` (runs.collect), the cache's analysis figures (map, centroid distances, projections,
+    text probe, error neighbours, retrieval) and HSFM's edit views. `analysis`: a CacheAnalysis to
+    draw instead of computing one. Missing pieces are skipped with a note in `figures.json`;
+    returns the PNG paths made."""
+    figs = Figures(out_dir)
+    records = [r for r in records if "metrics" in r]
+    if records:
+        figs.make(
+            "group_accuracy.png",
+            accuracy.group_accuracy_bars,
+            records,
+            include_flagged=include_flagged,
+        )
+    else:
+        figs.skip("group_accuracy.png", f"no run records under {root}")
+    try:
+        c = open_record_cache(cache, records, root)
+    except EmbedkitError as e:
+        c = None
+        figs.skip("analysis figures", str(e))
+    if c is None:
+        figs.skip(
+            "analysis figures", "no cache given and none of the run records' cache paths exists"
+        )
+        figs.write_manifest()
+        return figs.paths
+    backbone = next(
+        (
+            (r.get("cache") or {}).get("backbone_key")
+            for r in records
+            if (r.get("cache") or {}).get("backbone_key") in c.backbones()
+        ),
+        None,
+    )
+    thumbs, why = thumbnail_source(c)
+    try:
+        res = analysis if analysis is not None else analyze_cache(c, backbone, george=False)
+        analysis_figures(res, c, out_dir, thumbs=thumbs, thumbs_reason=why, figs=figs)
+    except EmbedkitError as e:
+        figs.skip("analysis figures", str(e))
+    hsfm_figures(records, c, figs, thumbs, why, backbone)
+    figs.write_manifest({"cache": str(c.path)})
+    return figs.paths
+
+
+def write_report(root, out_dir, include_flagged: bool = False, *, cache=None) -> dict:
+    """results.csv, results.md, results_per_seed.csv and the figures, from the finished runs
+    under `root` (every shard's, when several sweeps shared the folder)."""
+    entries = runs.collect(root)
+    if not entries:
+        raise EmbedkitError(
+            f"{root}: no run records under it (record.json of a finished run); "
+            f"point it at the --out of `embedkit fit` or `embedkit sweep`"
+        )
+    out = Path(out_dir)
+    rows = runs.write_results(root, out, include_flagged, entries=entries)
+    files = [out / f for f in runs.TABLE_FILES]
+    files += report_figures(root, out, entries, cache=cache, include_flagged=include_flagged)
+    return {"rows": rows, "files": [str(f) for f in files]}
