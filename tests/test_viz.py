@@ -272,3 +272,22 @@ def test_analyze_command_bad_input_is_one_line(tmp_path, capsys):
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("embedkit analyze: error:") and "none.h5" in err[0]
+
+
+def test_report_draws_a_given_analysis_without_recomputing(tmp_path, digits_cache, monkeypatch):
+    """Plotting never recomputes: with an analysis given, the report only draws it."""
+    from embedkit.analysis import summary
+    from embedkit.pipelines import analyze
+
+    runs = fake_records(tmp_path, digits_cache.path)
+    res = analyze.analyze_cache(digits_cache, eval_split="test", george=False)
+
+    def no_analysis(*a, **k):
+        raise AssertionError("the report recomputed the analysis")
+
+    monkeypatch.setattr(summary, "analyze_splits", no_analysis)
+    monkeypatch.setattr(analyze, "analyze_splits", no_analysis)
+    paths = report_figures(runs, tmp_path / "figs", collect(runs), analysis=res)
+    assert {"group_accuracy.png", "centroid_distance.png", "projections.png"} <= {
+        p.name for p in paths
+    }
