@@ -171,7 +171,8 @@ def analyze_splits(
             notes.append(f"directions skipped: {e}")
     else:
         notes.append(
-            f"centroids, purity and directions skipped: split {split!r} has no rows with a known attribute"
+            f"centroids, purity and directions skipped: split {split!r} has no rows with a "
+            "known attribute"
         )
 
     if ev is not None:

@@ -44,7 +44,8 @@ def add_arguments(p):
         "--cluster-reduce",
         default="none",
         choices=("none", "margin", "pca"),
-        help="features clustered per class: raw embeddings, ERM margin (needs stored logits) or PCA",
+        help="features clustered per class: raw embeddings, ERM margin (needs stored logits) "
+        "or PCA",
     )
     p.add_argument(
         "--cluster-k", default="2-10", help="k grid for the per-class k-means, e.g. 2-10 or 2,3,4"
@@ -57,7 +58,8 @@ def add_arguments(p):
     p.add_argument(
         "--text-backbone",
         metavar="SPEC",
-        help="CLIP text tower for the text probe (openclip:MODEL:PRETRAINED); default: the cache's /text",
+        help="CLIP text tower for the text probe (openclip:MODEL:PRETRAINED); "
+        "default: the cache's /text",
     )
     add_allow_random_init_argument(p, "the --text-backbone")
     add_prompts_argument(p, "for the text probe")
@@ -70,7 +72,8 @@ def add_arguments(p):
     p.add_argument(
         "--store",
         action="store_true",
-        help="also write centroids, directions and inferred groups to /derived/analysis_<backbone> in the cache",
+        help="also write centroids, directions and inferred groups to "
+        "/derived/analysis_<backbone> in the cache",
     )
     p.add_argument("--no-figures", action="store_true", help="write summary.json only")
     p.add_argument(

@@ -97,8 +97,9 @@ def summary_line(rec: dict) -> str:
     chosen = f"{s['config']} step {s['step']}" if s.get("config") else "no hyperparameters"
     how = f"{s['rule']} on {s['split']}" if s.get("rule") else "no selection"
     return (
-        f"{rec['method']} seed {rec['seed']}: test WGA {pct(t.get('worst_group_acc'))}, mean {pct(t.get('mean_acc'))} "
-        f"(plain), {pct(t.get('weighted_mean_acc'))} (trainw) | {chosen} by {how} | {rec['fit_seconds']:.2f} s"
+        f"{rec['method']} seed {rec['seed']}: test WGA {pct(t.get('worst_group_acc'))}, "
+        f"mean {pct(t.get('mean_acc'))} (plain), {pct(t.get('weighted_mean_acc'))} (trainw) | "
+        f"{chosen} by {how} | {rec['fit_seconds']:.2f} s"
     )
 
 

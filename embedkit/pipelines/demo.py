@@ -120,8 +120,8 @@ def run_demo(
     seconds = time.perf_counter() - t0
     log("\n" + format_table(table))
     log(
-        f"\nWall time {seconds:.0f} s. Outputs: cache {cache}, runs {paths['runs']}, report {paths['report']} "
-        f"(results.md, figures), analysis {paths['analysis']}."
+        f"\nWall time {seconds:.0f} s. Outputs: cache {cache}, runs {paths['runs']}, "
+        f"report {paths['report']} (results.md, figures), analysis {paths['analysis']}."
     )
     (out / "demo_table.json").write_text(
         json.dumps({"table": table, "seconds": seconds, "paths": paths}, indent=2)
@@ -164,8 +164,8 @@ def demo_table(rows: list[dict]) -> list[dict]:
 def format_table(table: list[dict]) -> str:
     w = max([12] + [len(r["method"]) for r in table])  # the longest method name sets the column
     head = (
-        f"{'method':<{w}} {'ERM (own head)':>15} {'ERM (linear)':>13} {'method WGA':>13} {'mean acc':>13}"
-        f" {'seeds':>5}  note"
+        f"{'method':<{w}} {'ERM (own head)':>15} {'ERM (linear)':>13} {'method WGA':>13} "
+        f"{'mean acc':>13} {'seeds':>5}  note"
     )
     lines = [
         "Test worst-group accuracy (%), mean ± std over seeds; selection on validation only",
@@ -175,8 +175,8 @@ def format_table(table: list[dict]) -> str:
     for r in table:
         note = r["note"] if r["status"] != "ok" else ("" if not r["note"] else f"({r['note']})")
         lines.append(
-            f"{r['method']:<{w}} {_fmt(r['native_wga']):>15} {_fmt(r['erm_wga']):>13} {_fmt(r['wga']):>13} "
-            f"{_fmt(r['mean']):>13} {r['seeds']:>5}  {note}".rstrip()
+            f"{r['method']:<{w}} {_fmt(r['native_wga']):>15} {_fmt(r['erm_wga']):>13} "
+            f"{_fmt(r['wga']):>13} {_fmt(r['mean']):>13} {r['seeds']:>5}  {note}".rstrip()
         )
     return "\n".join(lines)
 

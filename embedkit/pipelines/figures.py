@@ -163,6 +163,10 @@ def analysis_figures(
     else:
         figs.skip("error_neighbours.png", "no worst-group errors on the evaluation split")
     if res.retrieval:
+
+        def share(when):
+            return res.retrieval.get(f"other_attr_share_{when}", float("nan"))
+
         if thumbs is None:
             figs.skip("retrieval.png", thumbs_reason or "images not reachable")
         else:
@@ -176,8 +180,7 @@ def analysis_figures(
                 thumbs,
                 caption,
                 title=f"Nearest {tr.name} images before / after '{edit.name}' "
-                f"(other-attribute share {res.retrieval.get('other_attr_share_before', float('nan')):.2f}"
-                f" -> {res.retrieval.get('other_attr_share_after', float('nan')):.2f})",
+                f"(other-attribute share {share('before'):.2f} -> {share('after'):.2f})",
             )
     return figs
 
@@ -235,7 +238,8 @@ def hsfm_figures(
     ret = edits.retrieval(sub, tr.Z, a_db=tr.a, y_db=tr.y, k=6)
     figs.facts["hsfm_retrieval"] = {k: v for k, v in ret.items() if not isinstance(v, np.ndarray)}
     shares = (
-        f", other-attribute share {ret['other_attr_share_before']:.2f} -> {ret['other_attr_share_after']:.2f}"
+        f", other-attribute share {ret['other_attr_share_before']:.2f} -> "
+        f"{ret['other_attr_share_after']:.2f}"
         if "other_attr_share_before" in ret
         else ""
     )
