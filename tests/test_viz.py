@@ -1,5 +1,6 @@
-"""Every figure renders to a non-empty PNG of the expected size from a small cache, and
-`pipelines.report.report_figures` / `embedkit analyze` make what the available pieces allow and note the rest.
+"""Every figure renders to a non-empty PNG of the expected size, from plain arrays and images as
+well as from a small cache, and `pipelines.report.report_figures` / `embedkit analyze` make what
+the available pieces allow and note the rest.
 
 The image cache is `colored_digits` (scikit-learn's bundled digits, no files needed) embedded by a
 fixed random projection of the pixels, so thumbnails come through the dataset adapter recorded in
@@ -13,9 +14,10 @@ import pytest
 from PIL import Image
 
 from embedkit.analysis.edits import Edit
-from embedkit.cache import Cache, write_cache
 from embedkit.analysis.maps import map_2d
+from embedkit.cache import Cache, write_cache
 from embedkit.data.thumbnails import ThumbnailSource
+from embedkit.pipelines.figures import decoded_edit_figure, pictures
 from embedkit.pipelines.report import report_figures
 from embedkit.runs import collect
 from embedkit.viz import accuracy, embedding, grids
@@ -128,17 +130,20 @@ def test_image_grids_through_the_dataset_adapter(tmp_path, digits_cache):
     assert thumbs.n_missing == 0 and thumbs(0).mode == "RGB"
     caption = lambda r: f"row {r}"  # noqa: E731
     nb = np.array([[1, 2, 3], [4, 5, 6]])
-    p = grids.neighbour_grid(
-        [0, 7], nb, thumbs, caption, tmp_path / "nn.png", scores=np.ones((2, 3))
-    )
+    cells = pictures(thumbs, caption, nb)
+    assert len(cells) == 2 and cells[1][2][1] == "row 6" and cells[1][2][0].mode == "RGB"
+    assert pictures(thumbs, caption, [-1]) == [(None, "?")]  # an unknown row: a "no image" cell
+    q = pictures(thumbs, caption, [0, 7])
+    p = grids.neighbour_grid(q, cells, tmp_path / "nn.png", scores=np.ones((2, 3)))
     assert png_size(p) == grids.grid_size(2, 4)
-    p = grids.retrieval_grid([0, -1], nb, nb[::-1], thumbs, caption, tmp_path / "ret.png")
+    items = pictures(thumbs, caption, [0, -1])
+    p = grids.retrieval_grid(items, cells, cells[::-1], tmp_path / "ret.png")
     assert png_size(p) == grids.grid_size(2, 7)
 
 
 def test_unreachable_images_say_why(tmp_path):
-    from embedkit.errors import EmbedkitError
     from embedkit.data.synthetic import planted_cache
+    from embedkit.errors import EmbedkitError
 
     path, _ = planted_cache(tmp_path / "p.h5", {"train": 50, "val": 10, "test": 10}, dim=4)
     with pytest.raises(EmbedkitError, match="planted"):
@@ -184,7 +189,7 @@ def test_text_probe_bars_and_decoded_edit_grid(tmp_path):
         y=np.array([0, 1, 1]),
         rows=np.array([-1, -1, -1]),
     )
-    p = edit_figs.decoded_edit_grid(edit, decode, tmp_path / "dec.png", seeds=(0, 1))
+    p = decoded_edit_figure(edit, decode, tmp_path / "dec.png", seeds=(0, 1))
     assert png_size(p) == grids.grid_size(3, 5) and calls == [0, 0, 1, 1] * 3
 
 
@@ -291,3 +296,36 @@ def test_report_draws_a_given_analysis_without_recomputing(tmp_path, digits_cach
     assert {"group_accuracy.png", "centroid_distance.png", "projections.png"} <= {
         p.name for p in paths
     }
+
+
+def test_viz_draws_plain_arrays_and_images(tmp_path):
+    """viz draws what it is given: numpy arrays, PIL images and labels, with no cache, records or
+    dataset behind them (the layering test keeps viz from importing those)."""
+    rng = np.random.default_rng(0)
+    names = ["a|x", "a|y", "b|x", "b|y"]
+    XY, g = rng.normal(size=(200, 2)), rng.integers(-1, 4, size=200)
+    p, info = embedding.scatter_2d(XY, g, names, tmp_path / "map.png", method="pca")
+    assert png_size(p) == (800, 700) and info["n_points"] == 200
+    D = np.abs(rng.normal(size=(4, 4)))
+    assert png_size(embedding.centroid_heatmap(D, names, tmp_path / "heat.png")) == (700, 600)
+    Z = rng.normal(size=(200, 8))
+    p = embedding.projection_histograms(Z, g, names, {"v": np.ones(8)}, tmp_path / "h.png")
+    assert png_size(p) == (600, 420)
+    img = Image.fromarray(rng.integers(0, 255, size=(20, 20, 3), dtype=np.uint8))
+    q = [(img, "q0"), (None, "q1")]
+    nb = [[(img, "n0"), (None, "n1")], [(img, "n2"), (img, "n3")]]
+    assert png_size(grids.neighbour_grid(q, nb, tmp_path / "nn.png")) == grids.grid_size(2, 3)
+    assert png_size(grids.retrieval_grid(q, nb, nb, tmp_path / "r.png")) == grids.grid_size(2, 5)
+    dec = [[(img, img)], [(None, img)]]
+    p = edit_figs.decoded_edit_grid(q, dec, tmp_path / "d.png", name="e", seeds=(0,))
+    assert png_size(p) == grids.grid_size(2, 3)
+    recs = [
+        {
+            "method": m,
+            "seed": s,
+            "metrics": {"test": {"per_group": {n: {"acc": 0.5} for n in names}}},
+        }
+        for m in ("erm", "dfr")
+        for s in (0, 1)
+    ]
+    assert png_size(accuracy.group_accuracy_bars(recs, tmp_path / "bars.png")) == (1000, 500)

@@ -81,6 +81,53 @@ def thumbnail_source(cache, root=None):
         return None, str(e)
 
 
+def picture(thumbs, caption, row):
+    """(image or None, caption) of one cache row; a row that is unknown (None or < 0) or whose
+    image cannot be had gets None, so the grid draws a "no image" cell in its place."""
+    if row is None or int(row) < 0:
+        return None, "?"
+    row = int(row)
+    try:
+        img = thumbs(row) if thumbs is not None else None
+    except EmbedkitError:
+        img = None
+    return img, caption(row)
+
+
+def pictures(thumbs, caption, rows):
+    """`picture` of every row of `rows`, keeping its shape: a list for a 1-D array of rows, a
+    list of lists for a 2-D one (neighbours per query)."""
+    rows = np.asarray(rows)
+    if rows.ndim == 1:
+        return [picture(thumbs, caption, r) for r in rows]
+    return [pictures(thumbs, caption, r) for r in rows]
+
+
+def decoded_edit_figure(edit, decode, out, *, thumbs=None, caption=None, items=None, seeds=(0, 1)):
+    """The decoded-edit grid of `edit` (an embedkit.analysis.edits.Edit): for each item, its
+    original image (when `thumbs` and the item's cache row are known), then decode(h0) and
+    decode(h*) with the same generator seed, per seed. `decode(embeds [n, D], seed)` returns PIL
+    images (e.g. embedkit.backbones.unclip.unclip_decoder)."""
+    items = np.arange(len(edit.before)) if items is None else np.asarray(items)
+    originals, decoded = [], []
+    for i in items:
+        row = int(edit.rows[i]) if edit.rows is not None else -1
+        label = f"y={int(edit.y[i])}" if edit.y is not None else f"item {int(i)}"
+        if caption is not None and row >= 0:
+            label = caption(row)
+        originals.append((picture(thumbs, str, row)[0], label))
+        decoded.append(
+            [
+                (
+                    decode(edit.before[i : i + 1], int(s))[0],
+                    decode(edit.after[i : i + 1], int(s))[0],
+                )
+                for s in seeds
+            ]
+        )
+    return edit_figs.decoded_edit_grid(originals, decoded, out, name=edit.name, seeds=seeds)
+
+
 def analysis_figures(
     res,
     cache,
@@ -152,10 +199,8 @@ def analysis_figures(
             figs.make(
                 "error_neighbours.png",
                 grids.neighbour_grid,
-                q_rows,
-                tr.rows[err["neighbours"]],
-                thumbs,
-                caption,
+                pictures(thumbs, caption, q_rows),
+                pictures(thumbs, caption, tr.rows[err["neighbours"]]),
                 scores=err["scores"],
                 title=f"Worst group {err['worst_group']} ({ev.name}): misclassified rows and their "
                 f"{tr.name} neighbours ({err['predictions']})",
@@ -174,11 +219,9 @@ def analysis_figures(
             figs.make(
                 "retrieval.png",
                 grids.retrieval_grid,
-                edit.rows,
-                tr.rows[res.retrieval["before"]],
-                tr.rows[res.retrieval["after"]],
-                thumbs,
-                caption,
+                pictures(thumbs, caption, edit.rows),
+                pictures(thumbs, caption, tr.rows[res.retrieval["before"]]),
+                pictures(thumbs, caption, tr.rows[res.retrieval["after"]]),
                 title=f"Nearest {tr.name} images before / after '{edit.name}' "
                 f"(other-attribute share {share('before'):.2f} -> {share('after'):.2f})",
             )
@@ -226,6 +269,7 @@ def hsfm_figures(
     if thumbs is None:
         figs.skip("hsfm_retrieval.png", thumbs_reason or "images not reachable")
         return
+    caption = captioner(cache)
     items = edit.top_items(per_class=3, n_random=2, seed=0)
     sub = edits.Edit(
         edit.name,
@@ -246,11 +290,9 @@ def hsfm_figures(
     figs.make(
         "hsfm_retrieval.png",
         grids.retrieval_grid,
-        sub.rows if sub.rows is not None else [-1] * len(items),
-        tr.rows[ret["before"]],
-        tr.rows[ret["after"]],
-        thumbs,
-        captioner(cache),
+        pictures(thumbs, caption, sub.rows if sub.rows is not None else [-1] * len(items)),
+        pictures(thumbs, caption, tr.rows[ret["before"]]),
+        pictures(thumbs, caption, tr.rows[ret["after"]]),
         title=f"HSFM support edits ({edit.name}): nearest train images before / after "
         f"(relative edit norm {ret['relative_edit_norm']:.2f}{shares})",
     )

@@ -1,8 +1,9 @@
 """Image grids: nearest neighbours of rows, retrieval before/after an edit, and decoded edits.
 
-The grids draw what they are given: cache rows, captions and a callable row -> PIL image (for a
-cache, `embedkit.data.thumbnails.ThumbnailSource.from_cache` rebuilds it from the dataset adapter
-recorded in the cache). A row whose image cannot be had is drawn as a grey "no image" cell.
+The grids draw what they are given: pictures, each a (PIL image or None, caption) pair; a None
+image is drawn as a grey "no image" cell. Nothing here loads an image: for the rows of a cache,
+`embedkit.pipelines.figures.pictures` looks them up through the dataset adapter recorded in the
+cache (`embedkit.data.thumbnails.ThumbnailSource`).
 """
 
 from __future__ import annotations
@@ -81,51 +82,32 @@ def image_grid(
     return save(fig, out)
 
 
-def _try(thumb, row):
-    if thumb is None or row is None or row < 0:
-        return None
-    try:
-        return thumb(int(row))
-    except EmbedkitError:
-        return None
-
-
-def neighbour_grid(
-    query_rows,
-    neighbour_rows,
-    thumb,
-    caption,
-    out,
-    *,
-    scores=None,
-    title: str = "",
-    cell: int = CELL,
-):
-    """One grid row per query: the query's image, then its neighbours (cache rows).
-    `caption(row)` labels a cell (e.g. its group); scores are printed beside it when given."""
+def neighbour_grid(queries, neighbours, out, *, scores=None, title: str = "", cell: int = CELL):
+    """One grid row per query: the query's picture, then its neighbours' pictures. A picture is
+    (PIL image or None, caption); `scores[q][j]` is printed after neighbour j's caption when
+    given."""
     cells = []
-    for q, (qrow, nb) in enumerate(zip(query_rows, neighbour_rows)):
-        row = [(_try(thumb, qrow), f"query: {caption(qrow)}")]
-        for j, n in enumerate(nb):
+    for q, ((img, cap), nb) in enumerate(zip(queries, neighbours)):
+        row = [(img, f"query: {cap}")]
+        for j, (n_img, n_cap) in enumerate(nb):
             s = "" if scores is None else f" {scores[q][j]:.2f}"
-            row.append((_try(thumb, n), f"{caption(n)}{s}"))
+            row.append((n_img, f"{n_cap}{s}"))
         cells.append(row)
-    k = max(len(nb) for nb in neighbour_rows)
+    k = max((len(nb) for nb in neighbours), default=0)
     return image_grid(
         cells, out, title=title, cell=cell, col_titles=["query"] + [f"nn {j + 1}" for j in range(k)]
     )
 
 
-def retrieval_grid(
-    item_rows, before, after, thumb, caption, out, *, title: str = "", cell: int = CELL
-):
-    """Per edited item: its own image, its nearest real images before the edit, then after."""
-    k = before.shape[1]
+def retrieval_grid(items, before, after, out, *, title: str = "", cell: int = CELL):
+    """Per edited item: its own picture, its nearest real pictures before the edit, then after
+    (pictures as in `neighbour_grid`; `before[i]` and `after[i]` hold k each)."""
+    k = max((len(b) for b in before), default=0)
     cells = []
-    for i, row in enumerate(item_rows):
-        r = [(_try(thumb, row), f"item: {caption(row) if row is not None and row >= 0 else '?'}")]
-        r += [(_try(thumb, n), f"before: {caption(n)}") for n in before[i]]
-        r += [(_try(thumb, n), f"after: {caption(n)}") for n in after[i]]
+    for (img, cap), b, a in zip(items, before, after):
+        r = [(img, f"item: {cap}")]
+        r += [(n_img, f"before: {n_cap}") for n_img, n_cap in b]
+        r += [(n_img, f"after: {n_cap}") for n_img, n_cap in a]
         cells.append(r)
     return image_grid(
         cells,
