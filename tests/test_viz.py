@@ -329,3 +329,47 @@ def test_viz_draws_plain_arrays_and_images(tmp_path):
         for s in (0, 1)
     ]
     assert png_size(accuracy.group_accuracy_bars(recs, tmp_path / "bars.png")) == (1000, 500)
+
+
+def test_report_draws_a_saved_analysis_folder_as_computed(tmp_path, digits_cache, monkeypatch):
+    """`embedkit analyze`'s folder (summary.json + analysis.npz) reads back as the analysis it
+    wrote, and the report draws it without computing anything; another cache's is refused."""
+    from embedkit.analysis import summary
+    from embedkit.data.synthetic import planted_cache
+    from embedkit.errors import EmbedkitError
+    from embedkit.pipelines import analyze
+
+    folder = tmp_path / "an"
+    analyze.run_analysis(digits_cache.path, folder, george=False, log=lambda m: None)
+    made = json.loads((folder / "figures.json").read_text())["figures"]
+    fresh = analyze.analyze_cache(digits_cache, george=False)
+    back = analyze.load_analysis(folder, digits_cache)
+    np.testing.assert_allclose(back.distances, fresh.distances, atol=1e-6)
+    for kind in ("spurious", "core"):
+        np.testing.assert_allclose(back.directions[kind], fresh.directions[kind], atol=1e-6)
+    np.testing.assert_array_equal(back.errors["neighbours"], fresh.errors["neighbours"])
+    assert back.errors["queries"] == fresh.errors["queries"]
+    for key in ("before", "after"):
+        np.testing.assert_array_equal(back.retrieval[key], fresh.retrieval[key])
+    e0, e1 = fresh.edits["remove_spurious"], back.edits["remove_spurious"]
+    assert e1.name == e0.name and e1.source == e0.source
+    np.testing.assert_array_equal(e1.rows, e0.rows)
+    np.testing.assert_allclose(e1.after, e0.after, atol=1e-6)
+
+    def no_analysis(*a, **k):
+        raise AssertionError("the report recomputed the analysis")
+
+    monkeypatch.setattr(summary, "analyze_splits", no_analysis)
+    monkeypatch.setattr(analyze, "analyze_splits", no_analysis)
+    runs = fake_records(tmp_path, digits_cache.path)
+    paths = report_figures(runs, tmp_path / "figs", collect(runs), analysis=folder)
+    assert set(made) <= {p.name for p in paths}
+    other, _ = planted_cache(tmp_path / "p.h5", {"train": 50, "val": 10, "test": 10}, dim=4)
+    with pytest.raises(EmbedkitError, match="does not hold"):
+        analyze.load_analysis(folder, other)
+    s = digits_cache.samples()  # same rows and backbone key, other features
+    Z = np.random.default_rng(1).normal(size=(len(s.y), 48)).astype(np.float32)
+    with pytest.raises(EmbedkitError, match="another cache"):
+        analyze.load_analysis(folder, write_cache(tmp_path / "d2.h5", s, "pixels_rp48", Z))
+    with pytest.raises(EmbedkitError, match="not an analysis folder"):
+        analyze.load_analysis(tmp_path, digits_cache)

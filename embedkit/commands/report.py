@@ -9,6 +9,12 @@ def add_arguments(p):
         "--out", required=True, help="folder for results.md, results.csv and the figures"
     )
     p.add_argument(
+        "--analysis",
+        metavar="DIR",
+        help="output folder of `embedkit analyze` on the records' cache: its analysis is drawn "
+        "instead of being recomputed (default: analyse the cache here)",
+    )
+    p.add_argument(
         "--include-flagged",
         action="store_true",
         help="also tabulate runs selected on test (oracle) or on rows they were fitted on",
@@ -19,7 +25,9 @@ def run(args):
     from embedkit import runs
     from embedkit.pipelines.report import write_report
 
-    rep = write_report(args.runs, args.out, include_flagged=args.include_flagged)
+    rep = write_report(
+        args.runs, args.out, include_flagged=args.include_flagged, analysis=args.analysis
+    )
     print(runs.markdown_table(rep["rows"]))
     for f in rep["files"]:
         print(f"wrote {f}")

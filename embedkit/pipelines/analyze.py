@@ -1,15 +1,28 @@
 """`embedkit analyze`: open a cache, build the text tower when asked, compute the analysis
 (embedkit.analysis.summary), draw its figures (embedkit.pipelines.figures) and write
-`summary.json`, `figures.json` and, with `store`, the arrays under /derived in the cache."""
+`summary.json`, `figures.json` and, with `store`, the arrays under /derived in the cache.
+
+`summary.json` and `analysis.npz` together hold everything the figures draw, so
+`load_analysis(folder, cache)` gives back the analysis of the same cache without recomputing it
+(`embedkit report --analysis FOLDER` draws it beside the tables)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
+
+from embedkit.analysis.edits import Edit
 from embedkit.analysis.summary import CacheAnalysis, analyze_splits
 from embedkit.cache import Cache, write_derived
+from embedkit.errors import EmbedkitError
 from embedkit.jsonsafe import write_json
 from embedkit.pipelines.figures import analysis_figures, thumbnail_source
+
+SUMMARY = "summary.json"
+ARRAYS = "analysis.npz"
+EDIT_FIELDS = ("before", "after", "y", "a", "rows")
 
 
 def analyze_cache(
@@ -73,6 +86,7 @@ def run_analysis(
         prompt_sets=prompt_sets,
         seed=seed,
     )
+    res.summary["cache_fingerprint"] = cache.fingerprint(res.split.backbone)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     made = []
@@ -85,11 +99,12 @@ def run_analysis(
         made = [p.name for p in figs.paths]
         res.summary["figures"] = made
         res.summary["skipped_figures"] = figs.skipped
-    write_json(out / "summary.json", res.summary)
+    write_json(out / SUMMARY, res.summary)
+    save_arrays(out, res)
     if store:
         _store(cache, res, split=split, k=k, metric=metric, seed=seed)
     _log_summary(res.summary, k, split, eval_split, cache.path, log)
-    log(f"wrote {out / 'summary.json'}" + (f" and {len(made)} figures" if made else ""))
+    log(f"wrote {out / SUMMARY}, {out / ARRAYS}" + (f" and {len(made)} figures" if made else ""))
     return res.summary
 
 
@@ -126,3 +141,79 @@ def _log_summary(s: dict, k, split, eval_split, path, log) -> None:
         )
     for note in s.get("notes", []):
         log(f"  note: {note}")
+
+
+def save_arrays(out, res: CacheAnalysis) -> Path:
+    """`analysis.npz`: the arrays of `res` that summary.json leaves out (directions, neighbour
+    indices and scores, the edits), under flat keys `load_analysis` reads back. The inferred
+    clusters are not kept (no figure draws them; `--store` writes their labels to the cache)."""
+    arrays = {"pred": res.pred, "centroids": res.centroids, "distances": res.distances}
+    arrays |= {f"direction.{k}": v for k, v in res.directions.items()}
+    for part, d in (("errors", res.errors), ("retrieval", res.retrieval)):
+        arrays |= {f"{part}.{k}": v for k, v in d.items() if isinstance(v, np.ndarray)}
+    for name, e in res.edits.items():
+        arrays |= {f"edit.{name}.{f}": getattr(e, f) for f in EDIT_FIELDS}
+        # names as 0-d unicode arrays: read back without pickle
+        arrays |= {f"edit.{name}.name": np.array(e.name), f"edit.{name}.source": np.array(e.source)}
+    path = Path(out) / ARRAYS
+    np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
+    return path
+
+
+def load_analysis(folder, cache) -> CacheAnalysis:
+    """The analysis `run_analysis` wrote to `folder` (summary.json + analysis.npz), on the splits
+    of `cache` it was computed from. An analysis of another cache (its content fingerprint
+    differs) or of a backbone the cache lacks is refused: its arrays would not fit the rows."""
+    folder = Path(folder)
+    cache = cache if isinstance(cache, Cache) else Cache.open(cache)
+    files = folder / SUMMARY, folder / ARRAYS
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        raise EmbedkitError(
+            f"{folder}: not an analysis folder ({', '.join(missing)} missing); "
+            "write one with `embedkit analyze --out`"
+        )
+    try:
+        s = json.loads(files[0].read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise EmbedkitError(f"{files[0]}: not JSON ({e})") from None
+    backbone = s.get("backbone")
+    if backbone not in cache.backbones():
+        raise EmbedkitError(
+            f"{folder}: an analysis of backbone {backbone!r}, which {cache.path} does not hold"
+        )
+    if s.get("cache_fingerprint") != cache.fingerprint(backbone):
+        raise EmbedkitError(
+            f"{folder}: an analysis of another cache than {cache.path} (content fingerprint "
+            f"{s.get('cache_fingerprint')!r} != {cache.fingerprint(backbone)!r}); rerun "
+            "`embedkit analyze` on it"
+        )
+    with np.load(files[1]) as z:
+        arrays = {k: z[k] for k in z.files}
+    tr = cache.split(s["split"], backbone)
+    ev = cache.split(s["eval_split"], backbone) if s.get("eval_split") else None
+
+    def part(prefix):
+        return {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+    edits = {}
+    for key in arrays:
+        if key.startswith("edit.") and key.endswith(".before"):
+            name = key[len("edit.") : -len(".before")]
+            fields = part(f"edit.{name}.")
+            text = {f: str(fields.pop(f)) for f in ("name", "source")}
+            edits[name] = Edit(**text, **fields)
+    return CacheAnalysis(
+        summary=s,
+        split=tr,
+        eval_split=ev if ev is not None and len(ev) else None,
+        pred=arrays.get("pred"),
+        centroids=arrays.get("centroids"),
+        distances=arrays.get("distances"),
+        directions=part("direction."),
+        errors={**s.get("errors", {}), **part("errors.")},
+        edits=edits,
+        text_probes=s.get("text_probes", []),
+        retrieval={**s.get("retrieval", {}), **part("retrieval.")},
+        notes=s.get("notes", []),
+    )

@@ -1,16 +1,18 @@
 """`embedkit report`: tables and figures from a run or sweep folder, nothing refitted. The
 records come from `embedkit.runs.collect` once and feed both the tables and the per-group accuracy
 figure, so they count the same runs; the cache named in the records is opened and analysed once
-for its figures (or a given `CacheAnalysis` is drawn as it is)."""
+for its figures, or an analysis already made is drawn as it is: a `CacheAnalysis`, or the folder
+`embedkit analyze` wrote for the same cache (read back by `analyze.load_analysis`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from embedkit import runs
+from embedkit.analysis.summary import CacheAnalysis
 from embedkit.cache import Cache
 from embedkit.errors import EmbedkitError
-from embedkit.pipelines.analyze import analyze_cache
+from embedkit.pipelines.analyze import analyze_cache, load_analysis
 from embedkit.pipelines.figures import Figures, analysis_figures, hsfm_figures, thumbnail_source
 from embedkit.viz import accuracy
 
@@ -33,9 +35,10 @@ def report_figures(
 ) -> list[Path]:
     """The figures `embedkit report` adds to its tables: per-group accuracy bars over seeds from
     `records` (runs.collect), the cache's analysis figures (map, centroid distances, projections,
-    text probe, error neighbours, retrieval) and HSFM's edit views. `analysis`: a CacheAnalysis to
-    draw instead of computing one. Missing pieces are skipped with a note in `figures.json`;
-    returns the PNG paths made."""
+    text probe, error neighbours, retrieval) and HSFM's edit views. `analysis`: a CacheAnalysis, or
+    the output folder of `embedkit analyze` on the same cache, to draw instead of computing one (a
+    folder that does not fit the cache is an error). Missing pieces are skipped with a note in
+    `figures.json`; returns the PNG paths made."""
     figs = Figures(out_dir)
     records = [r for r in records if "metrics" in r]
     if records:
@@ -66,6 +69,13 @@ def report_figures(
         ),
         None,
     )
+    if analysis is not None and not isinstance(analysis, CacheAnalysis):
+        analysis = load_analysis(analysis, c)  # asked for by name: a misfit is an error, no skip
+    if analysis is not None and backbone is not None and analysis.split.backbone != backbone:
+        raise EmbedkitError(
+            f"the analysis given is of backbone {analysis.split.backbone!r}, the run records' "
+            f"of {backbone!r}"
+        )
     thumbs, why = thumbnail_source(c)
     try:
         res = analysis if analysis is not None else analyze_cache(c, backbone, george=False)
@@ -77,9 +87,12 @@ def report_figures(
     return figs.paths
 
 
-def write_report(root, out_dir, include_flagged: bool = False, *, cache=None) -> dict:
+def write_report(
+    root, out_dir, include_flagged: bool = False, *, cache=None, analysis=None
+) -> dict:
     """results.csv, results.md, results_per_seed.csv and the figures, from the finished runs
-    under `root` (every shard's, when several sweeps shared the folder)."""
+    under `root` (every shard's, when several sweeps shared the folder); `analysis` as
+    `report_figures` takes it."""
     entries = runs.collect(root)
     if not entries:
         raise EmbedkitError(
@@ -89,5 +102,7 @@ def write_report(root, out_dir, include_flagged: bool = False, *, cache=None) ->
     out = Path(out_dir)
     rows = runs.write_results(root, out, include_flagged, entries=entries)
     files = [out / f for f in runs.TABLE_FILES]
-    files += report_figures(root, out, entries, cache=cache, include_flagged=include_flagged)
+    files += report_figures(
+        root, out, entries, cache=cache, analysis=analysis, include_flagged=include_flagged
+    )
     return {"rows": rows, "files": [str(f) for f in files]}
