@@ -15,3 +15,31 @@ def test_report_on_a_folder_without_records_is_one_line_and_exit_2(tmp_path, cap
     assert not (tmp_path / "rep" / "results.md").exists()
     assert main(["report", str(tmp_path / "absent"), "--out", str(tmp_path / "rep")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_report_draws_the_analysis_folder_given_and_refuses_a_misfit(tmp_path, capsys):
+    """`embedkit report --analysis DIR` draws `embedkit analyze`'s folder for the records' cache;
+    an analysis of another cache is one line on stderr and exit 2."""
+    import json
+
+    from embedkit.data.synthetic import planted_cache
+
+    sizes = {"train": 300, "val": 100, "test": 100}
+    cache = planted_cache(tmp_path / "c.h5", sizes, 8, seed=0)[0]
+    other = planted_cache(tmp_path / "o.h5", sizes, 8, seed=1)[0]
+    runs, an, an_other = tmp_path / "runs", tmp_path / "an", tmp_path / "an_other"
+    sweep = ["sweep", "--cache", str(cache), "--methods", "erm", "--seeds", "0"]
+    assert main([*sweep, "--out", str(runs)]) == 0
+    for c, out in ((cache, an), (other, an_other)):
+        args = ["analyze", "--cache", str(c), "--out", str(out), "--no-clusters", "--no-figures"]
+        assert main(args) == 0
+    capsys.readouterr()
+    assert main(["report", str(runs), "--out", str(tmp_path / "rep"), "--analysis", str(an)]) == 0
+    made = json.loads((tmp_path / "rep" / "figures.json").read_text())["figures"]
+    assert {"group_accuracy.png", "centroid_distance.png", "projections.png"} <= set(made)
+    capsys.readouterr()
+    bad = ["report", str(runs), "--out", str(tmp_path / "rep2"), "--analysis", str(an_other)]
+    assert main(bad) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "another cache" in err[0] and str(an_other) in err[0]
+    assert not (tmp_path / "rep2").exists()  # refused before any table was written

@@ -99,6 +99,15 @@ def write_report(
             f"{root}: no run records under it (record.json of a finished run); "
             f"point it at the --out of `embedkit fit` or `embedkit sweep`"
         )
+    if analysis is not None and not isinstance(analysis, CacheAnalysis):
+        # checked before anything is written: a misfit folder stops the report, tables included
+        c = open_record_cache(cache, entries, root)
+        if c is None:
+            raise EmbedkitError(
+                f"--analysis {analysis}: none of the run records' cache paths exists, so the "
+                "analysis cannot be checked against its cache"
+            )
+        analysis, cache = load_analysis(analysis, c), c
     out = Path(out_dir)
     rows = runs.write_results(root, out, include_flagged, entries=entries)
     files = [out / f for f in runs.TABLE_FILES]
