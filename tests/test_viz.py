@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from embedkit.analysis.edits import Edit
-from embedkit.analysis.maps import map_2d
+from embedkit.analysis.maps import map_2d, projections
 from embedkit.cache import Cache, write_cache
 from embedkit.data.thumbnails import ThumbnailSource
 from embedkit.pipelines.figures import decoded_edit_figure, pictures
@@ -111,9 +111,12 @@ def test_map_heatmap_and_histograms(tmp_path, digits_cache):
         600,
     )
     dirs = {"spurious": np.ones(48), "core": np.arange(48.0), "text": -np.ones(48)}
-    assert png_size(
-        embedding.projection_histograms(tr.Z, tr.g, tr.group_names, dirs, tmp_path / "h.png")
-    ) == (1500, 420)
+    proj = projections(tr.Z, dirs)
+    # <z, v/|v|>: a direction's length does not matter, its sign flips the values
+    np.testing.assert_allclose(proj["spurious"], tr.Z.astype(np.float64).sum(1) / np.sqrt(48))
+    np.testing.assert_allclose(proj["text"], -proj["spurious"])
+    p = embedding.projection_histograms(proj, tr.g, tr.group_names, tmp_path / "h.png")
+    assert png_size(p) == (1500, 420)
 
 
 def test_stratified_map_sample_keeps_small_groups():
@@ -309,7 +312,7 @@ def test_viz_draws_plain_arrays_and_images(tmp_path):
     D = np.abs(rng.normal(size=(4, 4)))
     assert png_size(embedding.centroid_heatmap(D, names, tmp_path / "heat.png")) == (700, 600)
     Z = rng.normal(size=(200, 8))
-    p = embedding.projection_histograms(Z, g, names, {"v": np.ones(8)}, tmp_path / "h.png")
+    p = embedding.projection_histograms({"v": Z @ np.ones(8)}, g, names, tmp_path / "h.png")
     assert png_size(p) == (600, 420)
     img = Image.fromarray(rng.integers(0, 255, size=(20, 20, 3), dtype=np.uint8))
     q = [(img, "q0"), (None, "q1")]

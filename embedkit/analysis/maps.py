@@ -1,5 +1,6 @@
-"""2-D maps of an embedding (PCA, or UMAP when installed): the coordinates that
-`embedkit.viz.embedding.scatter_2d` draws."""
+"""Low-dimensional views of an embedding, the coordinates embedkit.viz.embedding draws: 2-D maps
+(PCA, or UMAP when installed) for `scatter_2d` and projections on directions for
+`projection_histograms`."""
 
 from __future__ import annotations
 
@@ -45,3 +46,14 @@ def map_2d(Z, g, method: str = "pca", max_points: int = 5000, seed: int = 0):
     idx = stratified_subsample(g, max_points, seed)
     XY, used = embed_2d(np.asarray(Z)[idx], method, seed)
     return XY, g[idx], used
+
+
+def projections(Z, directions: dict) -> dict[str, np.ndarray]:
+    """{name: <z, v/||v||> for every row z of Z} for each direction v (float64, so a long
+    direction and a short one give the same numbers)."""
+    Z = np.asarray(Z, np.float32)
+    out = {}
+    for name, v in directions.items():
+        v = np.asarray(v, np.float64)
+        out[name] = Z @ (v / max(np.linalg.norm(v), 1e-12))
+    return out

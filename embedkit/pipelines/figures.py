@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from embedkit.analysis import edits
-from embedkit.analysis.maps import map_2d
+from embedkit.analysis.maps import map_2d, projections
 from embedkit.analysis.summary import resolve_prompt_sets
 from embedkit.data.thumbnails import ThumbnailSource
 from embedkit.errors import EmbedkitError
@@ -170,13 +170,15 @@ def analysis_figures(
         figs.make(
             "projections.png",
             embedding.projection_histograms,
-            tr.Z,
+            projections(
+                tr.Z,
+                {
+                    "spurious direction (group means)": res.directions["spurious"],
+                    "core direction (group means)": res.directions["core"],
+                },
+            ),
             tr.g,
             names,
-            {
-                "spurious direction (group means)": res.directions["spurious"],
-                "core direction (group means)": res.directions["core"],
-            },
         )
     else:
         figs.skip(

@@ -1,6 +1,7 @@
 """Pictures of the embedding space: a 2-D map coloured by group, the group-centroid distance
 heat map, and per-group histograms of projections on directions (spurious, core, text, edit).
-They draw the arrays they are given; the map's coordinates come from embedkit.analysis.maps."""
+They draw the arrays they are given; the map's coordinates and the projections come from
+embedkit.analysis.maps."""
 
 from __future__ import annotations
 
@@ -85,20 +86,24 @@ def centroid_heatmap(
     return save(fig, out)
 
 
-def projection_histograms(Z, g, group_names, directions: dict, out, *, bins: int = 40, size=None):
-    """One panel per direction: overlaid per-group histograms (density) of <z, v/||v||>."""
-    if not directions:
+def projection_histograms(projections: dict, g, group_names, out, *, bins: int = 40, size=None):
+    """One panel per direction: overlaid per-group histograms (density) of the rows' projections
+    on it (`projections[name]`: one value per row, e.g. <z, v/||v||> from
+    embedkit.analysis.maps.projections)."""
+    if not projections:
         raise EmbedkitError("projection histograms need at least one direction")
     g = np.asarray(g)
-    Z = np.asarray(Z, np.float32)
-    n = len(directions)
+    n = len(projections)
     size = size or (450 * n + 150, 420)
     fig = new_figure(*size)
     colors = group_colors(len(group_names))
     panel_w = 0.8 / n
-    for p, (name, v) in enumerate(directions.items()):
-        v = np.asarray(v, np.float64)
-        proj = Z @ (v / max(np.linalg.norm(v), 1e-12))
+    for p, (name, proj) in enumerate(projections.items()):
+        proj = np.asarray(proj, np.float64)
+        if proj.shape != g.shape:
+            raise EmbedkitError(
+                f"projection on {name!r}: {proj.shape[0]} values for {g.shape[0]} rows"
+            )
         ax = fig.add_axes([0.06 + p * (panel_w + 0.02), 0.13, panel_w - 0.03, 0.75])
         edges = np.histogram_bin_edges(proj[g >= 0] if (g >= 0).any() else proj, bins=bins)
         for gi, gname in enumerate(group_names):
