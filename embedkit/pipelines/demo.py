@@ -14,11 +14,11 @@ torchvision:mobilenet_v2:PATH` skips step 1 and extracts with the given backbone
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from embedkit.errors import EmbedkitError
+from embedkit.jsonsafe import write_json
 
 DEFAULT_DATASET = "colored_digits"
 # train-erm's defaults (a small CNN, SGD at lr 0.02 for 8 epochs) learn the colour shortcut
@@ -124,9 +124,7 @@ def run_demo(
         f"\nWall time {seconds:.0f} s. Outputs: cache {cache}, runs {paths['runs']}, "
         f"report {paths['report']} (results.md, figures), analysis {paths['analysis']}."
     )
-    (out / "demo_table.json").write_text(
-        json.dumps({"table": table, "seconds": seconds, "paths": paths}, indent=2)
-    )
+    write_json(out / "demo_table.json", {"table": table, "seconds": seconds, "paths": paths})
     return {"table": table, "paths": paths, "seconds": seconds}
 
 

@@ -9,7 +9,6 @@ text embeddings, no images, no HSFM run) is skipped with a note, and the notes a
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from embedkit.analysis.maps import map_2d, projections
 from embedkit.analysis.summary import resolve_prompt_sets
 from embedkit.data.thumbnails import ThumbnailSource
 from embedkit.errors import EmbedkitError
+from embedkit.jsonsafe import write_json
 from embedkit.viz import edits as edit_figs
 from embedkit.viz import embedding, grids
 
@@ -50,20 +50,9 @@ class Figures:
         self.skipped.append({"figure": name, "reason": why})
 
     def write_manifest(self, extra: dict | None = None) -> Path:
-        path = self.out / MANIFEST
-        path.write_text(
-            json.dumps(
-                {
-                    "figures": [p.name for p in self.paths],
-                    "skipped": self.skipped,
-                    **self.facts,
-                    **(extra or {}),
-                },
-                indent=2,
-            ),
-            encoding="utf-8",
-        )
-        return path
+        # through the one JSON cleaner: the facts hold numpy values and NaN shares
+        manifest = {"figures": [p.name for p in self.paths], "skipped": self.skipped}
+        return write_json(self.out / MANIFEST, manifest | self.facts | (extra or {}))
 
 
 def captioner(cache):
