@@ -30,6 +30,26 @@ def open_record_cache(cache, records, root):
     return None
 
 
+def record_backbone(records, cache) -> str | None:
+    """The backbone key of the first record whose backbone the cache holds (None: the cache's
+    only one is meant)."""
+    keys = ((r.get("cache") or {}).get("backbone_key") for r in records)
+    return next((k for k in keys if k in cache.backbones()), None)
+
+
+def given_analysis(analysis, cache, backbone) -> CacheAnalysis:
+    """A CacheAnalysis as it is, or an analyze folder read back for `cache`; asked for by name,
+    so one that does not fit the cache or the records' backbone is an error, not a skip."""
+    if not isinstance(analysis, CacheAnalysis):
+        analysis = load_analysis(analysis, cache)
+    if backbone is not None and analysis.split.backbone != backbone:
+        raise EmbedkitError(
+            f"the analysis given is of backbone {analysis.split.backbone!r}, the run records' "
+            f"of {backbone!r}"
+        )
+    return analysis
+
+
 def report_figures(
     root, out_dir, records: list[dict], *, cache=None, analysis=None, include_flagged=False
 ) -> list[Path]:
@@ -61,21 +81,9 @@ def report_figures(
         )
         figs.write_manifest()
         return figs.paths
-    backbone = next(
-        (
-            (r.get("cache") or {}).get("backbone_key")
-            for r in records
-            if (r.get("cache") or {}).get("backbone_key") in c.backbones()
-        ),
-        None,
-    )
-    if analysis is not None and not isinstance(analysis, CacheAnalysis):
-        analysis = load_analysis(analysis, c)  # asked for by name: a misfit is an error, no skip
-    if analysis is not None and backbone is not None and analysis.split.backbone != backbone:
-        raise EmbedkitError(
-            f"the analysis given is of backbone {analysis.split.backbone!r}, the run records' "
-            f"of {backbone!r}"
-        )
+    backbone = record_backbone(records, c)
+    if analysis is not None:
+        analysis = given_analysis(analysis, c, backbone)
     thumbs, why = thumbnail_source(c)
     try:
         res = analysis if analysis is not None else analyze_cache(c, backbone, george=False)
@@ -107,7 +115,7 @@ def write_report(
                 f"--analysis {analysis}: none of the run records' cache paths exists, so the "
                 "analysis cannot be checked against its cache"
             )
-        analysis, cache = load_analysis(analysis, c), c
+        analysis, cache = given_analysis(analysis, c, record_backbone(entries, c)), c
     out = Path(out_dir)
     rows = runs.write_results(root, out, include_flagged, entries=entries)
     files = [out / f for f in runs.TABLE_FILES]
