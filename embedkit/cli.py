@@ -18,7 +18,8 @@ COMMANDS = {
     "extract": ("extract", "run a dataset through a frozen backbone into an HDF5 cache"),
     "import": (
         "import_",
-        "bring your own embeddings (.npz/.npy, or --from subpopbench|clip-retrieval|dfr) into a cache",
+        "bring your own embeddings (.npz/.npy, or --from subpopbench|clip-retrieval|dfr) into a "
+        "cache",
     ),
     "export": ("export", "write one backbone of a cache to an .npz file (or --to subpopbench)"),
     "info": ("info", "provenance, shapes and per-split group counts of a cache"),

@@ -56,7 +56,8 @@ class Samples:
         for name in ("split", "y", "a", "valid"):
             if len(getattr(self, name)) != n:
                 raise EmbedkitError(
-                    f"arrays of different lengths: uid has {n} rows, {name} has {len(getattr(self, name))}"
+                    f"arrays of different lengths: uid has {n} rows, {name} has "
+                    f"{len(getattr(self, name))}"
                 )
         bad = np.flatnonzero((self.y < 0) | (self.y >= len(self.class_names)))
         if bad.size:
@@ -67,7 +68,8 @@ class Samples:
         bad = np.flatnonzero((self.a < -1) | (self.a >= len(self.attr_names)))
         if bad.size:
             raise EmbedkitError(
-                f"attribute out of range at row {bad[0]} (uid {self.uid[bad[0]]}): a={self.a[bad[0]]}, "
+                f"attribute out of range at row {bad[0]} (uid {self.uid[bad[0]]}): "
+                f"a={self.a[bad[0]]}, "
                 f"declared attributes {self.attr_names} (-1 = unknown)"
             )
         if self.eval_groups is not None:

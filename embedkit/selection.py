@@ -164,7 +164,8 @@ def check_leak(fit_rows, select_rows, report_rows=None, allow_overlap: bool = Fa
         flags[flag] = bool(both.size)
         if both.size and not allow_overlap:
             raise SelectionLeakError(
-                f"selection reads {both.size} of {sel.size} rows that the head was {name} (first cache row "
+                f"selection reads {both.size} of {sel.size} rows that the head was {name} (first "
+                "cache row "
                 f"{int(both[0])}); use disjoint rows, or allow_overlap=True to tag the result"
             )
     return flags

@@ -344,7 +344,8 @@ def infer_george(
         tiny = [int(j) for j in np.flatnonzero(count < max(TINY_ABS, TINY_FRAC * r.size))]
         if tiny:
             notes.append(
-                f"class {c}: inferred group(s) {tiny} have fewer than max(25, 0.5% of the class) rows"
+                f"class {c}: inferred group(s) {tiny} have fewer than max(25, 0.5% of the class) "
+                "rows"
             )
         models.append((reduce_fn, best, sub, label_map))
         scores.append(sc)

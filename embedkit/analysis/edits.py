@@ -80,7 +80,8 @@ class Edit:
         )
         if self.before.shape != self.after.shape:
             raise EmbedkitError(
-                f"edit {self.name!r}: before {self.before.shape} and after {self.after.shape} differ"
+                f"edit {self.name!r}: before {self.before.shape} and after {self.after.shape} "
+                "differ"
             )
 
     @property

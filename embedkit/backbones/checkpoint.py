@@ -60,12 +60,14 @@ def create(
     obj = load_weights_file(path, spec)
     if obj.get("format") != FORMAT:
         raise EmbedkitError(
-            f"backbone {spec}: {path} is not an embedkit-backbone checkpoint (no format='{FORMAT}'); "
+            f"backbone {spec}: {path} is not an embedkit-backbone checkpoint (no "
+            f"format='{FORMAT}'); "
             f"use resnet_cifar:DEPTH:PATH or torchvision:MODEL:PATH for other checkpoints"
         )
     if int(obj.get("format_version", 0)) > FORMAT_VERSION:
         raise EmbedkitError(
-            f"backbone {spec}: {path} has format version {obj['format_version']} > {FORMAT_VERSION}; "
+            f"backbone {spec}: {path} has format version {obj['format_version']} > "
+            f"{FORMAT_VERSION}; "
             f"upgrade embedkit"
         )
     builders = _builders()
@@ -136,7 +138,8 @@ def seen_mask(record: dict | None, dataset: str, uids) -> tuple[np.ndarray | Non
     if entry is None:
         return (
             None,
-            f"the checkpoint was trained on {', '.join(sorted(record)) or 'nothing listed'}, not on {dataset}",
+            f"the checkpoint was trained on {', '.join(sorted(record)) or 'nothing listed'}, not "
+            f"on {dataset}",
         )
     if entry.get("unknown"):
         return (

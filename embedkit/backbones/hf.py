@@ -181,7 +181,8 @@ def _sbert_config(path: Path, spec: str) -> dict:
         pooling = "mean"
     else:
         raise EmbedkitError(
-            f"backbone {spec}: pooling config {pool_dir / 'config.json'} asks for a mode other than "
+            f"backbone {spec}: pooling config {pool_dir / 'config.json'} asks for a mode other "
+            "than "
             f"cls or mean tokens"
         )
     st = path / "sentence_bert_config.json"
@@ -345,7 +346,8 @@ class HFTextBackbone(Backbone):
         self.max_length = int(opts["max_length"] or limit)
         if self.max_length > limit:
             raise EmbedkitError(
-                f"backbone {spec}: max_length={self.max_length} exceeds the model's limit of {limit}"
+                f"backbone {spec}: max_length={self.max_length} exceeds the model's limit of "
+                f"{limit}"
             )
         self.layer = (
             f"last_hidden_state:{self.pooling}" if self.pooling != "pooler" else "pooler_output"

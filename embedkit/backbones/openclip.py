@@ -84,13 +84,15 @@ def _find_weights(model_name: str, pretrained: str, spec: str, allow_random_init
             raise EmbedkitError(f"backbone {spec}: checkpoint {p} not found")
         raise EmbedkitError(
             f"backbone {spec}: {pretrained!r} is neither a checkpoint file nor an open_clip tag of "
-            f"{model_name} (tags: {', '.join(tags) or 'none'}; or 'random' with --allow-random-init)"
+            f"{model_name} (tags: {', '.join(tags) or 'none'}; or 'random' with "
+            "--allow-random-init)"
         )
     cfg = oc.get_pretrained_cfg(model_name, pretrained)
     path = _cached_weights(cfg)
     if path is None and os.environ.get("HF_HUB_OFFLINE", "0") in ("0", "", "false", "False"):
         print(
-            f"openclip {model_name}:{pretrained}: weights not in the local cache, trying to download them",
+            f"openclip {model_name}:{pretrained}: weights not in the local cache, trying to "
+            "download them",
             file=sys.stderr,
         )
         try:
@@ -100,7 +102,8 @@ def _find_weights(model_name: str, pretrained: str, spec: str, allow_random_init
             path = None
     if path is None and not allow_random_init:
         raise EmbedkitError(
-            f"backbone {spec}: weights for {model_name}:{pretrained} are not in the local cache and "
+            f"backbone {spec}: weights for {model_name}:{pretrained} are not in the local cache "
+            "and "
             f"could not be downloaded; pass a local checkpoint file as PRETRAINED, or "
             f"--allow-random-init to build it randomly initialised"
         )
@@ -152,7 +155,8 @@ class OpenClipBackbone(Backbone):
         except Exception as e:
             detail = (str(e).splitlines() or [""])[0][:200]
             raise EmbedkitError(
-                f"backbone {spec}: cannot build open_clip {model_name} from {path or 'random init'} "
+                f"backbone {spec}: cannot build open_clip {model_name} from "
+                f"{path or 'random init'} "
                 f"({type(e).__name__}: {detail})"
             ) from None
         pp = model.visual.preprocess_cfg

@@ -126,7 +126,8 @@ def create(
 ) -> ClassifierBackbone:
     if not args[0]:
         raise EmbedkitError(
-            f"backbone {spec!r}: expected torchvision:MODEL[:CHECKPOINT] (e.g. torchvision:resnet50, "
+            f"backbone {spec!r}: expected torchvision:MODEL[:CHECKPOINT] (e.g. "
+            "torchvision:resnet50, "
             f"torchvision:mobilenet_v2:/path/weights.pt)"
         )
     name = args[0]
@@ -134,7 +135,8 @@ def create(
     if name not in known:
         raise EmbedkitError(
             f"backbone {spec}: torchvision has no classification model {name!r} "
-            f"(e.g. resnet18, resnet50, mobilenet_v2, vit_b_16; see torchvision.models.list_models())"
+            "(e.g. resnet18, resnet50, mobilenet_v2, vit_b_16; see "
+            "torchvision.models.list_models())"
         )
     ckpt = ":".join(args[1:]) or "DEFAULT"
     enum = torchvision.models.get_model_weights(name)
@@ -158,7 +160,8 @@ def create(
                 if not allow_random_init:
                     raise EmbedkitError(
                         f"backbone {spec}: weights {tag} are not in the torch hub cache ({path}) "
-                        f"and could not be downloaded ({type(e).__name__}); pass a local CHECKPOINT "
+                        f"and could not be downloaded ({type(e).__name__}); pass a local "
+                        "CHECKPOINT "
                         f"file, or --allow-random-init to build it randomly initialised"
                     ) from None
         if path.is_file():

@@ -99,9 +99,13 @@ def _open_h5(path, mode="r", wait: float = 0.0) -> h5py.File:
                     told = True
                 time.sleep(0.25)
                 continue
+            advice = (
+                "wait for it to close the file"
+                if mode == "r"
+                else "close it, or pass --wait SECONDS"
+            )
             raise LockBusy(
-                f"{path}: in use by another process ({_in_use_by(path)}); "
-                f"{'wait for it to close the file' if mode == 'r' else 'close it, or pass --wait SECONDS'}"
+                f"{path}: in use by another process ({_in_use_by(path)}); {advice}"
             ) from None
         except OSError as e:
             raise EmbedkitError(
@@ -125,7 +129,8 @@ def _check_format(f: h5py.File, path) -> None:
     version = int(f.attrs.get("format_version", 0))
     if version > FORMAT_VERSION:
         raise EmbedkitError(
-            f"{path}: written by a newer embedkit (format version {version} > {FORMAT_VERSION}); upgrade embedkit"
+            f"{path}: written by a newer embedkit (format version {version} > {FORMAT_VERSION}); "
+            "upgrade embedkit"
         )
     if not f.attrs.get("complete", False) or "samples" not in f:
         raise EmbedkitError(
@@ -278,7 +283,8 @@ class Cache:
         n_bad = int((keep & ~s.valid[lo:hi]).sum())
         if not include_invalid and n_bad:
             warnings.warn(
-                f"{self.path}: {n_bad} invalid rows of split {name!r} left out (flagged in /samples/valid)"
+                f"{self.path}: {n_bad} invalid rows of split {name!r} left out (flagged in "
+                "/samples/valid)"
             )
             keep &= s.valid[lo:hi]
         sel = np.flatnonzero(keep)
@@ -571,7 +577,8 @@ def write_cache(
         raise EmbedkitError(f"embeddings must be a 2-D matrix, got shape {feats.shape}")
     if feats.shape[0] != len(samples):
         raise EmbedkitError(
-            f"arrays of different lengths: embeddings have {feats.shape[0]} rows, labels {len(samples)}"
+            f"arrays of different lengths: embeddings have {feats.shape[0]} rows, labels "
+            f"{len(samples)}"
         )
     if logits is not None and len(logits) != len(samples):
         raise EmbedkitError(

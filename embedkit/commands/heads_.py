@@ -41,7 +41,8 @@ def run_one(name: str, as_json: bool) -> int:
             "kind": "choice",
             "default": "none",
             "accepts": "a rule of embedkit.selection.RULES or none",
-            "help": "none = the label regime's default (val_wga, or val_worst_class without val attributes)",
+            "help": "none = the label regime's default (val_wga, or val_worst_class without val "
+            "attributes)",
         },
     )
     if as_json:
@@ -98,7 +99,8 @@ def run(args):
         mark = "*" if r["default_sweep"] else " "
         print(f"{mark} {r['name']:<{width}}  {','.join(r['regimes']) or '-':<9} {r['description']}")
     print(
-        "\n* = in `embedkit sweep --methods all`; regimes: R1 attributes on train and val, R2 on val only, "
+        "\n* = in `embedkit sweep --methods all`; regimes: R1 attributes on train and val, R2 on "
+        "val only, "
         "R3 none (methods spec 0.2); `embedkit heads NAME` prints a head's parameters"
     )
     return 0

@@ -72,8 +72,9 @@ def add_arguments(p):
     p.add_argument(
         "--seen",
         metavar="SEEN.npy",
-        help=".npy bool [N], row-aligned: True where the backbone was trained on the row (AFR and JTT "
-        "refuse such held-out rows); without it the cache records 'unknown'. An .npz may hold 'seen'. "
+        help=".npy bool [N], row-aligned: True where the backbone was trained on the row (AFR and "
+        "JTT refuse such held-out rows); without it the cache records 'unknown'. An .npz may hold "
+        "'seen'. "
         "With --from: aligned with the rows as read (subpopbench: feats_train, _val, _test; "
         "clip-retrieval: parts in order; dfr: files, then train/val/test), or a 'seen' column "
         "of a SubpopBench metadata file that embedkit exported",

@@ -16,7 +16,8 @@ def add_arguments(p):
 def run(args):
     from embedkit.cache import merge
 
-    print(
-        f"wrote {merge(args.shards, args.out, backbone=args.backbone, overwrite=args.overwrite, wait=args.wait)}"
+    out = merge(
+        args.shards, args.out, backbone=args.backbone, overwrite=args.overwrite, wait=args.wait
     )
+    print(f"wrote {out}")
     return 0

@@ -96,7 +96,8 @@ class CelebA(FileDataset):
         for name in (target, spurious):
             if name not in attrs.header[1:]:
                 raise EmbedkitError(
-                    f"{attr_path}: no attribute {name!r} (attributes: {', '.join(attrs.header[1:])})"
+                    f"{attr_path}: no attribute {name!r} (attributes: "
+                    f"{', '.join(attrs.header[1:])})"
                 )
         if target == spurious:
             raise EmbedkitError("dataset celeba: target and spurious must be different attributes")

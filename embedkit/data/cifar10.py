@@ -114,7 +114,10 @@ def decode_members(folder: Path, tar: str, members: list[str]) -> np.ndarray:
 
 class Cifar10(ImageDataset):
     name = "cifar10"
-    description = "CIFAR-10 from the shared tars (class = CIFAR class, one dummy attribute); val from train.tar"
+    description = (
+        "CIFAR-10 from the shared tars (class = CIFAR class, one dummy attribute); val from "
+        "train.tar"
+    )
     OPTIONS = {
         "val_per_class": Option(
             500, int, "the highest-numbered files of each class in train.tar form val"

@@ -52,7 +52,8 @@ def _value(path, line, col, v) -> float:
 class CivilComments(TextDataset):
     name = "civilcomments"
     description = (
-        "CivilComments (WILDS all_data_with_identities.csv); y toxic, a any of 8 identities (coarse), "
+        "CivilComments (WILDS all_data_with_identities.csv); y toxic, a any of 8 identities "
+        "(coarse), "
         "16 overlapping toxic x identity evaluation groups (fine)"
     )
     OPTIONS = {
@@ -74,7 +75,8 @@ class CivilComments(TextDataset):
         path = self.table_path(o["file"], "all_data_with_identities.csv")
         if not path.is_file():
             raise EmbedkitError(
-                f"{path}: no such file (dataset {self.name}: the WILDS all_data_with_identities.csv)"
+                f"{path}: no such file (dataset {self.name}: the WILDS "
+                "all_data_with_identities.csv)"
             )
         need = (
             ["id", "comment_text", "split", "toxicity"]

@@ -39,7 +39,8 @@ def dim(gray: np.ndarray, intensity: float) -> np.ndarray:
 class DoubleMnist(ArrayDataset):
     name = "double_mnist"
     description = (
-        "Double-MNIST (LR paper Fig. 1): core digit at full intensity beside a dimmed spurious digit, "
+        "Double-MNIST (LR paper Fig. 1): core digit at full intensity beside a dimmed spurious "
+        "digit, "
         "P(a=y) 0.9 in train and val, balanced test; 28x56"
     )
     OPTIONS = {
@@ -72,7 +73,8 @@ class DoubleMnist(ArrayDataset):
         k = len(digits)
         if o["layout"] not in LAYOUTS:
             raise EmbedkitError(
-                f"dataset double_mnist: option layout={o['layout']!r}: choose {' or '.join(LAYOUTS)}"
+                f"dataset double_mnist: option layout={o['layout']!r}: choose "
+                f"{' or '.join(LAYOUTS)}"
             )
         intensity = check_fraction(self.name, "intensity", o["intensity"])
         rho = {"train": check_fraction(self.name, "train_corr", o["train_corr"])}

@@ -101,7 +101,8 @@ def encode(
 class CsvDataset(FileDataset):
     name = "csv"
     description = (
-        "any image folder plus a CSV manifest; path/label/attribute/split columns by option, or found "
+        "any image folder plus a CSV manifest; path/label/attribute/split columns by option, or "
+        "found "
         "by their common names (y/label, a/attr/place/spurious, split)"
     )
     OPTIONS = {

@@ -41,5 +41,6 @@ def require_file(path: Path, hint: str) -> Path:
 SHARED_HINT = "pass --root or set EMBEDKIT_DATA to the shared data folder"
 FASHION_HINT = (
     "Fashion-MNIST comes from the Debian package dataset-fashion-mnist: "
-    "apt-get install -y dataset-fashion-mnist, or set EMBEDKIT_FASHION_MNIST or the fashion_root option"
+    "apt-get install -y dataset-fashion-mnist, or set EMBEDKIT_FASHION_MNIST or the fashion_root "
+    "option"
 )

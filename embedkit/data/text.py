@@ -192,7 +192,8 @@ def allow_long_fields() -> None:
 class TextCsv(TextDataset):
     name = "text_csv"
     description = (
-        "any CSV/TSV of texts (or text pairs): text, label, optional attribute column or term list, "
+        "any CSV/TSV of texts (or text pairs): text, label, optional attribute column or term "
+        "list, "
         "optional split (else a seeded group-stratified split)"
     )
     OPTIONS = {
@@ -286,7 +287,8 @@ class TextCsv(TextDataset):
             }.get(o["terms_in"])
             if where is None or any(w is None for w in where):
                 raise EmbedkitError(
-                    f"dataset {self.name}: option terms_in={o['terms_in']!r}: use text, or pair/both "
+                    f"dataset {self.name}: option terms_in={o['terms_in']!r}: use text, or "
+                    "pair/both "
                     f"with a pair_col"
                 )
             a = np.zeros(len(table), np.int64)

@@ -163,7 +163,10 @@ class AFRHead(SGDHead):
 
     def unmet(self, train, val) -> str | None:
         if self.params["stage1"] == "stored" and train.erm_head is None:
-            return f"afr stage1=stored needs the frozen ERM head (W0, b0) stored with backbone {train.backbone}"
+            return (
+                "afr stage1=stored needs the frozen ERM head (W0, b0) stored with backbone "
+                f"{train.backbone}"
+            )
         if len(train) < 2:
             return None
         _, hold_idx = self.split_train(len(train))

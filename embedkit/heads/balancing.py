@@ -125,7 +125,8 @@ class BalancedHead(SGDHead):
         if empty:
             names = train.class_names if self.unit == "class" else train.group_names
             warnings.warn(
-                f"{self.name}: empty {self.unit} unit(s) skipped: {', '.join(names[u] for u in empty)}"
+                f"{self.name}: empty {self.unit} unit(s) skipped: "
+                f"{', '.join(names[u] for u in empty)}"
             )
         fit = np.arange(len(train))
         variant = Variant()

@@ -281,7 +281,8 @@ class DFRHead(Head):
         if p["tune_class_weights"]:
             if train.n_classes != 2:
                 raise EmbedkitError(
-                    f"dfr_train: tune_class_weights needs 2 classes, the cache has {train.n_classes}"
+                    "dfr_train: tune_class_weights needs 2 classes, the cache has "
+                    f"{train.n_classes}"
                 )
             configs = [
                 {"C": float(c), "class_weight": cw}

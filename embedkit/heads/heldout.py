@@ -47,8 +47,10 @@ def check_unseen(
         return entry
     raise EmbedkitError(
         f"{head_name}: {n_seen} of {len(seen)} {role} ({split.name} split) were seen by backbone "
-        f"{split.backbone or '?'} in training, so its head is confident on them and the method degenerates to "
-        f"ERM; use a backbone that did not train on them (train-erm --holdout 0.2 keeps the last 20 % of train "
+        f"{split.backbone or '?'} in training, so its head is confident on them and the method "
+        "degenerates to "
+        "ERM; use a backbone that did not train on them (train-erm --holdout 0.2 keeps the last "
+        "20 % of train "
         f"unseen), or pass {param}=true (flagged as seen_override)"
     )
 

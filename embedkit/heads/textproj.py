@@ -16,8 +16,8 @@ with τ = 100 as in `zeroshot`.
   accept); classes keep their unmodified prompts.
 
 Reference prompt sets ship as `embedkit/prompts/{debias_vl,roboshot}_{waterbirds,celeba}.txt`
-(lines `KIND:INDEX | PROMPT`); `embedkit.cache.text.store_prompts` embeds them with a text encoder and adds them to a
-cache.
+(lines `KIND:INDEX | PROMPT`); `embedkit.cache.text.store_prompts` embeds them with a text encoder
+and adds them to a cache.
 """
 
 from __future__ import annotations
@@ -180,7 +180,8 @@ class TextProjHead(ZeroShotHead):
             if not any(len(prompt_entries(train.text, k)[2]) for k in kind.split("|")):
                 wanted = " or ".join(repr(k) for k in kind.split("|"))
                 return (
-                    f"{self.name}: needs prompts of kind {wanted} in /text/{train.backbone or '<backbone>'} "
+                    f"{self.name}: needs prompts of kind {wanted} in "
+                    f"/text/{train.backbone or '<backbone>'} "
                     f"(see embedkit.cache.text.store_prompts)"
                 )
         return super().unmet(train, val)

@@ -115,7 +115,10 @@ class ZeroShotHead(Head):
         _, index, _ = prompt_entries(train.text, kind)
         need = train.n_classes if kind == "class" else train.n_groups
         if not set(range(need)) <= set(index.tolist()):
-            return f"zeroshot: the cache stores no {kind!r} prompt for some of the {need} {kind} indices"
+            return (
+                f"zeroshot: the cache stores no {kind!r} prompt for some of the {need} {kind} "
+                "indices"
+            )
         return None
 
     def _fit(self, train, val, monitor):

@@ -175,7 +175,8 @@ def import_arrays(
     for name, arr in (("labels (y)", y), ("attributes (a)", a), ("splits", split)):
         if len(arr) != n:
             raise EmbedkitError(
-                f"{source}: arrays of different lengths: embeddings have {n} rows, {name} {len(arr)}"
+                f"{source}: arrays of different lengths: embeddings have {n} rows, {name} "
+                f"{len(arr)}"
             )
     if ids is not None and len(ids) != n:
         raise EmbedkitError(

@@ -99,7 +99,8 @@ def import_subpopbench(
         if files[split] is None:
             if rows.size:
                 log(
-                    f"{folder}: no feats_{split}.npy; the {rows.size} {split} rows of {meta.path.name} are left out"
+                    f"{folder}: no feats_{split}.npy; the {rows.size} {split} rows of "
+                    f"{meta.path.name} are left out"
                 )
             continue
         Z = load_array(files[split])
@@ -406,7 +407,8 @@ def import_clip_retrieval(
         j = first.setdefault(u, i)
         if j != i:
             raise EmbedkitError(
-                f"{where[i][0]}, row {where[i][1]}: duplicate {id_col} {u!r} (also {where[j][0].name} "
+                f"{where[i][0]}, row {where[i][1]}: duplicate {id_col} {u!r} (also "
+                f"{where[j][0].name} "
                 f"row {where[j][1]}); name a unique column with --id-col"
             )
     return import_arrays(
@@ -468,7 +470,8 @@ def _dfr_follow_up(f: Path, z: dict, log) -> list[tuple]:
         )
         if bad:
             log(
-                f"{f}: {bad} rows whose g differs from y * {n_attrs} + p; embedkit's groups are y * n_attrs + a"
+                f"{f}: {bad} rows whose g differs from y * {n_attrs} + p; embedkit's groups are y "
+                "* n_attrs + a"
             )
     return out
 

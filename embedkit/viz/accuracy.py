@@ -83,7 +83,8 @@ def group_accuracy_bars(
     ax.set_ylim(0, 1.05)
     ax.set_ylabel(f"{split} accuracy")
     ax.set_title(
-        f"Per-group {split} accuracy: mean ± std over seeds (ddof=1); hatched = each method's worst group",
+        f"Per-group {split} accuracy: mean ± std over seeds (ddof=1); hatched = each method's "
+        "worst group",
         fontsize=9,
     )
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
