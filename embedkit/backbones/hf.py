@@ -105,6 +105,22 @@ def _weights(path: Path) -> list[Path]:
     return []
 
 
+def _provenance(path: Path, model, files: list[Path], tag: str, random_init: bool) -> dict:
+    """What every hf backbone records of its folder, model and weights (text and image alike)."""
+    return {
+        "library": "transformers",
+        "transformers_version": _transformers().__version__,
+        "model_name": model_name(path),
+        "model_type": str(model.config.model_type),
+        "model_class": type(model).__name__,
+        "folder": str(path.resolve()),
+        "weights_file": ", ".join(str(f.resolve()) for f in files),
+        "weights_sha256": _weights_sha(files) if files else "",
+        "weights_tag": tag,
+        "random_init": random_init,
+    }
+
+
 def _weights_sha(files: list[Path]) -> str:
     if len(files) == 1:
         return sha256_file(files[0])
@@ -385,16 +401,7 @@ class HFTextBackbone(Backbone):
                 self._forward(self.prepare(self.collate_fn([("probe", "")])[0]))[0].shape[1]
             )
         self._provenance = {
-            "library": "transformers",
-            "transformers_version": _transformers().__version__,
-            "model_name": model_name(path),
-            "model_type": str(model.config.model_type),
-            "model_class": type(model).__name__,
-            "folder": str(path.resolve()),
-            "weights_file": ", ".join(str(f.resolve()) for f in files),
-            "weights_sha256": _weights_sha(files) if files else "",
-            "weights_tag": tag,
-            "random_init": random_init,
+            **_provenance(path, model, files, tag, random_init),
             "modality": "text",
             "pooling": self.pooling,
             "max_length": self.max_length,
@@ -530,16 +537,7 @@ class HFImageBackbone(Backbone):
             self._forward(torch.zeros(1, 3, *cfg["size"], device=self.device))[0].shape[1]
         )
         self._provenance = {
-            "library": "transformers",
-            "transformers_version": _transformers().__version__,
-            "model_name": model_name(path),
-            "model_type": str(model.config.model_type),
-            "model_class": type(model).__name__,
-            "folder": str(path.resolve()),
-            "weights_file": ", ".join(str(f.resolve()) for f in files),
-            "weights_sha256": _weights_sha(files) if files else "",
-            "weights_tag": tag,
-            "random_init": random_init,
+            **_provenance(path, model, files, tag, random_init),
             "modality": "image",
             "pooling": self.pooling,
         }

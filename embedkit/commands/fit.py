@@ -103,6 +103,20 @@ def summary_line(rec: dict) -> str:
     )
 
 
+def sweep_options(args) -> dict:
+    """The keyword arguments of `runs.sweep` that fit and sweep share, from their common flags."""
+    return dict(
+        label_budgets=parse_budgets(args.label_budget),
+        backbone=args.backbone,
+        allow_overlap=args.allow_overlap,
+        val_reserved=args.val_reserved,
+        skip_existing=not args.force,
+        groups=args.groups,
+        jobs=args.jobs,
+        threads=args.threads,
+    )
+
+
 def method_params(method: str, items) -> dict:
     """--param KEY=VALUE (or METHOD.KEY=VALUE naming the method fitted) as the head's parameters."""
     from embedkit.cli import parse_key_values
@@ -131,15 +145,8 @@ def run(args):
         [args.method],
         parse_seeds(args.seeds),
         out,
+        **sweep_options(args),
         params={args.method: params},
-        label_budgets=parse_budgets(args.label_budget),
-        backbone=args.backbone,
-        allow_overlap=args.allow_overlap,
-        val_reserved=args.val_reserved,
-        skip_existing=not args.force,
-        groups=args.groups,
-        jobs=args.jobs,
-        threads=args.threads,
         raise_errors=True,  # the one method asked for: a refusal is the command's error
     )
     for rec in entries:

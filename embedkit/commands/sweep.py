@@ -1,7 +1,7 @@
 """embedkit sweep: fit every head (or a list) with several seeds and write the results table; in
 worker processes (--jobs) or as one slice of a SLURM job array (--shard)."""
 
-from embedkit.commands.fit import add_common, parse_budgets, parse_seeds
+from embedkit.commands.fit import add_common, parse_seeds, sweep_options
 
 
 def add_arguments(p):
@@ -60,15 +60,8 @@ def run(args):
         parse_seeds(args.seeds),
         args.out,
         params=params,
-        label_budgets=parse_budgets(args.label_budget),
-        backbone=args.backbone,
-        allow_overlap=args.allow_overlap,
-        val_reserved=args.val_reserved,
-        skip_existing=not args.force,
-        groups=args.groups,
-        jobs=args.jobs,
-        threads=args.threads,
         shard=shard,
+        **sweep_options(args),
     )
     print()
     if shard and shard[1] > 1:
