@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from embedkit.errors import EmbedkitError
+
 
 def resolve(cls, config, overrides: dict, where: str):
     """`config` (an instance of `cls`, or None for the defaults) with `overrides` applied."""
@@ -35,3 +37,20 @@ def field_names(cls) -> frozenset:
 def settings(config) -> dict:
     """The fields as a plain dict (for provenance records)."""
     return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+
+
+def parse_shard(text) -> tuple[int, int]:
+    """'i/n' (or a tuple) -> (i, n) with 0 <= i < n: the one --shard rule, of extraction and of
+    sweeps alike (SLURM: $SLURM_ARRAY_TASK_ID/$N)."""
+    if isinstance(text, (tuple, list)):
+        i, n = text
+    else:
+        try:
+            i, n = (int(v) for v in str(text).split("/"))
+        except ValueError:
+            raise EmbedkitError(
+                f"--shard {text!r}: expected i/n such as 0/4 (0-based job index / number of jobs)"
+            ) from None
+    if not (n >= 1 and 0 <= i < n):
+        raise EmbedkitError(f"--shard {i}/{n}: need n >= 1 and 0 <= i < n")
+    return int(i), int(n)

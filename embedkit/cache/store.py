@@ -913,6 +913,16 @@ def merge(
     )
 
 
+def _fresh_group(f, path, parent: str, name: str):
+    """An empty /<parent>/<name> in an open cache of a format this version reads (a group of that
+    name is replaced: derived arrays and text embeddings are rewritten whole)."""
+    _check_format(f, path)
+    p = f.require_group(parent)
+    if name in p:
+        del p[name]
+    return p.create_group(name)
+
+
 def write_derived(
     path,
     name: str,
@@ -922,11 +932,7 @@ def write_derived(
 ) -> None:
     """Store derived arrays (projections, centroids, inferred groups) under /derived/<name>."""
     with writer_lock(path, wait, "derived"), _open_h5(path, "a", wait=wait) as f:
-        _check_format(f, path)
-        d = f.require_group("derived")
-        if name in d:
-            del d[name]
-        g = d.create_group(name)
+        g = _fresh_group(f, path, "derived", name)
         for k, v in arrays.items():
             v = np.asarray(v)
             g.create_dataset(

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from embedkit.cache.store import STR, Cache, _check_format, _open_h5, _to_attr
+from embedkit.cache.store import STR, Cache, _fresh_group, _open_h5, _to_attr
 from embedkit.errors import EmbedkitError
 from embedkit.locking import writer_lock
 
@@ -31,11 +31,7 @@ def write_text(
     if not (len(prompts) == len(feats) == len(kind) == len(index)):
         raise EmbedkitError("text prompts, feats, kind and index must have the same length")
     with writer_lock(path, wait, "text"), _open_h5(path, "a", wait=wait) as f:
-        _check_format(f, path)
-        t = f.require_group("text")
-        if backbone_key in t:
-            del t[backbone_key]
-        g = t.create_group(backbone_key)
+        g = _fresh_group(f, path, "text", backbone_key)
         g.create_dataset("prompts", data=np.asarray(list(prompts), dtype=object), dtype=STR)
         g.create_dataset("feats", data=feats)
         g.create_dataset("kind", data=np.asarray(list(kind), dtype=object), dtype=STR)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from embedkit.configs import parse_shard
 from embedkit.errors import EmbedkitError
 from embedkit.schema import SPLITS, split_code
 
@@ -17,22 +18,6 @@ DEFAULT_BATCH_SIZE = 256
 DEFAULT_PART_ROWS = 16384
 # what --dtype accepts, and the stored feature dtype each name means
 DTYPES = {"float16": "float16", "float32": "float32", "fp16": "float16", "fp32": "float32"}
-
-
-def parse_shard(text) -> tuple[int, int]:
-    """'i/n' (or a tuple) -> (i, n) with 0 <= i < n."""
-    if isinstance(text, (tuple, list)):
-        i, n = text
-    else:
-        try:
-            i, n = (int(v) for v in str(text).split("/"))
-        except ValueError:
-            raise EmbedkitError(
-                f"--shard {text!r}: expected i/n such as 0/4 (0-based job index / number of jobs)"
-            ) from None
-    if not (n >= 1 and 0 <= i < n):
-        raise EmbedkitError(f"--shard {i}/{n}: need n >= 1 and 0 <= i < n")
-    return int(i), int(n)
 
 
 @dataclass(frozen=True)

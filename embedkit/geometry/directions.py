@@ -98,30 +98,23 @@ def pair_differences(mu, counts, kind: str):
     """Every signed pairwise mean difference of one kind, over groups present.
 
     kind "spurious": mu_(y,a') - mu_(y,a) for each class y and a < a' (same class, different
-    domains);
-    kind "core":     mu_(y',a) - mu_(y,a) for each attribute a and y < y' (same domain, different
-    classes).
+    domains); kind "core": mu_(y',a) - mu_(y,a) for each attribute a and y < y' (same domain,
+    different classes), which is "spurious" on the class/attribute-transposed means.
     Returns (diffs [P, D], pairs [P, 3] int: (y, a, a') or (a, y, y')).
     """
     counts = np.asarray(counts)
-    C, A = counts.shape
-    pairs, rows = [], []
-    if kind == "spurious":
-        for y in range(C):
-            for i in range(A):
-                for j in range(i + 1, A):
-                    if counts[y, i] and counts[y, j]:
-                        pairs.append((y, i, j))
-                        rows.append(mu[y, j] - mu[y, i])
-    elif kind == "core":
-        for d in range(A):
-            for i in range(C):
-                for j in range(i + 1, C):
-                    if counts[i, d] and counts[j, d]:
-                        pairs.append((d, i, j))
-                        rows.append(mu[j, d] - mu[i, d])
-    else:
+    if kind == "core":
+        mu, counts = mu.swapaxes(0, 1), counts.T
+    elif kind != "spurious":
         raise EmbedkitError(f"pair_differences: kind must be 'spurious' or 'core', not {kind!r}")
+    outer, inner = counts.shape
+    pairs, rows = [], []
+    for o in range(outer):
+        for i in range(inner):
+            for j in range(i + 1, inner):
+                if counts[o, i] and counts[o, j]:
+                    pairs.append((o, i, j))
+                    rows.append(mu[o, j] - mu[o, i])
     if not rows:
         return None, np.zeros((0, 3), np.int64)
     return _xp(mu).stack(rows), np.asarray(pairs, np.int64)

@@ -31,6 +31,7 @@ import numpy as np
 
 from embedkit import metrics
 from embedkit.cache import Cache
+from embedkit.configs import parse_shard
 from embedkit.errors import EmbedkitError
 from embedkit.jsonsafe import jsonable
 from embedkit.runs.records import (
@@ -163,169 +164,136 @@ def fit_record(
     (`groups`, regime R3) and the tables mark it. `threads`: torch and BLAS threads during the run
     (None: as they are)."""
     from embedkit import heads
+    from embedkit.heads.monitor import Monitor
 
     params = dict(params or {})
     # Parameters are checked (by the head's PARAMS, in its constructor) before anything is loaded.
     heads.create(method, seed=seed, **params)
     cache, train, val, test = splits or load_splits(cache_path, backbone)
+    out_dir = Path(out_dir)
     with pinned_threads(threads):
-        return _fit(
-            cache,
-            train,
-            val,
-            test,
-            method,
-            params,
-            seed,
-            Path(out_dir),
-            label_budget,
-            allow_overlap,
-            val_reserved,
-            test_history,
-            groups,
+        if val_reserved:
+            val, reserved = reserve_val(val, val_reserved, seed)
+        else:
+            reserved = None
+        seen = apply_label_budget(val, label_budget, seed)
+        reg = regime(train, seen)
+        head = heads.create(method, seed=seed, **params)
+        inferred = None
+        if groups:
+            from embedkit.analysis.infer import infer_groups
+
+            inferred = infer_groups(groups, train, seen, seed=head.seeds["infer"])
+            train, seen = inferred.apply(train, "train"), inferred.apply(seen, "val")
+            reg = regime(train, seen)  # the pseudo-labels' regime decides what can run
+        bind_backbones(head, cache, seen)
+        why = unmet_needs(head, train, seen, reg)
+        if why:
+            raise UnmetNeeds(why)
+
+        t0 = time.perf_counter()
+        head.fit(train, seen, Monitor({"test": test}) if test_history else Monitor())
+        fit_seconds = time.perf_counter() - t0
+
+        split_metrics = {"val": _evaluate(head, seen), "test": _evaluate(head, test)}
+        if reserved is not None:
+            split_metrics["val_reserved"] = _evaluate(head, reserved)
+
+        rows = {
+            role: np.sort(np.asarray(head.rows_.get(role, []), np.int64))
+            for role in ("fit", "tune", "select")
+        }
+        rows["report"] = np.sort(test.rows)
+        if reserved is not None:
+            rows["reserved"] = np.sort(reserved.rows)
+        # Rows a head fitted or tuned on may not be read by its final selection (spec 4.4).
+        flags = check_leak(
+            np.union1d(rows["fit"], rows["tune"]), rows["select"], rows["report"], allow_overlap
+        )
+        sel = dict(head.selected_ or {})
+        read = getattr(head, "selection_rows_", None)  # the rows `selection.split` names
+        sel_rows = np.sort(np.asarray([] if read is None else read, np.int64))
+        sel_flags = sel.pop("flags", {}) or {}
+        flags.update(
+            oracle=bool(sel_flags.get("oracle", False)),
+            partial_groups=bool(
+                sel_flags.get("partial_groups", False)
+                or (split_metrics["val"] or {}).get("partial_groups", False)
+            ),
+            reconstructed=bool(getattr(head, "reconstructed", False)),
+            rows_declared=all(role in head.rows_ for role in ("fit", "tune", "select")),
         )
 
+        d = run_dir(out_dir, method, params, seed, label_budget, val_reserved, groups)
+        begin(d)
+        arrays = {f"artifact_{k}": np.asarray(v) for k, v in (head.artifacts_ or {}).items()}
+        arrays.update({f"rows_{r}": v for r, v in rows.items()})
+        for k in ("coef_", "intercept_"):
+            if getattr(head, k, None) is not None:
+                arrays[k.rstrip("_")] = np.asarray(getattr(head, k))
+        np.savez(d / "artifacts.npz", **arrays)
+        history = head.history_ or []
+        with open(d / "history.jsonl", "w") as f:
+            for r in history:
+                f.write(json.dumps(jsonable(r)) + "\n")
+        prov = cache.provenance(train.backbone)
+        info = dict(head.info_ or {})
+        prompts = info.pop("prompts", None)
+        if prompts is not None:
+            kept = {k: prov.get(k) for k in PROMPT_PROVENANCE if k in prov}
+            prompts = {**prompts, "cache_provenance": kept}
+            (d / "prompts.json").write_text(json.dumps(jsonable(prompts), indent=2, sort_keys=True))
 
-def _fit(
-    cache,
-    train,
-    val,
-    test,
-    method,
-    params,
-    seed,
-    out_dir,
-    label_budget,
-    allow_overlap,
-    val_reserved,
-    test_history,
-    groups,
-) -> dict:
-    from embedkit import heads
-    from embedkit.heads.monitor import Monitor
-
-    if val_reserved:
-        val, reserved = reserve_val(val, val_reserved, seed)
-    else:
-        reserved = None
-    seen = apply_label_budget(val, label_budget, seed)
-    reg = regime(train, seen)
-    head = heads.create(method, seed=seed, **params)
-    inferred = None
-    if groups:
-        from embedkit.analysis.infer import infer_groups
-
-        inferred = infer_groups(groups, train, seen, seed=head.seeds["infer"])
-        train, seen = inferred.apply(train, "train"), inferred.apply(seen, "val")
-        reg = regime(train, seen)  # the pseudo-labels' regime decides what can run
-    bind_backbones(head, cache, seen)
-    why = unmet_needs(head, train, seen, reg)
-    if why:
-        raise UnmetNeeds(why)
-
-    t0 = time.perf_counter()
-    head.fit(train, seen, Monitor({"test": test}) if test_history else Monitor())
-    fit_seconds = time.perf_counter() - t0
-
-    split_metrics = {"val": _evaluate(head, seen), "test": _evaluate(head, test)}
-    if reserved is not None:
-        split_metrics["val_reserved"] = _evaluate(head, reserved)
-
-    rows = {
-        role: np.sort(np.asarray(head.rows_.get(role, []), np.int64))
-        for role in ("fit", "tune", "select")
-    }
-    rows["report"] = np.sort(test.rows)
-    if reserved is not None:
-        rows["reserved"] = np.sort(reserved.rows)
-    # Rows a head fitted or tuned on may not be read by its final selection (spec 4.4).
-    flags = check_leak(
-        np.union1d(rows["fit"], rows["tune"]), rows["select"], rows["report"], allow_overlap
-    )
-    sel = dict(head.selected_ or {})
-    read = getattr(head, "selection_rows_", None)  # the rows `selection.split` names
-    sel_rows = np.sort(np.asarray([] if read is None else read, np.int64))
-    sel_flags = sel.pop("flags", {}) or {}
-    flags.update(
-        oracle=bool(sel_flags.get("oracle", False)),
-        partial_groups=bool(
-            sel_flags.get("partial_groups", False)
-            or (split_metrics["val"] or {}).get("partial_groups", False)
-        ),
-        reconstructed=bool(getattr(head, "reconstructed", False)),
-        rows_declared=all(role in head.rows_ for role in ("fit", "tune", "select")),
-    )
-
-    d = run_dir(out_dir, method, params, seed, label_budget, val_reserved, groups)
-    begin(d)
-    arrays = {f"artifact_{k}": np.asarray(v) for k, v in (head.artifacts_ or {}).items()}
-    arrays.update({f"rows_{r}": v for r, v in rows.items()})
-    for k in ("coef_", "intercept_"):
-        if getattr(head, k, None) is not None:
-            arrays[k.rstrip("_")] = np.asarray(getattr(head, k))
-    np.savez(d / "artifacts.npz", **arrays)
-    history = head.history_ or []
-    with open(d / "history.jsonl", "w") as f:
-        for r in history:
-            f.write(json.dumps(jsonable(r)) + "\n")
-    prov = cache.provenance(train.backbone)
-    info = dict(head.info_ or {})
-    prompts = info.pop("prompts", None)
-    if prompts is not None:
-        kept = {k: prov.get(k) for k in PROMPT_PROVENANCE if k in prov}
-        prompts = {**prompts, "cache_provenance": kept}
-        (d / "prompts.json").write_text(json.dumps(jsonable(prompts), indent=2, sort_keys=True))
-
-    hp = head.get_params()
-    record = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "run_id": run_id(method, params, seed, label_budget, val_reserved, groups),
-        "method": method,
-        "params": {k: v for k, v in hp.items() if k != "seed"},
-        "params_given": params,
-        "seed": int(seed),
-        "seeds": head.seeds,
-        "cache": {
-            "path": str(Path(cache.path).resolve()),
-            "path_rel": relpath(cache.path, out_dir),
-            "backbone_key": train.backbone,
-            "fingerprint": prov.get("fingerprint", ""),
-            "dtype": prov.get("dtype"),
-            "dataset": cache.dataset,
-        },
-        "selection": {
-            "rule": sel.get("rule"),
-            "split": sel.get("split"),
-            "score": sel.get("score"),
-            "config_id": sel.get("config_id"),
-            "config": sel.get("config"),
-            "step": sel.get("step"),
-            "tie": sel.get("tie"),
-            "grid_size": sel.get("grid_size"),
-            "refit": bool(sel.get("refit", False)),
-            "rows": {"n": int(len(sel_rows)), "sha256": rows_sha(sel_rows)},
-        },
-        "fit_seconds": fit_seconds,
-        "threads": _threads_now(),
-        "metrics": split_metrics,
-        "mean_kinds": dict(metrics.MEAN_KINDS),
-        "label_budget": float(label_budget),
-        "val_reserved": float(val_reserved),
-        # With inferred groups no true attribute reaches the head: the run is R3 whatever the
-        # budget.
-        "regime": "R3" if inferred else reg,
-        "groups": inferred.record() if inferred else None,
-        "val_used_for_training": bool(np.intersect1d(rows["fit"], val.rows).size),
-        "rows": {r: {"n": int(len(v)), "sha256": rows_sha(v)} for r, v in rows.items()},
-        "flags": flags,
-        "info": info,
-        "history": {"file": "history.jsonl", "n": len(history)},
-        "prompts": prompts,
-        "versions": _versions(),
-        "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-    }
-    return write_record(d, record)
+        hp = head.get_params()
+        record = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "run_id": run_id(method, params, seed, label_budget, val_reserved, groups),
+            "method": method,
+            "params": {k: v for k, v in hp.items() if k != "seed"},
+            "params_given": params,
+            "seed": int(seed),
+            "seeds": head.seeds,
+            "cache": {
+                "path": str(Path(cache.path).resolve()),
+                "path_rel": relpath(cache.path, out_dir),
+                "backbone_key": train.backbone,
+                "fingerprint": prov.get("fingerprint", ""),
+                "dtype": prov.get("dtype"),
+                "dataset": cache.dataset,
+            },
+            "selection": {
+                "rule": sel.get("rule"),
+                "split": sel.get("split"),
+                "score": sel.get("score"),
+                "config_id": sel.get("config_id"),
+                "config": sel.get("config"),
+                "step": sel.get("step"),
+                "tie": sel.get("tie"),
+                "grid_size": sel.get("grid_size"),
+                "refit": bool(sel.get("refit", False)),
+                "rows": {"n": int(len(sel_rows)), "sha256": rows_sha(sel_rows)},
+            },
+            "fit_seconds": fit_seconds,
+            "threads": _threads_now(),
+            "metrics": split_metrics,
+            "mean_kinds": dict(metrics.MEAN_KINDS),
+            "label_budget": float(label_budget),
+            "val_reserved": float(val_reserved),
+            # With inferred groups no true attribute reaches the head: the run is R3 whatever the
+            # budget.
+            "regime": "R3" if inferred else reg,
+            "groups": inferred.record() if inferred else None,
+            "val_used_for_training": bool(np.intersect1d(rows["fit"], val.rows).size),
+            "rows": {r: {"n": int(len(v)), "sha256": rows_sha(v)} for r, v in rows.items()},
+            "flags": flags,
+            "info": info,
+            "history": {"file": "history.jsonl", "n": len(history)},
+            "prompts": prompts,
+            "versions": _versions(),
+            "created_at": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        }
+        return write_record(d, record)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -383,21 +351,6 @@ def plan(methods, seeds, params: dict, label_budgets) -> list[Planned]:
             for seed in seeds:
                 out.append(Planned(len(out), method, params.get(method, {}), budget, int(seed)))
     return out
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """'i/n' with 0 <= i < n, as given to --shard (SLURM: $SLURM_ARRAY_TASK_ID/$N)."""
-    try:
-        i, n = (int(x) for x in str(text).split("/"))
-    except ValueError:
-        raise EmbedkitError(
-            f"--shard {text!r}: expected i/n with 0 <= i < n, such as 0/4"
-        ) from None
-    if not 0 <= i < n:
-        raise EmbedkitError(
-            f"--shard {text!r}: expected i/n with 0 <= i < n, such as 0/{max(n, 1)}"
-        )
-    return i, n
 
 
 def check_params(methods, params: dict) -> None:
@@ -517,9 +470,7 @@ def sweep(
         threads = max(1, (os.cpu_count() or 1) // jobs)
     if threads is not None and int(threads) < 1:
         raise EmbedkitError(f"--threads {threads}: expected a positive thread count")
-    i, n = parse_shard(shard) if isinstance(shard, str) else (shard or (0, 1))
-    if not 0 <= i < n:
-        raise EmbedkitError(f"shard {i}/{n}: expected 0 <= i < n")
+    i, n = parse_shard(shard) if shard is not None else (0, 1)
     out_dir = Path(out_dir)
     splits = load_splits(cache_path, backbone)
     fingerprint = splits[0].fingerprint(splits[1].backbone)
