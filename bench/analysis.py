@@ -13,11 +13,9 @@
    subsampling switched off), tol = 0 so scikit-learn does not stop early; embedkit's
    `clusters.kmeans` (faiss.Kmeans) against `sklearn.cluster.KMeans(algorithm="lloyd")`. Twice: with
    random initial centroids on both sides (equal work: the headline ratio) and with k-means++
-   seeding
-   on both sides (scikit-learn's default greedy k-means++ tries 2 + ln k candidates per centroid;
-   faiss's k-means++ is embedkit's default). Final objectives (SSE) are printed so the two can be
-   seen
-   to reach the same quality.
+   seeding on both sides (scikit-learn's default greedy k-means++ tries 2 + ln k candidates per
+   centroid; faiss's k-means++ is embedkit's default). Final objectives (SSE) are printed so the two
+   can be seen to reach the same quality.
 
 Both libraries run on the same number of threads (--threads, default all cores): faiss through
 omp_set_num_threads, scikit-learn's BLAS and OpenMP through threadpoolctl. Targets: k-NN >= 2x,
@@ -81,7 +79,7 @@ def main(argv=None) -> int:
     # -- k-NN ------------------------------------------------------------------------------------
     print(
         f"k-NN: {args.n} x {args.dim} float32 (unit rows), k = {args.k}, {args.queries} queries; "
-        f"timed = build + search"
+        "timed = build + search"
     )
     (_, I_f), t_f = timed(lambda: Index(X, "ip", use_gpu=False).search(Q, args.k))
     print(f"  faiss IndexFlatIP via embedkit Index        {t_f:8.2f} s")
@@ -112,7 +110,7 @@ def main(argv=None) -> int:
     Xk = X[: args.kmeans_n]
     print(
         f"k-means: {len(Xk)} x {args.dim}, {args.centroids} centroids, {args.iters} Lloyd iterations on both "
-        f"sides, n_init = nredo = 1, all rows (faiss subsampling off), sklearn tol = 0, algorithm lloyd"
+        "sides, n_init = nredo = 1, all rows (faiss subsampling off), sklearn tol = 0, algorithm lloyd"
     )
     ratios = {}
     for init in ("random", "k-means++"):

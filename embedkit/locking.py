@@ -111,7 +111,7 @@ def writer_lock(path, wait: float = 0.0, what: str = "write", label: str | None 
                 raise LockBusy(
                     f"{label or path}: another writer holds it: {holder}; "
                     f"{f'waited {wait:g}s; ' if wait else ''}wait for it to finish or pass "
-                    f"--wait SECONDS"
+                    "--wait SECONDS"
                 ) from None
             if not told:
                 say_waiting(label or path, holder, wait)

@@ -69,8 +69,7 @@ class Samples:
         if bad.size:
             raise EmbedkitError(
                 f"attribute out of range at row {bad[0]} (uid {self.uid[bad[0]]}): "
-                f"a={self.a[bad[0]]}, "
-                f"declared attributes {self.attr_names} (-1 = unknown)"
+                f"a={self.a[bad[0]]}, declared attributes {self.attr_names} (-1 = unknown)"
             )
         if self.eval_groups is not None:
             self.eval_groups = np.asarray(self.eval_groups, bool)

@@ -127,9 +127,8 @@ def test_overclustering_keeps_a_split_only_when_silhouette_loss_and_size_agree()
     oc = clusters.infer_george(
         Z, y, logits=logits, k_grid=[2], overcluster=True, overcluster_factor=2, seed=0
     )
-    # B (higher silhouette and higher loss than its parent) is kept; C merges back into the
-    # parent's id; A's halves lower the silhouette and are not kept: three groups, exactly the
-    # blobs.
+    # B (higher silhouette and higher loss than its parent) is kept; C merges back into the parent's
+    # id; A's halves lower the silhouette and are not kept: three groups, exactly the blobs.
     assert oc.k_per_class == [3] and ari(sub, oc.a) == 1.0
     np.testing.assert_array_equal(oc.assign(Z, y, logits), oc.a)
     # A B of 20 rows is under max(25, 0.5 % of the class): not kept, so nothing is split.

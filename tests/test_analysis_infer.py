@@ -1,6 +1,5 @@
 """Group inference without labels (methods spec section 14; embedkit/analysis/infer.py): EIIL
-against
-a plain implementation of its objective, JTT's error set, and `embedkit fit --groups`."""
+against a plain implementation of its objective, JTT's error set, and `embedkit fit --groups`."""
 
 import json
 

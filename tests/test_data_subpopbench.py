@@ -3,8 +3,8 @@
 The metadata files are written as SubpopBench's download.py writes them: Waterbirds'
 `id,filename,split,y,a` with filenames relative to the image root, and MetaShift's
 `filename,y,a,split` with absolute paths. The photos are real CUB-200 files from the shared data
-folder; y is their real waterbird flag, a (the background) is assigned here because the photos
-carry none.
+folder; y is their real waterbird flag, a (the background) is assigned here because the photos carry
+none.
 """
 
 import csv

@@ -132,8 +132,7 @@ def test_without_val_attributes_stages_are_class_balanced(small_cache, tmp_path)
 
 
 # Package vs embedkit with the package's protocol (group-balanced stages on all of val, epochs
-# chosen
-# on all of val), num_stages=3, waterbirds_like through ResNet-20, test WGA over seeds 0-4:
+# chosen on all of val), num_stages=3, waterbirds_like through ResNet-20, test WGA over seeds 0-4:
 #   package  0.707 0.696 0.630 0.663 0.731  (mean 0.685, sd 0.040)
 #   embedkit 0.598 0.674 0.598 0.641 0.652  (mean 0.633, sd 0.034)
 # (num_stages=15, seeds 0-2: package 0.630 0.663 0.587, embedkit 0.620 0.652 0.675.) One package
@@ -169,9 +168,9 @@ def test_dpe_matches_the_published_package_on_a_real_cache(real_cache):
 
 
 # Measured (default split protocol, 15 stages; test WGA seeds 0/1/2): colored_mnist ERM
-# .032/.016/.007,
-# DPE .235/.373/.371; waterbirds_like ERM .391/.357/.413, DPE .643/.641/.652; dominoes ERM
-# .835/.850/.840, DPE .870/.865/.880. Seed-0 margins 0.20, 0.25, 0.035; asserted with slack.
+# .032/.016/.007, DPE .235/.373/.371; waterbirds_like ERM .391/.357/.413, DPE .643/.641/.652;
+# dominoes ERM .835/.850/.840, DPE .870/.865/.880. Seed-0 margins 0.20, 0.25, 0.035; asserted with
+# slack.
 MARGINS = {"colored_mnist": 0.10, "waterbirds_like": 0.15, "dominoes": 0.015}
 
 

@@ -103,16 +103,14 @@ def _small_set(rng):
 @pytest.mark.parametrize("c,beta", [(0.5, 1.7), (1.0, 0.3), (0.3, -1.0)])
 def test_expected_gradient_is_group_reweighting_exact(rng, c, beta):
     """(e, exact) The exact expectation of grad L_ext over the sampler's batch distribution equals
-    the
-    full-data gradient of group reweighting with weights p_ext(a|y)/K (gerne_expected)."""
+    the full-data gradient of group reweighting with weights p_ext(a|y)/K (gerne_expected)."""
     counts, y, a, Z, W = _small_set(rng)
     K, A = counts.shape
     alpha, cnt = within_class_frequencies(y, a, K, A)
     p_b, p_lb = batch_probs(alpha, c)
     # Per row i, a batch slot of class y_i holds i with probability p(a_i|y_i)/|X_{y_i a_i}|; a
-    # batch of
-    # K*B slots averages over them, so E[grad mean CE(batch)] = sum_i (p(a_i|y_i)/(K |X_ya|)) grad
-    # l_i.
+    # batch of K*B slots averages over them, so E[grad mean CE(batch)] = sum_i (p(a_i|y_i)/(K
+    # |X_ya|)) grad l_i.
     rows = np.arange(len(y))
     inclusion = lambda p: p[y, a] / (K * cnt[y, a])
     g_lb, g_b = (

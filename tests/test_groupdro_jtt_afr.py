@@ -465,8 +465,7 @@ def test_afr_defaults_follow_the_official_protocol_and_select_the_step_size_on_v
 @pytest.mark.parametrize("method", ["afr", "jtt"])
 def test_afr_and_jtt_refuse_rows_the_backbone_saw_unless_overridden(method):
     """Issue 11: held-out rows the backbone was trained on make both methods ERM; refuse in one
-    line,
-    or, with allow_seen_rows=True, run and flag the override in the record's info."""
+    line, or, with allow_seen_rows=True, run and flag the override in the record's info."""
     import dataclasses
 
     tr, va, te = planted_splits()

@@ -99,10 +99,8 @@ def test_dfr_beats_erm_wga_on_real_minilm_text_embeddings(name):
     assert wga_dfr >= wga_erm + MARGIN[name], (name, wga_erm, wga_dfr)
 
 
-# Measured on these caches (test WGA, head seeds 0/1/2):
-# TaxiNLI (1,357 pairs, max_length 128): ERM 0.080 / 0.080 / 0.120, DFR 0.267 / 0.280 / 0.278,
-# margins 0.16-0.20;
-# Wikipedia toxicity x LGBTQ terms (1,492 comments): ERM 0.226 / 0.226 / 0.226, DFR 0.609 / 0.696 /
-# 0.609,
+# Measured on these caches (test WGA, head seeds 0/1/2): TaxiNLI (1,357 pairs, max_length 128): ERM
+# 0.080 / 0.080 / 0.120, DFR 0.267 / 0.280 / 0.278, margins 0.16-0.20; Wikipedia toxicity x LGBTQ
+# terms (1,492 comments): ERM 0.226 / 0.226 / 0.226, DFR 0.609 / 0.696 / 0.609,
 #   margins 0.38-0.47. Asserted with slack.
 MARGIN = {"taxinli": 0.10, "wiki_toxicity": 0.25}

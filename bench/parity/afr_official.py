@@ -20,10 +20,8 @@ Shims (module attributes monkeypatched; nothing copied or edited):
 Selection: within a run, the official logger's rule (first epoch with the highest val WGA, epochs
 1..E; the head it saves as best_last_layer.pt); across the grid, the highest val WGA, first in grid
 order on ties. We read per-epoch val/test WGA from its metrics.pkl. Its printed "Best test at val"
-is
-max over all val-improvement epochs of test WGA (not the test WGA at the final best-val epoch), so
-we
-report the test WGA at the selected epoch and keep the printed value beside it.
+is max over all val-improvement epochs of test WGA (not the test WGA at the final best-val epoch),
+so we report the test WGA at the selected epoch and keep the printed value beside it.
 """
 
 from __future__ import annotations

@@ -7,15 +7,12 @@ root).
    arrays_<cache>.npz (the official scripts read only this file, so both sides see the same arrays).
 2. HSFM start: the cache's stored ERM head is the ResNet-20's 10-way CIFAR-10 head (10 x 64), not a
    2-class head, so embedkit's `init=auto` would fit an `erm` probe on train first. We fit that
-   probe
-   once (seed 0, selected on val) and give the SAME (W0, b0) to both sides: embedkit through
+   probe once (seed 0, selected on val) and give the SAME (W0, b0) to both sides: embedkit through
    `init=stored` on a copy of the train split whose erm_head is (W0, b0); the official code through
-   its
-   ERM checkpoint's fc layer.
+   its ERM checkpoint's fc layer.
 3. embedkit HSFM, paper protocol: val_split_for_hard=0 (hard set and selection on all of val),
-preset
-   waterbirds, a fixed alpha; seeds 0..n-1. Test WGA from head.predict on test (test never enters
-   fit).
+   preset waterbirds, a fixed alpha; seeds 0..n-1. Test WGA from head.predict on test (test never
+   enters fit).
 4. embedkit AFR: stage1=fit (ERM on a seeded 80 % of train), allow_seen_rows=True, the given
    gamma x lambda grid, lr_scale_grid=1 (the paper's lr), 500 epochs. Its stage-1 head and held-out
    rows are saved per seed so the official stage 2 starts from the same head on the same rows.

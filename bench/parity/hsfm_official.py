@@ -6,7 +6,7 @@ features. No embedkit import: it reads arrays/arrays_<cache>.npz written by embe
 The module is imported unchanged from official/hsfm/code (a `git archive` of that commit) and its
 `main()` runs as is. Shims (monkeypatches of module attributes, nothing copied or edited):
   - `load_datasets(args)` -> three in-memory datasets whose items are (z, onehot(y, 2), onehot(g,
-  4))
+    4))
     (the same item format as its Dominoes loader; g = embedkit's group index, 4 groups) and that
     expose `y_array` (read by get_train_labels);
   - `ERMResNet50` -> a module whose `.model` has the children [Identity, fc], so `build_backbone`

@@ -55,7 +55,7 @@ class TextEmbedder:
         if missing:
             raise EmbedkitError(
                 f"prompt {missing[0]!r} (and {len(missing) - 1} more) is not in the cache's /text "
-                f"group; give a text tower or use the stored prompts"
+                "group; give a text tower or use the stored prompts"
             )
         return np.stack([self.stored[p] for p in prompts])
 

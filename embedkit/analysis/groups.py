@@ -74,8 +74,8 @@ def knn_purity(
     rows (the neighbours still come from every row).
 
     Returns {"k", "metric", "n_left_out", "n_queries", "per_group": {name: {n, n_queries,
-    same_group,
-    same_class, same_attr}}, "overall": {same_group, same_class, same_attr}}; None for empty groups.
+    same_group, same_class, same_attr}}, "overall": {same_group, same_class, same_attr}}; None for
+    empty groups.
     """
     y, a = np.asarray(y, np.int64), np.asarray(a, np.int64)
     known = np.flatnonzero(a >= 0)
@@ -147,10 +147,9 @@ def error_neighbours(
     """Nearest database rows (e.g. train) of the worst group's misclassified query rows (e.g. test).
 
     Returns the worst group, its error rows (query indices, at most `max_queries`, in row order),
-    the
-    neighbour indices and scores [nq, k] into the database, and the share of neighbours per database
-    group and the share whose class equals the wrong prediction: a high share of neighbours from
-    the other class with the query's attribute says the error follows the spurious attribute.
+    the neighbour indices and scores [nq, k] into the database, and the share of neighbours per
+    database group and the share whose class equals the wrong prediction: a high share of neighbours
+    from the other class with the query's attribute says the error follows the spurious attribute.
     """
     worst, err = worst_group_errors(yq, aq, pred, n_attrs)
     out = {"worst_group": None, "queries": [], "k": int(k), "metric": metric}

@@ -12,8 +12,7 @@ selects on them. Quality against the true groups (ARI, purity, minority precisio
 
 Reference logits [W]. JTT and EIIL read the logits of an ERM model. The cache's stored logits are
 used when they score the task's classes (`clusters.task_logits`); otherwise (a backbone's own head
-of
-another label set, or none) a linear ERM head is trained on the train embeddings with the shared
+of another label set, or none) a linear ERM head is trained on the train embeddings with the shared
 trainer under the infer stream: for EIIL at lr 1e-2, wd 1e-4, 1,000 steps; for JTT the
 identification head of `jtt` (T = 2 epochs at lr 1e-2 with the strong weight decay 0.1 of its
 default grid). Val rows get the same model's logits; EIIL infers the environments of each split
@@ -21,14 +20,12 @@ separately (it is transductive), JTT's error set on val is the same head's miscl
 GEORGE assigns val rows to the train clusters of their class.
 
 EIIL [P: repo ecreager/eiil `opt_env/utils/opt_utils.py::split_data_opt`]: with l_i(s) = CE(s L_i,
-y_i),
-q = sigmoid(u), u ~ N(0, 1) (infer stream), R_1 = mean_i q_i l_i, R_2 = mean_i (1 - q_i) l_i over
-all
-N rows; maximise 1/2 ((dR_1/ds)^2 + (dR_2/ds)^2) at s = 1 over u with Adam (lr 1e-3, 10,000
-full-batch steps); a~_i = 1[q_i > 0.5]. The derivative has the closed form
-dl_i/ds |_{s=1} = (softmax(L_i) - onehot(y_i)) . L_i, so the loop differentiates through u only
-(the reference builds the graph through s at every step; `tests/test_analysis_infer.py` runs that
-plain loop and checks the assignment agrees).
+y_i), q = sigmoid(u), u ~ N(0, 1) (infer stream), R_1 = mean_i q_i l_i, R_2 = mean_i (1 - q_i) l_i
+over all N rows; maximise 1/2 ((dR_1/ds)^2 + (dR_2/ds)^2) at s = 1 over u with Adam (lr 1e-3, 10,000
+full-batch steps); a~_i = 1[q_i > 0.5]. The derivative has the closed form dl_i/ds |_{s=1} =
+(softmax(L_i) - onehot(y_i)) . L_i, so the loop differentiates through u only (the reference builds
+the graph through s at every step; `tests/test_analysis_infer.py` runs that plain loop and checks
+the assignment agrees).
 """
 
 from __future__ import annotations

@@ -8,16 +8,16 @@
 
 SPEC forms (`embedkit backbones` lists them):
 
-    openclip:MODEL:PRETRAINED      open_clip image + text towers; PRETRAINED a tag or a checkpoint
-    file
+    openclip:MODEL:PRETRAINED      open_clip image + text towers; PRETRAINED a tag or a
+                                   checkpoint file
     torchvision:MODEL[:CHECKPOINT] torchvision classifier; CHECKPOINT a weights tag or a file
     resnet_cifar:DEPTH:CHECKPOINT  CIFAR ResNet-20/32/44/56/110 (option-A shortcut)
     checkpoint:PATH                a backbone written by `embedkit train-erm`
     timm:MODEL[:WEIGHTS]           timm model, pre-logits pooled features; WEIGHTS a local file
-    hf:PATH                        local Hugging Face folder (text or vision), transformers, disk
-    only
-    sbert:PATH                     local sentence-transformers folder: its pooling, length cap,
-    normalisation
+    hf:PATH                        local Hugging Face folder (text or vision), transformers,
+                                   disk only
+    sbert:PATH                     local sentence-transformers folder: its pooling, length
+                                   cap, normalisation
 
 `random` in place of weights builds an untrained model, and so does an unavailable weights tag,
 both only with `allow_random_init=True` (recorded as `random_init` in the provenance). The cache
@@ -41,8 +41,7 @@ FORMS = {
         "openclip",
         "openclip:MODEL:PRETRAINED",
         "open_clip model (open_clip.list_models()); PRETRAINED = tag, local checkpoint or "
-        "'random'; "
-        "image tower for samples, text tower for --prompts",
+        "'random'; image tower for samples, text tower for --prompts",
     ),
     "torchvision": (
         "torchvision_models",

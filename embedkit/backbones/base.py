@@ -207,7 +207,7 @@ def _pool(t: torch.Tensor, name: str) -> torch.Tensor:
         return t
     raise EmbedkitError(
         f"layer {name!r} gives a {t.ndim}-D output; choose a layer with a [B, C, H, W] "
-        f"or [B, D] output"
+        "or [B, D] output"
     )
 
 

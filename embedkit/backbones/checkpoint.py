@@ -62,13 +62,12 @@ def create(
         raise EmbedkitError(
             f"backbone {spec}: {path} is not an embedkit-backbone checkpoint (no "
             f"format='{FORMAT}'); "
-            f"use resnet_cifar:DEPTH:PATH or torchvision:MODEL:PATH for other checkpoints"
+            "use resnet_cifar:DEPTH:PATH or torchvision:MODEL:PATH for other checkpoints"
         )
     if int(obj.get("format_version", 0)) > FORMAT_VERSION:
         raise EmbedkitError(
             f"backbone {spec}: {path} has format version {obj['format_version']} > "
-            f"{FORMAT_VERSION}; "
-            f"upgrade embedkit"
+            f"{FORMAT_VERSION}; upgrade embedkit"
         )
     builders = _builders()
     arch = obj.get("arch")

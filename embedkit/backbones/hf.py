@@ -181,7 +181,7 @@ def _sbert_config(path: Path, spec: str) -> dict:
     if kinds[:2] != ["Transformer", "Pooling"] or any(k not in ("Normalize",) for k in kinds[2:]):
         raise EmbedkitError(
             f"backbone {spec}: modules {' -> '.join(kinds)} are not supported "
-            f"(only Transformer -> Pooling [-> Normalize])"
+            "(only Transformer -> Pooling [-> Normalize])"
         )
     pool_dir = path / (modules[1].get("path") or "1_Pooling")
     pool = (
@@ -198,8 +198,7 @@ def _sbert_config(path: Path, spec: str) -> dict:
     else:
         raise EmbedkitError(
             f"backbone {spec}: pooling config {pool_dir / 'config.json'} asks for a mode other "
-            "than "
-            f"cls or mean tokens"
+            "than cls or mean tokens"
         )
     st = path / "sentence_bert_config.json"
     max_len = json.loads(st.read_text()).get("max_seq_length") if st.is_file() else None
@@ -220,7 +219,7 @@ def _folder(spec: str, fields: list[str]) -> Path:
     if not path.is_dir():
         raise EmbedkitError(
             f"backbone {spec}: model folder {path} not found (hf:/sbert: load from local "
-            f"folders only; nothing is downloaded)"
+            "folders only; nothing is downloaded)"
         )
     if not (path / "config.json").is_file():
         raise EmbedkitError(
@@ -243,7 +242,7 @@ def _modality(path: Path, spec: str, asked: str) -> str:
     if has_tok and has_img:
         raise EmbedkitError(
             f"backbone {spec}: {path} has both a tokenizer and an image processor; "
-            f"pass --backbone-opt modality=text or modality=image"
+            "pass --backbone-opt modality=text or modality=image"
         )
     if not (has_tok or has_img):
         raise EmbedkitError(
@@ -444,7 +443,7 @@ def _image_preprocess(tf, path: Path, spec: str) -> dict:
     if interp is None:
         raise EmbedkitError(
             f"backbone {spec}: resample={cfg.get('resample')} in preprocessor_config.json is "
-            f"not supported (nearest, bilinear, bicubic)"
+            "not supported (nearest, bilinear, bicubic)"
         )
     mean = (
         cfg.get("image_mean", [0.5, 0.5, 0.5]) if cfg.get("do_normalize", True) else [0.0, 0.0, 0.0]
@@ -485,7 +484,7 @@ def _image_preprocess(tf, path: Path, spec: str) -> dict:
     if hw(size) is None:
         raise EmbedkitError(
             f"backbone {spec}: size {size} without a centre crop is not supported "
-            f"(expected height/width)"
+            "(expected height/width)"
         )
     return preprocess_config(
         size=hw(size), resize_mode="squash", interpolation=interp, mean=mean, std=std
@@ -578,7 +577,7 @@ def create(
     if layer is not None:
         raise EmbedkitError(
             f"backbone {spec}: --layer is not used by {kind}: backbones; choose the "
-            f"representation with --backbone-opt pooling=cls|mean|pooler"
+            "representation with --backbone-opt pooling=cls|mean|pooler"
         )
     path = _folder(spec, args)
     defaults = {"pooling": None, "normalize": None, "max_length": None, "modality": "auto"}

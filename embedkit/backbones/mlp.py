@@ -52,7 +52,7 @@ def mlp_config(input_shape=None, depth: int = 5, width: int = 2000, dropout: flo
     depth, width, dropout = int(depth), int(width), float(dropout)
     if len(shape) != 3 or min(shape) < 1 or depth < 1 or width < 1 or not 0.0 <= dropout < 1.0:
         raise EmbedkitError(
-            f"mlp: need input_shape [C, H, W], depth >= 1, width >= 1, 0 <= dropout < 1 "
+            "mlp: need input_shape [C, H, W], depth >= 1, width >= 1, 0 <= dropout < 1 "
             f"(got {shape}, {depth}, {width}, {dropout})"
         )
     return {"input_shape": shape, "depth": depth, "width": width, "dropout": dropout}

@@ -103,9 +103,8 @@ def _find_weights(model_name: str, pretrained: str, spec: str, allow_random_init
     if path is None and not allow_random_init:
         raise EmbedkitError(
             f"backbone {spec}: weights for {model_name}:{pretrained} are not in the local cache "
-            "and "
-            f"could not be downloaded; pass a local checkpoint file as PRETRAINED, or "
-            f"--allow-random-init to build it randomly initialised"
+            "and could not be downloaded; pass a local checkpoint file as PRETRAINED, or "
+            "--allow-random-init to build it randomly initialised"
         )
     return path, cfg, pretrained if path is not None else "random-init"
 
@@ -156,8 +155,7 @@ class OpenClipBackbone(Backbone):
             detail = (str(e).splitlines() or [""])[0][:200]
             raise EmbedkitError(
                 f"backbone {spec}: cannot build open_clip {model_name} from "
-                f"{path or 'random init'} "
-                f"({type(e).__name__}: {detail})"
+                f"{path or 'random init'} ({type(e).__name__}: {detail})"
             ) from None
         pp = model.visual.preprocess_cfg
         size = pp["size"] if isinstance(pp["size"], (list, tuple)) else [pp["size"], pp["size"]]
@@ -219,7 +217,7 @@ def create(
     if len(args) < 2 or not args[0] or not args[1]:
         raise EmbedkitError(
             f"backbone {spec!r}: expected openclip:MODEL:PRETRAINED "
-            f"(e.g. openclip:ViT-B-32:laion2b_s34b_b79k)"
+            "(e.g. openclip:ViT-B-32:laion2b_s34b_b79k)"
         )
     # A local checkpoint path may itself contain ':'; the model name never does.
     return OpenClipBackbone(

@@ -161,7 +161,7 @@ def stack_images(items):
     if any(x.shape != shape for x in xs):
         raise EmbedkitError(
             f"images of different sizes in one batch ({tuple(shape)} and others); the backbone's "
-            f"preprocessing does not resize: choose a backbone with a fixed input size"
+            "preprocessing does not resize: choose a backbone with a fixed input size"
         )
     dtype = xs[0].dtype if xs else torch.uint8
     x = torch.stack([x if x is not None else torch.zeros(shape, dtype=dtype) for x, _ in items])

@@ -108,7 +108,7 @@ def create(
     if len(args) < 2 or not args[0].isdigit() or not args[1]:
         raise EmbedkitError(
             f"backbone {spec!r}: expected resnet_cifar:DEPTH:CHECKPOINT (e.g. "
-            f"resnet_cifar:20:resnet20-12fca82f.th)"
+            "resnet_cifar:20:resnet20-12fca82f.th)"
         )
     depth, path = int(args[0]), ":".join(args[1:])
     model = build_resnet_cifar(depth)

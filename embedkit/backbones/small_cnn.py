@@ -69,7 +69,7 @@ def small_cnn_config(
     width, depth = int(width), int(depth)
     if width < 1 or depth < 1 or (hidden is not None and int(hidden) < 1):
         raise EmbedkitError(
-            f"small_cnn: width, depth and hidden must be positive "
+            "small_cnn: width, depth and hidden must be positive "
             f"(got width={width}, depth={depth}, hidden={hidden})"
         )
     return {

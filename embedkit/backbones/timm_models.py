@@ -107,7 +107,7 @@ class TimmBackbone(Backbone):
         if layer is not None:
             raise EmbedkitError(
                 f"backbone {spec}: --layer is not supported for timm: backbones (the embedding is "
-                f"the pre-logits pooled feature)"
+                "the pre-logits pooled feature)"
             )
         arch = name.split(".")[0]
         if arch not in timm.list_models():
@@ -141,8 +141,8 @@ class TimmBackbone(Backbone):
                     hub = model.pretrained_cfg.get("hf_hub_id") or name
                     raise EmbedkitError(
                         f"backbone {spec}: pretrained weights of {name} ({hub}) are not in the "
-                        f"local hub cache; pass a local WEIGHTS file, or --allow-random-init to "
-                        f"build it randomly initialised"
+                        "local hub cache; pass a local WEIGHTS file, or --allow-random-init to "
+                        "build it randomly initialised"
                     )
                 weights = "random"
             else:
@@ -201,7 +201,7 @@ def create(
     if not args or not args[0]:
         raise EmbedkitError(
             f"backbone {spec!r}: expected timm:MODEL[:WEIGHTS] (e.g. timm:convnext_tiny.fb_in22k, "
-            f"timm:vit_small_patch14_dinov2.lvd142m:/path/model.safetensors)"
+            "timm:vit_small_patch14_dinov2.lvd142m:/path/model.safetensors)"
         )
     return TimmBackbone(
         spec,

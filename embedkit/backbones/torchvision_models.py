@@ -127,8 +127,7 @@ def create(
     if not args[0]:
         raise EmbedkitError(
             f"backbone {spec!r}: expected torchvision:MODEL[:CHECKPOINT] (e.g. "
-            "torchvision:resnet50, "
-            f"torchvision:mobilenet_v2:/path/weights.pt)"
+            "torchvision:resnet50, torchvision:mobilenet_v2:/path/weights.pt)"
         )
     name = args[0]
     known = torchvision.models.list_models(module=torchvision.models)
@@ -161,8 +160,7 @@ def create(
                     raise EmbedkitError(
                         f"backbone {spec}: weights {tag} are not in the torch hub cache ({path}) "
                         f"and could not be downloaded ({type(e).__name__}); pass a local "
-                        "CHECKPOINT "
-                        f"file, or --allow-random-init to build it randomly initialised"
+                        "CHECKPOINT file, or --allow-random-init to build it randomly initialised"
                     ) from None
         if path.is_file():
             sd = state_dict_of(load_weights_file(path, spec), path, spec)

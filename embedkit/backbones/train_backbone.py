@@ -51,7 +51,7 @@ class TrainingDiverged(EmbedkitError):
     def __init__(self, lr: float, epoch: int, step: int, loss: float):
         super().__init__(
             f"training diverged at lr={lr:g}, epoch {epoch}, step {step} (loss {loss}); "
-            f"try a smaller --lr or a warm-up"
+            "try a smaller --lr or a warm-up"
         )
         self.lr, self.epoch, self.step, self.loss = lr, epoch, step, loss
 
@@ -101,7 +101,7 @@ def resolve_arch_kwargs(name: str, kwargs: dict) -> dict:
         except TypeError:
             raise EmbedkitError(
                 f"small_cnn: unknown architecture option(s) in {sorted(kwargs)}; "
-                f"known: width, depth, hidden, batchnorm"
+                "known: width, depth, hidden, batchnorm"
             ) from None
     if name == "mlp":
         from embedkit.backbones.mlp import mlp_config
@@ -111,14 +111,14 @@ def resolve_arch_kwargs(name: str, kwargs: dict) -> dict:
         except TypeError:
             raise EmbedkitError(
                 f"mlp: unknown architecture option(s) in {sorted(kwargs)}; "
-                f"known: depth, width, dropout"
+                "known: depth, width, dropout"
             ) from None
     known = {"resnet_cifar": {"depth"}, "resnet18": set()}[name]
     unknown = sorted(set(kwargs) - known)
     if unknown:
         raise EmbedkitError(
             f"{name}: option(s) {', '.join(unknown)} do not apply "
-            f"(--width and batchnorm: small_cnn only; --dropout: mlp only)"
+            "(--width and batchnorm: small_cnn only; --dropout: mlp only)"
         )
     return kwargs
 
@@ -195,7 +195,7 @@ def load_images(ds, rows: np.ndarray) -> torch.Tensor:
             raise EmbedkitError(
                 f"dataset {ds.name}: row {int(i)} is {arr.shape[1]}x{arr.shape[0]}, row "
                 f"{int(rows[0])} is {first.shape[1]}x{first.shape[0]}; "
-                f"train-erm needs one image size"
+                "train-erm needs one image size"
             )
         out[k] = torch.tensor(arr).permute(2, 0, 1)
     return out
@@ -285,7 +285,7 @@ class TrainConfig:
         lr, epochs, steps, batch_size = self.lr, self.epochs, self.steps, self.batch_size
         if lr <= 0 or epochs < 1 or batch_size < 1 or (steps is not None and steps < 1):
             raise EmbedkitError(
-                f"train_erm: need lr > 0, epochs >= 1, steps >= 1, batch size >= 1 "
+                "train_erm: need lr > 0, epochs >= 1, steps >= 1, batch size >= 1 "
                 f"(got lr={lr}, epochs={epochs}, steps={steps}, batch size={batch_size})"
             )
         if self.optimizer not in OPTIMIZERS:
@@ -300,7 +300,7 @@ class TrainConfig:
             )
         if self.l1 < 0 or self.weight_decay < 0:
             raise EmbedkitError(
-                f"train_erm: need l1 >= 0 and weight decay >= 0 "
+                "train_erm: need l1 >= 0 and weight decay >= 0 "
                 f"(got {self.l1}, {self.weight_decay})"
             )
         parse_arch(self.arch)  # a bad --arch spec: its one-line error now, not after loading
@@ -308,7 +308,7 @@ class TrainConfig:
         if early and (steps is not None or not 1 <= early[0] <= early[-1] < epochs):
             raise EmbedkitError(
                 f"--save-early {','.join(map(str, early))}: epochs must lie in 1..{epochs - 1} "
-                f"(the final checkpoint is written anyway; not with --steps)"
+                "(the final checkpoint is written anyway; not with --steps)"
             )
         normal = {
             "epochs": int(epochs),

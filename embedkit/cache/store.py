@@ -606,7 +606,7 @@ def write_cache(
             if not on_disk.same_rows(sorted_new):
                 raise EmbedkitError(
                     f"{path}: holds different samples (uid/split/y/a) than the ones being written; "
-                    f"write to a new file"
+                    "write to a new file"
                 )
             with _open_h5(path, "a", wait=_left(deadline)) as f:
                 _add_backbone(
@@ -769,7 +769,7 @@ class CacheWriter:
             if not self.allow_nonfinite:
                 raise EmbedkitError(
                     f"non-finite embedding at row {self.n + bad[0]} (uid {uid}); "
-                    f"pass --allow-nonfinite to keep such rows flagged invalid"
+                    "pass --allow-nonfinite to keep such rows flagged invalid"
                 )
             self.samples.valid[self.n + bad] = False
         self._feats.resize(self.n + k, axis=0)
@@ -855,7 +855,7 @@ def merge(
             )
             raise EmbedkitError(
                 f"{c.path}: shard provenance differs from {caches[0].path} ({', '.join(diff)}); "
-                f"refusing to merge"
+                "refusing to merge"
             )
         if (c.class_names, c.attr_names, c.dataset) != (
             caches[0].class_names,

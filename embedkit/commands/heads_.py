@@ -100,7 +100,6 @@ def run(args):
         print(f"{mark} {r['name']:<{width}}  {','.join(r['regimes']) or '-':<9} {r['description']}")
     print(
         "\n* = in `embedkit sweep --methods all`; regimes: R1 attributes on train and val, R2 on "
-        "val only, "
-        "R3 none (methods spec 0.2); `embedkit heads NAME` prints a head's parameters"
+        "val only, R3 none (methods spec 0.2); `embedkit heads NAME` prints a head's parameters"
     )
     return 0

@@ -1,9 +1,9 @@
 """CelebA in the published layout (or the Kaggle `.csv` variant):
 
-    <root>/img_align_celeba/000001.jpg ...       (a nested img_align_celeba/img_align_celeba/ also
-    works)
-    <root>/list_attr_celeba.txt                  line 1: image count; line 2: the 40 attribute
-    names;
+    <root>/img_align_celeba/000001.jpg ...       (a nested img_align_celeba/img_align_celeba/
+                                                 also works)
+    <root>/list_attr_celeba.txt                  line 1: image count; line 2: the 40
+                                                 attribute names;
                                                  then "<file> v1 ... v40" with v in {-1, 1}
     <root>/list_eval_partition.txt               "<file> <0|1|2>" (train / val / test)
     or list_attr_celeba.csv (image_id, 40 attribute columns) and list_eval_partition.csv

@@ -53,8 +53,7 @@ class CivilComments(TextDataset):
     name = "civilcomments"
     description = (
         "CivilComments (WILDS all_data_with_identities.csv); y toxic, a any of 8 identities "
-        "(coarse), "
-        "16 overlapping toxic x identity evaluation groups (fine)"
+        "(coarse), 16 overlapping toxic x identity evaluation groups (fine)"
     )
     OPTIONS = {
         "file": Option("all_data_with_identities.csv", str, "the WILDS table, relative to --root"),
@@ -169,7 +168,7 @@ class CivilComments(TextDataset):
             eval_group_definition=(
                 f"fine: 16 overlapping groups (identity, y) for {', '.join(IDENTITIES)} "
                 f"(identity >= {thr}); worst_eval_group_acc = min over them "
-                f"(WILDS/JTT/SubpopBench CivilCommentsFine)"
+                "(WILDS/JTT/SubpopBench CivilCommentsFine)"
             ),
             rows_with_empty_identity_cells=int(empty),
         )

@@ -3,10 +3,9 @@
 `colored_mnist` follows the ColoredMNIST convention of the SCER paper's benchmark (SubpopBench
 CMNIST, itself the IRM construction) that the IPG paper also evaluates on: binary label (digit < 5
 is class 0), labels flipped with probability `label_noise` (0.25), then the colour drawn from the
-(noisy) label with P(colour = label) = rho: 0.8 in train, balanced in val (rho = 1/n_classes),
-0.1 (reversed) in test; train / val / test are MNIST train rows [0, 30k) / [30k, 40k) / [40k, 60k).
-Differences
-from the papers, on purpose: counts are exact per class instead of Bernoulli draws (see
+(noisy) label with P(colour = label) = rho: 0.8 in train, balanced in val (rho = 1/n_classes), 0.1
+(reversed) in test; train / val / test are MNIST train rows [0, 30k) / [30k, 40k) / [40k, 60k).
+Differences from the papers, on purpose: counts are exact per class instead of Bernoulli draws (see
 `spurious`), and images are 32x32 RGB (28x28 centred on black, the stroke painted in its colour)
 instead of 2x28x28 or 3x224x224.
 

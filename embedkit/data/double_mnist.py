@@ -40,8 +40,7 @@ class DoubleMnist(ArrayDataset):
     name = "double_mnist"
     description = (
         "Double-MNIST (LR paper Fig. 1): core digit at full intensity beside a dimmed spurious "
-        "digit, "
-        "P(a=y) 0.9 in train and val, balanced test; 28x56"
+        "digit, P(a=y) 0.9 in train and val, balanced test; 28x56"
     )
     OPTIONS = {
         "digits": Option(

@@ -102,8 +102,7 @@ class CsvDataset(FileDataset):
     name = "csv"
     description = (
         "any image folder plus a CSV manifest; path/label/attribute/split columns by option, or "
-        "found "
-        "by their common names (y/label, a/attr/place/spurious, split)"
+        "found by their common names (y/label, a/attr/place/spurious, split)"
     )
     OPTIONS = {
         "manifest": Option("manifest.csv", str, "manifest file, relative to --root (or absolute)"),

@@ -8,8 +8,8 @@ Layout:
     <root>/mnist/t10k-labels-idx1-ubyte.gz
     /usr/share/datasets/fashion-mnist/        the same four names (Debian dataset-fashion-mnist)
 
-The idx header is checked (magic 0x0000 08 NDIM, big-endian sizes, exact payload length), images
-and labels must agree in count and labels lie in 0..9. MNIST is additionally verified against the
+The idx header is checked (magic 0x0000 08 NDIM, big-endian sizes, exact payload length), images and
+labels must agree in count and labels lie in 0..9. MNIST is additionally verified against the
 published MD5 of each decompressed file (the gz wrappers differ between copies, the content does
 not).
 
@@ -99,7 +99,7 @@ def _pair(folder: str, part: str, verify: bool, stamp: tuple) -> tuple[np.ndarra
     if x.ndim != 3 or x.shape[1:] != (28, 28) or y.ndim != 1:
         raise EmbedkitError(
             f"{base}: {part} images have shape {x.shape}, labels {y.shape}; "
-            f"expected [N, 28, 28] and [N]"
+            "expected [N, 28, 28] and [N]"
         )
     if len(x) != len(y) or len(x) != PARTS[part]:
         raise EmbedkitError(

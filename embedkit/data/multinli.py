@@ -94,8 +94,7 @@ class MultiNli(TextDataset):
     name = "multinli"
     description = (
         "MultiNLI 1.0 (official jsonl/txt files) or TaxiNLI's taxinli10k.tsv; premise/hypothesis "
-        "pairs, "
-        "y contradiction/entailment/neutral, a negation word in the hypothesis (GroupDRO)"
+        "pairs, y contradiction/entailment/neutral, a negation word in the hypothesis (GroupDRO)"
     )
     OPTIONS = {
         "split": Option(
@@ -174,8 +173,7 @@ class MultiNli(TextDataset):
             if len(files) == 1
             else {f.name: sha256_file(f) for f in files},
             attribute=(
-                "negation word in the hypothesis (GroupDRO: strip punctuation, lowercase, split "
-                "on "
+                "negation word in the hypothesis (GroupDRO: strip punctuation, lowercase, split on "
                 f"spaces, any of {', '.join(NEGATION_WORDS)})"
             ),
             pair="premise, hypothesis (one sequence pair)",

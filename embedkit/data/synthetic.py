@@ -6,12 +6,12 @@ orthogonal in R^D,
     z = core · s(y) · u + spurious · s(a) · v + noise · ε,     s(k) = 2k − 1,  ε ~ N(0, I_D).
 
 Group proportions default to Waterbirds' (train 3498/184/56/1057, val 467/466/133/133, test
-2255/2255/642/642), so train is 95 % bias-aligned and val/test are group-balanced per class. An
-ERM head on train leans on v (stronger than u), which costs the minority groups; a head fitted on
+2255/2255/642/642), so train is 95 % bias-aligned and val/test are group-balanced per class. An ERM
+head on train leans on v (stronger than u), which costs the minority groups; a head fitted on
 balanced groups recovers u. Optional extras: a frozen "ERM head" (L2 logistic regression on at most
-20,000 random train rows)
-with its logits, and CLIP-like text embeddings (class prompts leaning towards the attribute
-direction, attribute prompts along ±v, RoboShot concept pairs) for zero-shot and projection heads.
+20,000 random train rows) with its logits, and CLIP-like text embeddings (class prompts leaning
+towards the attribute direction, attribute prompts along ±v, RoboShot concept pairs) for zero-shot
+and projection heads.
 """
 
 from __future__ import annotations

@@ -21,11 +21,9 @@ table, groups, options and summary are the image adapters' own (`ImageDataset` h
 The deterministic split (`stratified_split`): rows are grouped by (label, attribute) (by label alone
 where the attribute is unknown); within each group, in file order, a permutation drawn from
 `numpy.random.default_rng([seed, group])` assigns the first round(f_train * n) rows to train, the
-next
-round(f_val * n) to val and the rest to test (`split_fractions`, default 0.5,0.25,0.25). Each group
-is
-drawn independently, so a row's split depends only on its own group, the seed and the fractions;
-the rule and its inputs are recorded in the cache's dataset meta.
+next round(f_val * n) to val and the rest to test (`split_fractions`, default 0.5,0.25,0.25). Each
+group is drawn independently, so a row's split depends only on its own group, the seed and the
+fractions; the rule and its inputs are recorded in the cache's dataset meta.
 """
 
 from __future__ import annotations
@@ -45,8 +43,8 @@ from .tables import read_csv, sha256_file
 
 DEFAULT_FRACTIONS = "0.5,0.25,0.25"
 # GroupDRO (Sagawa et al. 2020, repo kohpangwei/group_DRO, dataset_scripts/generate_multinli.py):
-# the
-# hypothesis has a negation word after removing punctuation, lowercasing and splitting on spaces.
+# the hypothesis has a negation word after removing punctuation, lowercasing and splitting on
+# spaces.
 NEGATION_WORDS = ("nobody", "no", "never", "nothing")
 
 
@@ -143,7 +141,7 @@ def stratified_split(y, a, n_attrs: int, fractions, seed: int) -> np.ndarray:
 
 def split_rule(fractions, seed: int) -> str:
     return (
-        f"seeded group-stratified split: per (y, a) group, in file order, a permutation from "
+        "seeded group-stratified split: per (y, a) group, in file order, a permutation from "
         f"numpy default_rng([{seed}, group + 1000000]); fractions train/val/test "
         f"{','.join(str(f) for f in fractions)} (rounded; test takes the rest)"
     )
@@ -193,8 +191,7 @@ class TextCsv(TextDataset):
     name = "text_csv"
     description = (
         "any CSV/TSV of texts (or text pairs): text, label, optional attribute column or term "
-        "list, "
-        "optional split (else a seeded group-stratified split)"
+        "list, optional split (else a seeded group-stratified split)"
     )
     OPTIONS = {
         "file": Option("data.csv", str, "the table, relative to --root (or --root is the file)"),
@@ -288,8 +285,7 @@ class TextCsv(TextDataset):
             if where is None or any(w is None for w in where):
                 raise EmbedkitError(
                     f"dataset {self.name}: option terms_in={o['terms_in']!r}: use text, or "
-                    "pair/both "
-                    f"with a pair_col"
+                    "pair/both with a pair_col"
                 )
             a = np.zeros(len(table), np.int64)
             for texts in where:

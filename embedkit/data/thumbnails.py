@@ -1,8 +1,7 @@
-"""Images for the cache's rows: `ThumbnailSource.from_cache` rebuilds the dataset adapter
-recorded in the cache (its name and options through `embedkit.data.create`) and maps a cache row
-to its small RGB image, for the image grids of embedkit.viz.grids. When the images cannot be
-reached, `from_cache` raises an EmbedkitError that says why, and callers skip the grid with that
-message."""
+"""Images for the cache's rows: `ThumbnailSource.from_cache` rebuilds the dataset adapter recorded
+in the cache (its name and options through `embedkit.data.create`) and maps a cache row to its small
+RGB image, for the image grids of embedkit.viz.grids. When the images cannot be reached,
+`from_cache` raises an EmbedkitError that says why, and callers skip the grid with that message."""
 
 from __future__ import annotations
 
@@ -23,7 +22,7 @@ class ThumbnailSource:
         if missing == len(self._pos):
             raise EmbedkitError(
                 f"{what}: none of the cache's sample ids are rows of the dataset adapter "
-                f"(the images were made with other options?)"
+                "(the images were made with other options?)"
             )
         self.n_missing = missing
 

@@ -28,11 +28,11 @@ class ExtractConfig:
     multiples of it); `workers`: DataLoader processes (None: by device and modality); `device`:
     auto, cpu, cuda or cuda:N; `precision`: fp32, bf16 or fp16 autocast; `dtype`: stored features
     (None: the backbone's default); `layer`: the representation; `backbone_options`: KEY=VALUE
-    options of hf:/sbert: backbones; `allow_random_init`: build without weights (recorded);
-    `shard`: job (i, n) of an array, or 'i/n'; `resume`: keep finished parts; `strict`: stop at the
-    first unreadable image; `allow_nonfinite`: flag NaN/inf rows instead of stopping; `prompts`:
-    prompt sets for the text tower; `part_rows`: rows per part file, at most; `overwrite`: replace
-    the backbone in `out`; `keep_shards`: keep the part files; `wait`: seconds to wait for another
+    options of hf:/sbert: backbones; `allow_random_init`: build without weights (recorded); `shard`:
+    job (i, n) of an array, or 'i/n'; `resume`: keep finished parts; `strict`: stop at the first
+    unreadable image; `allow_nonfinite`: flag NaN/inf rows instead of stopping; `prompts`: prompt
+    sets for the text tower; `part_rows`: rows per part file, at most; `overwrite`: replace the
+    backbone in `out`; `keep_shards`: keep the part files; `wait`: seconds to wait for another
     writer."""
 
     splits: tuple = SPLITS

@@ -586,17 +586,17 @@ def _check_out(
     if not cache.samples().same_rows(samples):
         raise EmbedkitError(
             f"{out}: holds different samples (uid/split/y/a) than this extraction; "
-            f"write to a new file"
+            "write to a new file"
         )
     if key in cache.backbones() and not overwrite:
         if cache.provenance(key).get("extractor_config_hash") == config_hash:
             return (
                 f"{out} already holds {key} from the same configuration; nothing to do "
-                f"(--overwrite to redo)"
+                "(--overwrite to redo)"
             )
         raise EmbedkitError(
             f"{out}: backbone key {key!r} already exists from another configuration; "
-            f"pass --overwrite to replace it"
+            "pass --overwrite to replace it"
         )
     return None
 
@@ -668,7 +668,7 @@ def _run_parts(job: _Job, todo, result: ExtractResult, cfg: ExtractConfig, *, sh
                 if cfg.strict:
                     raise EmbedkitError(
                         f"row {pos[j]} (uid {samples.uid[pos[j]]}): {reasons[j]} "
-                        f"(--strict stops at the first unreadable image)"
+                        "(--strict stops at the first unreadable image)"
                     )
                 result.n_invalid += int(bad.sum())
                 for j in np.flatnonzero(bad)[: max(0, 5 - len(result.invalid_examples))]:
@@ -754,7 +754,7 @@ def _finish(job: _Job, result: ExtractResult, cfg: ExtractConfig, log) -> None:
         except LockBusy as e:
             raise EmbedkitError(
                 f"{e}; the {layout.n_parts} finished part(s) are kept in {shard_dir}: "
-                f"run the same command again to merge them"
+                "run the same command again to merge them"
             ) from None
 
 

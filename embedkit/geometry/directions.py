@@ -12,7 +12,7 @@ Symbols follow the SCER paper (arXiv:2511.04401) as summarised in the spec:
 - core difference (same domain, different classes) Delta_core^(d) = mu_(y_i,d) - mu_(y_j,d),
   Delta_core = E_d[Delta_core^(d)];
 - ||v||_Sigma = sqrt(v^T Sigma v); cor(beta, Delta) = <beta, Delta> / (||beta||_Sigma
-||Delta||_Sigma).
+  ||Delta||_Sigma).
 Pairs are oriented "larger index minus smaller index" (a < a', y < y'), so on binary data the core
 direction points from class 0 to class 1 and the spurious one from attribute 0 to attribute 1.
 """
@@ -130,13 +130,11 @@ def mean_difference_directions(
 ) -> Directions:
     """(Delta_core, Delta_spur) [D] each, the mean over all pairs present of `pair_differences`.
 
-    mode "signed": the paper's Delta_spur = E_y[mu_(y,1) - mu_(y,0)] and Delta_core = E_d[mu_(1,d) -
-    mu_(0,d)]
-      on binary data (spec section 7.1);
+    mode "signed": the paper's Delta_spur = E_y[mu_(y,1) - mu_(y,0)] and Delta_core
+      = E_d[mu_(1,d) - mu_(0,d)] on binary data (spec section 7.1);
     mode "abs": the released code's element-wise absolute values before averaging (spec section 7.2
       step 4): delta_sp = 1/2(|mu_1 - mu_0| + |mu_3 - mu_2|), delta_c = 1/2(|mu_2 - mu_0| + |mu_3 -
-      mu_1|)
-      with mu_g, g = y*2 + a.
+      mu_1|) with mu_g, g = y*2 + a.
     normalize: delta <- delta / (||delta||_2 + 1e-6).
     """
     if mode not in ("signed", "abs"):
@@ -156,8 +154,7 @@ def mean_difference_directions(
 
 def class_core_directions(mu, counts, normalize: bool = False):
     """Delta_c^(j) [C, D]: for each class j, the mean over domains d and classes y' != j (both
-    groups
-    present) of the core difference mu_(j,d) - mu_(y',d). Binary: row 1 = Delta_core, row 0 =
+    groups present) of the core difference mu_(j,d) - mu_(y',d). Binary: row 1 = Delta_core, row 0 =
     -Delta_core.
     A class without any such pair gets a zero row."""
     counts = np.asarray(counts)
@@ -177,9 +174,8 @@ def class_core_directions(mu, counts, normalize: bool = False):
 
 def attribute_pair_directions(mu, counts, normalize: bool = False):
     """Delta_spur^(a,a') [P, D] = E_y[mu_(y,a') - mu_(y,a)] over classes with both groups present,
-    one row
-    per attribute pair a < a' that has any (binary: the single row Delta_spur). Returns (dirs, pairs
-    [P, 2])."""
+    one row per attribute pair a < a' that has any (binary: the single row Delta_spur). Returns
+    (dirs, pairs [P, 2])."""
     diffs, pairs = pair_differences(mu, counts, "spurious")
     if diffs is None:
         raise EmbedkitError(
@@ -200,15 +196,11 @@ class Sigma:
     """Sigma = r*I + c * G^T G with G [m, D], kept in factored form when m < D (else dense).
 
     `code_shrunk` is the released code's Sigma = I + 0.1 * C / (||C||_F + 1e-6), C the unbiased
-    covariance
-    (spec section 7.2 step 1): G = centred rows / sqrt(n - 1), c = 0.1 / (||C||_F + 1e-6), r = 1. On
-    a
-    minibatch of B << D rows it is a rank-(B-1) update of I, so solves use the Woodbury identity on
-    a
-    (B+1) x (B+1) system (exact, and differentiable in torch).
+    covariance (spec section 7.2 step 1): G = centred rows / sqrt(n - 1), c = 0.1 / (||C||_F +
+    1e-6), r = 1. On a minibatch of B << D rows it is a rank-(B-1) update of I, so solves use the
+    Woodbury identity on a (B+1) x (B+1) system (exact, and differentiable in torch).
     `within_ridge` [W, embedkit option of section 7.3]: the pooled within-group covariance (the
-    shared Sigma
-    of the paper's Theorem 1) plus ridge * tr(S_w)/D * I.
+    shared Sigma of the paper's Theorem 1) plus ridge * tr(S_w)/D * I.
     """
 
     def __init__(self, G, c: float = 1.0, r: float = 1.0, gram=None):

@@ -3,8 +3,7 @@
 
 Exact search (`IndexFlatIP` / `IndexFlatL2`) is the default: worst-group analysis wants the true
 neighbours. Above `ivf_threshold` rows (one million by default) an `IndexIVFFlat` is built instead
-and
-its recall against exact search is measured on a sample of the rows and kept in `recall_`, so an
+and its recall against exact search is measured on a sample of the rows and kept in `recall_`, so an
 approximate answer is never silent. GPU indexes are used when `faiss.get_num_gpus() > 0` (and
 `use_gpu` is not False); otherwise everything runs on the CPU.
 
@@ -57,8 +56,8 @@ class Index:
     """Nearest-neighbour search over the rows of `X` [N, D].
 
     ivf_threshold: N above which an IVF index replaces exact search (a parameter so tests can
-        exercise IVF on small data). nlist defaults to about 4*sqrt(N); nprobe to nlist/8 (at least
-        1).
+        exercise IVF on small data). nlist defaults to about 4*sqrt(N); nprobe to nlist/8 (at
+        least 1).
     recall_queries: rows used to measure the IVF index's recall@k against exact search.
     use_gpu: None = GPU when faiss sees one, False = CPU, True = GPU or an error.
     """

@@ -27,11 +27,9 @@ lambda: lr = lr_paper x `lr_scale_grid` (1, 10, 100, 1000); `lr_scale_grid=1` is
 Budget [W]: the paper's Waterbirds grid is gamma in linspace(4, 20, 33) x lambda in {0, .1, .2, .3}
 (132 configs, `grid=waterbirds`; `grid=celeba` gives the paper's 30). The default `grid=fast` keeps
 the paper's lambdas and every sixteenth gamma, {4, 12, 20} (12 (gamma, lambda) pairs, a sub-grid of
-the
-paper's), times the 4 step sizes: 48 configs, each full-batch epoch costing as much as
-~N_holdout/128
-minibatch steps per config and each epoch evaluated, so the full grid alone would take a large share
-of a sweep's budget.
+the paper's), times the 4 step sizes: 48 configs, each full-batch epoch costing as much as
+~N_holdout/128 minibatch steps per config and each epoch evaluated, so the full grid alone would
+take a large share of a sweep's budget.
 """
 
 from __future__ import annotations

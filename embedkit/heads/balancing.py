@@ -42,7 +42,7 @@ def unit_ids(split, unit: str) -> tuple[np.ndarray, int]:
         g = split.g
         if (g < 0).any():
             raise EmbedkitError(
-                f"group balancing needs the spurious attribute on every train row "
+                "group balancing needs the spurious attribute on every train row "
                 f"({int((g < 0).sum())} rows have a = -1)"
             )
         return g, split.n_groups

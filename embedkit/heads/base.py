@@ -4,11 +4,10 @@ scikit-learn conventions: hyperparameters are constructor arguments, `fit` retur
 learned state ends in `_`. After `fit` every head exposes:
 
 - `history_`: one record per evaluation `{config_id, config, step, val: metrics, test:
-metrics|None}`
-  so that any selection rule can be re-applied post hoc. The test metrics come from the runner's
-  `Monitor` (embedkit/heads/monitor.py), passed as `fit(train, val, monitor)`: a head never holds
-  test arrays, it hands the monitor a way to score its current parameters; selection never reads
-  them;
+  metrics|None}` so that any selection rule can be re-applied post hoc. The test metrics come from
+  the runner's `Monitor` (embedkit/heads/monitor.py), passed as `fit(train, val, monitor)`: a head
+  never holds test arrays, it hands the monitor a way to score its current parameters; selection
+  never reads them;
 - `selected_`: `{config_id, config, step, rule, split, score, refit}` of the chosen candidate, where
   `split` names the rows the rule actually read ("val" = every val row the head was given,
   "val[select]" = a held-apart part of val, "val[labelled]" = the val rows with a visible group) and
@@ -114,7 +113,7 @@ class Head:
                 )
                 raise EmbedkitError(
                     f"{self.name}: the validation split has {which}; fitting and selecting a "
-                    f"head needs rows of at least two classes in val"
+                    "head needs rows of at least two classes in val"
                 )
 
     def _fit(self, train, val, monitor):

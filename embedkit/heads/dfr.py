@@ -53,9 +53,8 @@ RS_HIGH = 2**31 - 1
 def l1_logistic(
     C: float, random_state: int, max_iter: int = 100, class_weight=None
 ) -> LogisticRegression:
-    """The one place that builds DFR's L1 liblinear logistic regression. scikit-learn 1.8
-    deprecated `penalty=` (removal announced for 1.10); there `l1_ratio=1.0` selects the same
-    L1 fit."""
+    """The one place that builds DFR's L1 liblinear logistic regression. scikit-learn 1.8 deprecated
+    `penalty=` (removal announced for 1.10); there `l1_ratio=1.0` selects the same L1 fit."""
     kw = dict(
         C=C,
         solver="liblinear",
@@ -327,7 +326,7 @@ class DFRHead(Head):
         if len(classes) != n_classes:
             raise EmbedkitError(
                 f"dfr: the fitting rows hold {len(classes)} of {n_classes} classes; "
-                f"every class needs rows with a visible group"
+                "every class needs rows with a visible group"
             )
         if coef.shape[0] == 1:
             return np.vstack([np.zeros_like(coef), coef]), np.r_[0.0, intercept]

@@ -9,20 +9,18 @@ IsoMax+ loss with entropic scale E = 30:  l(z, y) = -log softmax(-E d(z))_y.
 Member m (stage m = 1..S, S = 15) is trained on a fresh balanced subsample of the fitting rows
 (`balance`: group = min_g n_g rows per group (y, a) when val attributes are visible, R1/R2; class =
 min_c n_c rows per class without them, R3) with
-    L = mean_B l  +  10 * mean_c ||p_c||^2  +  lambda_m * | mean_c sum_{j<m} <p_c, p_c^(j)> / (m
-    (D-1)) |
+    L = mean_B l  +  10 * mean_c ||p_c||^2
+        +  lambda_m * | mean_c sum_{j<m} <p_c, p_c^(j)> / (m (D-1)) |
 the last term being the inter-prototype similarity (diversity) penalty against every earlier
-member's
-prototypes of the same class, lambda_m = cov_reg / (1 + alpha (m - 2)) for m >= 2 (cov_reg 5e4,
-alpha 0.05, the package's `cov_reg_scheduler_inv`). SGD, lr 1e-3, momentum 0.9, no weight decay,
-batch 256, 20 epochs; prototypes ~ N(0, 0.01^2), s = 1 at every stage. Each member keeps the epoch
-with the best selection score (ties to the later epoch, as the package's `>=`). The ensemble
+member's prototypes of the same class, lambda_m = cov_reg / (1 + alpha (m - 2)) for m >= 2 (cov_reg
+5e4, alpha 0.05, the package's `cov_reg_scheduler_inv`). SGD, lr 1e-3, momentum 0.9, no weight
+decay, batch 256, 20 epochs; prototypes ~ N(0, 0.01^2), s = 1 at every stage. Each member keeps the
+epoch with the best selection score (ties to the later epoch, as the package's `>=`). The ensemble
 predicts the mean over members of softmax(-d(z)).
 
 Protocols. `protocol=package` is the package's: members fit on subsamples of all val and each
 member's epoch is chosen on all val, i.e. selection reads rows it trained on; the runner's leak
-guard
-refuses that unless `--allow-overlap` (the record is then tagged `selected_on_fit_data`).
+guard refuses that unless `--allow-overlap` (the record is then tagged `selected_on_fit_data`).
 `protocol=split` (default) [W] splits val as DFR does: a seeded permutation of the labelled val rows
 (subsample stream), select half = perm[:Nv//2], fit half = the rest; members fit on balanced
 subsamples of the fit half, epochs are chosen on the select half by the regime rule (val WGA with

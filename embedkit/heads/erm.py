@@ -40,7 +40,7 @@ class NativeHead(Head):
         head = train.erm_head or val.erm_head
         if head is None:
             raise EmbedkitError(
-                f"erm_native: the cache stores no ERM head (W0, b0) for backbone "
+                "erm_native: the cache stores no ERM head (W0, b0) for backbone "
                 f"{train.backbone or '?'}"
             )
         W0, b0 = (np.asarray(h, np.float32) for h in head)

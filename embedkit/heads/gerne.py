@@ -10,13 +10,11 @@ Source: paper arXiv:2503.13236 (ICCV 2025, camera-ready with supplement; no offi
   p_ext(a|y) = alpha_ya + c (beta + 1) (1/A - alpha_ya): group reweighting with weights
   p_ext(a|y)/K;
 - bounds (App. C): beta in [-1, beta_max], beta_max = alpha''/(c (alpha'' - 1/A)) - 1, alpha'' = max
-alpha_ya;
-  beta_eq = 1/c - 1 weights the groups equally;
+  alpha_ya; beta_eq = 1/c - 1 weights the groups equally;
 - unknown attributes (section 9.4): a biased head f~ (class-balanced batches, weight decay x2, LR
-x0.1,
-  selected by val class-balanced accuracy) scores p~(y|x); per class the floor(t |X_y|) least
-  confident
-  rows form the pseudo-group "hard", the rest "easy" (A~ = 2), then sections 9.1-9.2 run on them.
+  x0.1, selected by val class-balanced accuracy) scores p~(y|x); per class the floor(t |X_y|) least
+  confident rows form the pseudo-group "hard", the rest "easy" (A~ = 2), then sections 9.1-9.2 run
+  on them.
 
 `gerne_expected` (section 9.6) is the deterministic expectation: full-batch CE with per-row weight
 omega_i = p_ext(a_i|y_i) / (K |X_{y_i a_i}|).
@@ -94,8 +92,8 @@ def p_ext(alpha: np.ndarray, c: float, beta: float) -> np.ndarray:
 
 def beta_max(alpha: np.ndarray, c: float) -> float:
     """beta_max = alpha''/(c (alpha'' - 1/A)) - 1 with alpha'' = max alpha_ya (App. C): the beta at
-    which the
-    largest majority group's simulated share reaches 0. +inf when every alpha_ya = 1/A (no bias)."""
+    which the largest majority group's simulated share reaches 0. +inf when every alpha_ya = 1/A (no
+    bias)."""
     _check_c(c)
     A = alpha.shape[1]
     top = float(alpha.max())
@@ -125,8 +123,7 @@ def beta_eq(c: float) -> float:
 
 def check_beta(beta: float, alpha: np.ndarray, c: float) -> float:
     """The beta GERNE trains with: refused (EmbedkitError) outside [-1, beta_max]; clipped to at
-    most
-    0.95 beta_max inside it (spec 9.3 [W])."""
+    most 0.95 beta_max inside it (spec 9.3 [W])."""
     hi = beta_max(alpha, c)
     if not (-1.0 <= beta <= hi):
         raise EmbedkitError(
@@ -153,8 +150,7 @@ def expected_weights(
     y, a, alpha: np.ndarray, counts: np.ndarray, c: float, beta: float
 ) -> np.ndarray:
     """omega_i = p_ext(a_i|y_i) / (K |X_{y_i a_i}|): sum_i omega_i l_i = (1/K) sum_(y,a) p_ext(a|y)
-    L_ya,
-    the expectation of L_ext (`gerne_expected`, spec 9.6)."""
+    L_ya, the expectation of L_ext (`gerne_expected`, spec 9.6)."""
     K = alpha.shape[0]
     return (p_ext(alpha, c, beta) / (K * counts))[y, a]
 
@@ -174,12 +170,9 @@ class GroupBatchSampler:
 
     `draw(p)`: per class y, counts n[A] ~ Multinomial(B, p[y]) (E[n] = B p[y]), then n[a] rows drawn
     uniformly with replacement from group (y, a); K*B row ids. `draw_coupled(ib, c)` [W, spec
-    9.5/9.6
-    option]: B_lb from B_b slot by slot, keeping a slot's attribute with probability 1 - c and
-    drawing it
-    uniformly otherwise (marginal (1 - c) alpha + c/A = p_lb); a slot whose attribute is kept keeps
-    its row,
-    so the batches share every row not swapped.
+    9.5/9.6 option]: B_lb from B_b slot by slot, keeping a slot's attribute with probability 1 - c
+    and drawing it uniformly otherwise (marginal (1 - c) alpha + c/A = p_lb); a slot whose attribute
+    is kept keeps its row, so the batches share every row not swapped.
     """
 
     def __init__(self, y, a, K: int, A: int, per_class: int, rng: np.random.Generator):
@@ -214,8 +207,7 @@ class GroupBatchSampler:
 
 def pseudo_groups(conf: np.ndarray, y: np.ndarray, K: int, t: float) -> np.ndarray:
     """a~ [N]: per class y, the floor(t |X_y|) rows with the lowest p~(y|x) get a~ = 1 ("hard"), the
-    rest
-    a~ = 0 ("easy"). Equal confidences go to the lower row index [W]."""
+    rest a~ = 0 ("easy"). Equal confidences go to the lower row index [W]."""
     if not 0.0 < t < 1.0:
         raise EmbedkitError(f"gerne: pseudo-group fraction t={t:g} must be in (0, 1)")
     conf, y = np.asarray(conf), np.asarray(y)
@@ -348,9 +340,8 @@ class GERNEHead(Head):
     """GERNE: extrapolate from the biased past the less-biased gradient, (1 + beta) L_lb - beta L_b.
 
     Known attributes, or pseudo-groups from a biased head's least confident rows; beta bounded by
-    the
-    train group proportions; (t, c, beta, lr, wd, step) chosen on val by the target metric (WGA or
-    GBA)."""
+    the train group proportions; (t, c, beta, lr, wd, step) chosen on val by the target metric (WGA
+    or GBA)."""
 
     name = "gerne"
     needs_val_attrs = False
@@ -389,7 +380,7 @@ class GERNEHead(Head):
             open_high=True,
         ),
         # [W] a 2 x 2 corner of the shared lr x wd grid: with 8 betas per c that is 32 configs,
-        # which keeps a Waterbirds-size fit within the sweep's budget.
+        #     which keeps a Waterbirds-size fit within the sweep's budget.
         "lr_grid": Param("floats", (1e-2, 1e-1), "SGD learning rates searched", low=0),
         "wd_grid": Param("floats", (1e-4, 1e-2), "weight decays searched (weights only)", low=0),
         "batch_per_class": Param("int", 64, "rows per class in each of the two batches", low=1),
@@ -455,7 +446,7 @@ class GERNEHead(Head):
             if not blocks:
                 raise EmbedkitError(
                     f"gerne: every t in {list(as_grid(p['t_grid']))} leaves a class without "
-                    f"hard (or easy) rows; use larger t"
+                    "hard (or easy) rows; use larger t"
                 )
             self.info_["skipped_t"] = skipped
 

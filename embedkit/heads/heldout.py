@@ -50,8 +50,7 @@ def check_unseen(
         f"{split.backbone or '?'} in training, so its head is confident on them and the method "
         "degenerates to "
         "ERM; use a backbone that did not train on them (train-erm --holdout 0.2 keeps the last "
-        "20 % of train "
-        f"unseen), or pass {param}=true (flagged as seen_override)"
+        f"20 % of train unseen), or pass {param}=true (flagged as seen_override)"
     )
 
 

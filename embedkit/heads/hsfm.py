@@ -7,8 +7,7 @@ Sources: paper arXiv:2603.29313; repo ArianYp/Feature-Space-Meta-Learning commit
   parameters (free per-sample, per-dimension edits e_i = h_i - h_i^0, no norm penalty);
 - hard set H(theta): per class c the `K_hard` val rows with the largest CE under the current head;
 - inner loop: plain GD from theta_0 on the full support, theta_{t+1} = theta_t - alpha grad CE(S;
-theta_t),
-  t = 0..T-1, differentiable (`create_graph=True`);
+  theta_t), t = 0..T-1, differentiable (`create_graph=True`);
 - outer: min_h CE(H(theta_0); theta_T(h)) by Adam(eta) on h, gradient-norm clipping at `clip` (10);
 - after the `K_H` outer steps of an epoch the persistent head takes T Adam(lr = alpha) steps on
   CE(S with h detached); that head is theta_0 for the next epoch. Both Adam states persist.
@@ -16,8 +15,7 @@ theta_t),
 
 The paper draws the hard set from the same val it selects on; embedkit's default
 `val_split_for_hard=0.5` [W, spec option] draws the hard set from a seeded group-stratified half of
-val
-and selects on the other half, so the run passes the leak guard and takes part in default tables
+val and selects on the other half, so the run passes the leak guard and takes part in default tables
 (measured on the real caches: the same test WGA within noise). `val_split_for_hard=0` is the paper's
 protocol: the run is flagged `val_used_for_training` / `selected_on_fit_data` (the runner then needs
 `--allow-overlap`, and flagged runs stay out of default tables).
@@ -26,12 +24,10 @@ Hyperparameters: `preset` = "waterbirds" (default) | "celeba" | "metashift" | "d
 Table 11, for 2048-d ResNet-50 features); explicit n_s, T, alpha, eta, K_H, K_hard, epochs override
 the preset. The inner/head step size alpha does not transfer across feature scales, so by default it
 is selected with the epoch on the selection rows from the preset's alpha x (1, 10, 100)
-(`alpha_grid`
-gives other candidates; an explicit `alpha` fixes it). No default here was chosen on test metrics.
-`selected_["split"]` is "val[select]" when the hard set took the other part of val.
+(`alpha_grid` gives other candidates; an explicit `alpha` fixes it). No default here was chosen on
+test metrics. `selected_["split"]` is "val[select]" when the hard set took the other part of val.
 theta_ERM is the cache's stored ERM head when its shape fits, otherwise an `erm` probe fitted on
-train
-first (spec choices: "CLIP backbones: fit an erm probe on train first").
+train first (spec choices: "CLIP backbones: fit an erm probe on train first").
 
 Artifacts for the edit visualisation (spec 8.1): `support_before` (H0 [N_s, D]), `support_after`
 (H at the selected epoch), `support_y` (yS), `support_rows` (cache rows of the support items).
@@ -213,7 +209,7 @@ class HSFMHead(Head):
         mode = self.params["init"]
         if mode == "stored" and not matches:
             raise EmbedkitError(
-                f"hsfm: init=stored but the cache has no ERM head with "
+                "hsfm: init=stored but the cache has no ERM head with "
                 f"{train.n_classes} classes and dim {train.Z.shape[1]} for backbone "
                 f"{train.backbone!r}"
             )

@@ -1,8 +1,7 @@
 """IPG — Invariance Pair Guidance (methods spec section 10).  RECONSTRUCTED.
 
 Published (paper arXiv:2502.18975, abstract level only) [P]: invariance pairs (inputs that differ
-only
-in the spurious attribute and share the label); a corrective gradient computed from the pairs
+only in the spurious attribute and share the label); a corrective gradient computed from the pairs
 complements ordinary mini-batch gradient descent ("dual update"); the correction is adaptive and
 governed by a predefined invariance condition. No equations, code or hyperparameters are published.
 
@@ -17,40 +16,30 @@ Everything below is embedkit's reconstruction [R] (spec 10.2-10.3), every choice
   (P3 pseudo-attributes and P4 true counterfactuals come from group inference and the data pipeline:
   pass their pairs through `pairs=(Zp, Zq)`.)
 - discrepancy D(theta; P_b): `sym_kl` (default) = (1/|P_b|) sum_i 1/2 [KL(p_i||p_i') +
-KL(p_i'||p_i)],
-  p_i = softmax(h_theta(z_i)); `logit_mse` = (1/|P_b|) sum_i ||h(z_i) - h(z_i')||^2; `tv` total
-  variation;
-- invariance condition C(theta): D(theta; P_b) <= eps (and, with `eps_agree`, argmax agreement >= 1
-- eps_agree);
+  KL(p_i'||p_i)], p_i = softmax(h_theta(z_i)); `logit_mse` = (1/|P_b|) sum_i ||h(z_i) - h(z_i')||^2;
+  `tv` total variation;
+- invariance condition C(theta): D(theta; P_b) <= eps (and, with `eps_agree`, argmax agreement
+  >= 1 - eps_agree);
 - dual update `sequential` (default): (1) theta' = OptStep(theta, grad L_task(theta; B)); (2) if the
-condition
-  fails at theta': theta <- theta' - eta lambda_t g_c, g_c = grad D(theta'; P_b),
-  lambda_t = lambda min(1, (D - eps)/eps) (`soft`) or lambda (`hard`), g_c rescaled to ||grad
-  L_task|| when
+  condition fails at theta': theta <- theta' - eta lambda_t g_c, g_c = grad D(theta'; P_b), lambda_t
+  = lambda min(1, (D - eps)/eps) (`soft`) or lambda (`hard`), g_c rescaled to ||grad L_task|| when
   `norm_match`; else theta <- theta'. `joint`: one step on grad L_task + lambda_t grad D (gated by
-  C);
-  `project` (PCGrad-style): when C fails and <grad L_task, g_c> < 0 the task gradient loses its
-  component
-  along g_c, then the joint step.
+  C); `project` (PCGrad-style): when C fails and <grad L_task, g_c> < 0 the task gradient loses its
+  component along g_c, then the joint step.
 - OptStep is the `erm` head's optimiser (the shared trainer's SGD, momentum 0.9, weight decay on
-weights
-  only, constant LR eta, same init and batches: eps = inf is `erm` bit for bit); the corrective step
-  is
-  plain SGD with the same eta. The lr x wd grid is trained at once (vectorised over configs) and
-  selected
-  by the label regime's rule; the fraction of corrected steps (and the mean D) is logged in every
-  history
-  record under "ipg" (the spec expects it to decay; on the real ResNet-20 caches it stays near 1
-  with
-  eps = 0.01: the task step keeps re-learning the attribute and the correction keeps removing it).
+  weights only, constant LR eta, same init and batches: eps = inf is `erm` bit for bit); the
+  corrective step is plain SGD with the same eta. The lr x wd grid is trained at once (vectorised
+  over configs) and selected by the label regime's rule; the fraction of corrected steps (and the
+  mean D) is logged in every history record under "ipg" (the spec expects it to decay; on the real
+  ResNet-20 caches it stays near 1 with eps = 0.01: the task step keeps re-learning the attribute
+  and the correction keeps removing it).
 
 Defaults [R]: P2 pairs from train, sym-KL, `soft`, no norm-match, `sequential` (the spec's
-defaults),
-pair batch Bp = 128; eps in {0.01, 0.05, 0.1} x lambda in {0.1, 1, 10} (the spec's grid) trained at
-once with the shared trainer's lr x wd grid and selected on val by the regime rule; task batch and
-budget are the shared trainer's (1,000 steps, evaluation every 100; the spec's SGD budget is 5,000 /
-250). P1 pairs help less on the real ResNet-20 caches: few mutual pairs exist (13 / 83 / 79 on
-colored_mnist / waterbirds_like / dominoes, where colour or background dominates the
+defaults), pair batch Bp = 128; eps in {0.01, 0.05, 0.1} x lambda in {0.1, 1, 10} (the spec's grid)
+trained at once with the shared trainer's lr x wd grid and selected on val by the regime rule; task
+batch and budget are the shared trainer's (1,000 steps, evaluation every 100; the spec's SGD budget
+is 5,000 / 250). P1 pairs help less on the real ResNet-20 caches: few mutual pairs exist (13 / 83 /
+79 on colored_mnist / waterbirds_like / dominoes, where colour or background dominates the
 neighbourhoods).
 
 Every table that shows IPG carries the label "reconstructed" (`info_["reconstructed"] = True`).
@@ -320,7 +309,7 @@ class IPGHead(Head):
         if not (src.a >= 0).any():
             return (
                 f"ipg: pairs={p['pairs']} needs attribute labels on some {src.name} rows; "
-                f"none are visible"
+                "none are visible"
             )
         return None
 
@@ -358,7 +347,7 @@ class IPGHead(Head):
         if len(Zp) == 0:
             raise EmbedkitError(
                 f"ipg: no invariance pairs could be built ({info}); every class needs rows "
-                f"with two different attribute values"
+                "with two different attribute values"
             )
         if p["M"] is not None and int(p["M"]) < len(Zp):
             keep = np.sort(rng.choice(len(Zp), int(p["M"]), replace=False))
@@ -429,14 +418,12 @@ class Correction:
     """IPG's corrective step as hooks of `trainer.fit_grid` (spec 10.3's dual update):
 
     - `on_grads` (post-grad hook, before the task step): draws the pair batch P_b (pairs stream)
-    and,
-      for `joint` / `project`, adds lambda_t grad D (after PCGrad's projection) to the task gradient
-      in place where C(theta) fails;
+      and, for `joint` / `project`, adds lambda_t grad D (after PCGrad's projection) to the task
+      gradient in place where C(theta) fails;
     - `after_update` (`sequential`): the corrective step at theta' = OptStep(theta), plain SGD with
       each config's eta, in place;
     - `record(k)`: the fraction of corrected steps and the mean D since the last evaluation (reset
-    by
-      `evaluated`), and whether config k diverged.
+      by `evaluated`), and whether config k diverged.
     """
 
     def __init__(self, p: dict, Zp, Zq, grid: list[dict], pairs_seed: int):
@@ -483,8 +470,8 @@ class Correction:
 
     def _joint(self, W, b, gW, gb):
         """`joint` / `project`: add lambda_t grad D (rescaled when norm-matched) to the task
-        gradient
-        in place where C(theta) fails; `project` first removes the conflicting task component."""
+        gradient in place where C(theta) fails; `project` first removes the conflicting task
+        component."""
         p = self.p
         Wg, bg = W.detach().requires_grad_(True), b.detach().requires_grad_(True)
         Dv, agree = discrepancy(Wg, bg, *self.pair, p["discrepancy"])

@@ -12,15 +12,14 @@
    and 1 elsewhere (default), or `upweight=loss` for loss weights (the same full-batch gradient).
    `count=official` (default): m = lambda_up + 1, as the official anniesch/jtt code builds its
    stage-2 set (the train set concatenated with lambda_up extra copies of every error row);
-   `count=paper`: m = lambda_up, the paper's "upsample E by lambda_up" read literally.
-(T, stage-1 wd, lambda_up, stage-2 lr/wd, step) are chosen together by the regime rule on val.
+   `count=paper`: m = lambda_up, the paper's "upsample E by lambda_up" read literally. (T, stage-1
+   wd, lambda_up, stage-2 lr/wd, step) are chosen together by the regime rule on val.
 
 Seeds: stage 1 draws its init and sampler seeds from the run's `infer` stream (JTT's first stage is
 group inference, spec section 14.1); stage 2 uses the `init` and `sampler` streams exactly as `erm`
 does, so m = 1 (`count=paper`, lambda_up = 1) retrains the very ERM head of the same seed. All
-stage-2 variants share the
-sampler's uniforms. Error sets that coincide for different (T, wd) are trained once (listed in
-`info_["duplicate_error_sets"]`).
+stage-2 variants share the sampler's uniforms. Error sets that coincide for different (T, wd) are
+trained once (listed in `info_["duplicate_error_sets"]`).
 
 Budget [W]: the spec's head grid T {1,2,5,10,20,40,60} x lambda_up {4,5,6,20,50,100} x stage-1 wd
 {1e-3,1e-2,1e-1,1} gives up to 168 stage-2 variants of 9 configs each, every variant costing one ERM

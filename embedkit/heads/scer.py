@@ -1,49 +1,43 @@
 """SCER — Spurious Correlation-Aware Embedding Regularization (methods spec section 7).
 
 Sources: paper arXiv:2511.04401 (read through a summary; symbols as in the spec); repo
-MLAI-Yonsei/SCER
-`scer/learning/algorithms.py` (class `SCER`), `hparams_registry.py`, `sweep.py`, `train.py`.
+MLAI-Yonsei/SCER `scer/learning/algorithms.py` (class `SCER`), `hparams_registry.py`, `sweep.py`,
+`train.py`.
 
 Symbols (spec 7.1-7.2): group means mu_(y,a); spurious difference Delta_spur (same class, different
 attribute) and core difference Delta_core (same attribute, different class), see
 `embedkit.geometry.directions`; Sigma with ||v||_Sigma = sqrt(v^T Sigma v); the released code's loss
-per
-minibatch of embeddings z [B, k]:
+per minibatch of embeddings z [B, k]:
   1. Sigma = I_k + 0.1 C_b / (||C_b||_F + 1e-6), C_b the unbiased covariance of z (gradient flows);
   2. L_dro = sum_g q_g mean_{i in g} l_i with q <- q exp(eta mean_{i in g} l_i), q <- q / sum q
-  (section 4);
+     (section 4);
   3-4. delta_sp = unit(mean_{y, a<a'} |mu(y,a') - mu(y,a)|), delta_c = unit(mean_{a, y<y'} |mu(y',a)
-  - mu(y,a)|);
+       - mu(y,a)|);
   5. a0 = (n_00 + n_11) / (2B) (code) or 1/2 sum_y P(y) max_a P(a|y) on train counts
-  (orientation-free);
+     (orientation-free);
   6. beta* = (Sigma + a0 delta_sp delta_sp^T)^{-1} delta_c   (analytic, not the classifier weight);
   7. s = <beta*, delta_sp>/||beta*||_Sigma, r = <beta*, delta_c>/||beta*||_Sigma, L_emb = lambda_sp
-  |s| - lambda_c r;
+     |s| - lambda_c r;
   8. L_total = L_dro + L_emb; a batch missing a group reuses the previous L_emb as a detached
-  constant.
+     constant.
 
 Frozen-embedding adaptations (spec 7.4):
 - `scer_proj` (default, variant "proj"): a trainable residual map z = x + MLP_phi(x) (Linear(D, h)
--> ReLU ->
-  Linear(h, D), last layer zero-initialised, so training starts at the frozen features), or
-  `proj=linear`
-  Linear(D, k) (identity-initialised when k = D); the linear head reads z and the section 7.2 loss
-  acts on
-  the batch of z's. With no trainable map the code loss would have zero gradient (spec 7.2 step 9).
+  -> ReLU -> Linear(h, D), last layer zero-initialised, so training starts at the frozen features),
+  or `proj=linear` Linear(D, k) (identity-initialised when k = D); the linear head reads z and the
+  section 7.2 loss acts on the batch of z's. With no trainable map the code loss would have zero
+  gradient (spec 7.2 step 9).
 - `scer_ll` (variant "ll"): no projection; beta := the head's centred rows w_j = W_j - mean_j W_j
-(binary:
-  w = W_1 - W_0 up to scale), Delta's and Sigma computed once on all train rows, signed directions
-  with
-  Delta_c oriented class 1 minus class 0; L_emb = lambda_sp |<w, delta_sp>|/||w||_Sigma
-  - lambda_c <w, delta_c>/||w||_Sigma, averaged over classes j (and attribute pairs).
-Batches come from the shared trainer's group-balanced sampler (P(i) = 1/(G n_g(i)), i.i.d.), so
-every group
-is present in practically every batch of 108 when G = 4; an incomplete batch takes step 8's detached
-fallback, and `reg_active_frac` records how often the regulariser acted (with many groups, e.g. 10 x
-10,
-raise `batch_size`). Configuration of the released code matched by default: group-balanced batches
-with the per-batch a0 = (n_00 + n_11)/(2B) of step 5 (`a0_mode=auto` on 2 x 2 groups), as in every
-draw of the released random search (group_balanced True); h = 512 (spec 7.4).
+  (binary: w = W_1 - W_0 up to scale), Delta's and Sigma computed once on all train rows, signed
+  directions with Delta_c oriented class 1 minus class 0; L_emb = lambda_sp |<w,
+  delta_sp>|/||w||_Sigma - lambda_c <w, delta_c>/||w||_Sigma, averaged over classes j (and attribute
+  pairs). Batches come from the shared trainer's group-balanced sampler (P(i) = 1/(G n_g(i)),
+  i.i.d.), so every group is present in practically every batch of 108 when G = 4; an incomplete
+  batch takes step 8's detached fallback, and `reg_active_frac` records how often the regulariser
+  acted (with many groups, e.g. 10 x 10, raise `batch_size`). Configuration of the released code
+  matched by default: group-balanced batches with the per-batch a0 = (n_00 + n_11)/(2B) of step 5
+  (`a0_mode=auto` on 2 x 2 groups), as in every draw of the released random search (group_balanced
+  True); h = 512 (spec 7.4).
 `a0_mode=orientation_free`
 is the train-count constant, and the fallback for other group shapes. Sigma solves use the Woodbury
 identity on the batch's rank-(B-1) covariance (exact;
@@ -90,8 +84,7 @@ from embedkit.heads.trainer import (
 
 def a0_code(counts) -> float:
     """The released code's a0 = 1/2 [P(a=1|y=1) P(y=1) + P(a=0|y=0) P(y=0)] = (n_00 + n_11) / (2B)
-    from the
-    batch's group counts [2, 2] (assumes the majority groups are (0,0) and (1,1))."""
+    from the batch's group counts [2, 2] (assumes the majority groups are (0,0) and (1,1))."""
     counts = np.asarray(counts, np.float64)
     if counts.shape != (2, 2):
         raise EmbedkitError(
@@ -143,11 +136,9 @@ def code_terms(
 
 def ll_terms(W, core, spurious, sigma: Sigma):
     """Per config (W [K, C, D] or [C, D]): (spur [K], core [K]) with the centred rows w_j = W_j -
-    mean_j W_j,
-    spur = mean_j mean_pairs |<w_j, Delta_sp^pair>| / ||w_j||_Sigma and core = mean_j <w_j,
-    Delta_c^(j)> /
-    ||w_j||_Sigma, for per-class core directions [C, D] and attribute-pair spurious directions [P,
-    D].
+    mean_j W_j, spur = mean_j mean_pairs |<w_j, Delta_sp^pair>| / ||w_j||_Sigma and core = mean_j
+    <w_j, Delta_c^(j)> / ||w_j||_Sigma, for per-class core directions [C, D] and attribute-pair
+    spurious directions [P, D].
     Binary: |<w, Delta_sp>|/||w||_Sigma and <w, Delta_c>/||w||_Sigma with w = W_1 - W_0."""
     w = W - W.mean(-2, keepdims=True)
     norm = sigma.norm(w)  # [K, C]
@@ -244,8 +235,7 @@ class ProjectionModel:
 
 class SCERLoss:
     """L_total = L_dro + L_emb per config. L_dro is `groupdro.GroupDROLoss` (the same code path as
-    the
-    `groupdro` head); L_emb is the code loss on the batch's z (proj) or the head-weight loss
+    the `groupdro` head); L_emb is the code loss on the batch's z (proj) or the head-weight loss
     (ll)."""
 
     def __init__(
@@ -328,15 +318,11 @@ class SCERLoss:
 # ----------------------------------------------------------------------------------------------
 
 # Spec 7.5 defaults (hparam seed 0): eta 1e-2, lambda_sp = lambda_core = 1, lr 1e-3, wd 1e-4, batch
-# 108,
-# SGD momentum 0.9, 5,001 steps, evaluation every 300 (Waterbirds) or 250 (CMNIST). Embedkit [W],
-# for the
-# Waterbirds-size budget: proj keeps the paper's lambdas and adds lr 1e-2 to its lr 1e-3 (a head
-# trained
-# from scratch on frozen features), 400 steps evaluated every 50 (projected heads overfit early on
-# wide
-# features); ll is cheap, so it also selects lambda in {0.1, 1} and lr over the shared grid, 600
-# steps.
+# 108, SGD momentum 0.9, 5,001 steps, evaluation every 300 (Waterbirds) or 250 (CMNIST). Embedkit
+# [W], for the Waterbirds-size budget: proj keeps the paper's lambdas and adds lr 1e-2 to its lr
+# 1e-3 (a head trained from scratch on frozen features), 400 steps evaluated every 50 (projected
+# heads overfit early on wide features); ll is cheap, so it also selects lambda in {0.1, 1} and lr
+# over the shared grid, 600 steps.
 VARIANT_DEFAULTS = {
     "proj": {
         "lambda_sp": 1.0,
@@ -359,9 +345,8 @@ class SCERHead(SGDHead):
     """SCER: GroupDRO plus the Sigma-norm spurious/core alignment regulariser (variant proj or ll).
 
     lambda_sp penalises alignment with the spurious direction and lambda_core rewards alignment with
-    the
-    core direction; variant proj (default) regularises a learned residual projection of the frozen
-    features, variant ll the head's weight vector. (config, step) is chosen by val WGA."""
+    the core direction; variant proj (default) regularises a learned residual projection of the
+    frozen features, variant ll the head's weight vector. (config, step) is chosen by val WGA."""
 
     name = "scer"
     regimes = ("R1",)
@@ -387,9 +372,8 @@ class SCERHead(SGDHead):
         "proj_dim": Param(
             "int", None, "output dim k of proj=linear (none = the feature dim)", low=1
         ),
-        # Numbers or tuples (a grid); None = the variant's default (VARIANT_DEFAULTS).
-        # `eta_grid` as in `groupdro`: the same GroupDRO step size (HSFM's `eta` is its outer Adam
-        # lr).
+        # Numbers or tuples (a grid); None = the variant's default (VARIANT_DEFAULTS). `eta_grid` as
+        # in `groupdro`: the same GroupDRO step size (HSFM's `eta` is its outer Adam lr).
         "eta_grid": Param(
             "floats", 1e-2, "GroupDRO step sizes eta of the group weights q searched", low=0
         ),
@@ -473,8 +457,7 @@ class SCERHead(SGDHead):
     # -- grid ---------------------------------------------------------------------------------
     def grid(self) -> list[dict]:
         """The configs: the product of the given values, or the spec 7.5 random search (the same
-        draws
-        for every run seed, like SubpopBench's hparams seed; batch size kept fixed [W])."""
+        draws for every run seed, like SubpopBench's hparams seed; batch size kept fixed [W])."""
         p = self.resolved()
         n = int(p["search"])
         if n <= 0:
@@ -603,9 +586,8 @@ class SCERHead(SGDHead):
 
     def _ll_directions(self, X, train, counts):
         """scer_ll's constants from all train rows (spec 7.4): per-class core directions,
-        attribute-pair
-        spurious directions (unit, signed; abs mode: the code's aggregate, binary only) and
-        Sigma."""
+        attribute-pair spurious directions (unit, signed; abs mode: the code's aggregate, binary
+        only) and Sigma."""
         C, A = train.n_classes, train.n_attrs
         Xt = torch.as_tensor(X, dtype=torch.float32)
         mu, n = group_means(Xt, train.y, train.a, C, A)
@@ -626,11 +608,9 @@ class SCERHead(SGDHead):
 
     def _report_directions(self, train):
         """Directions on the train embeddings the head reads (z for proj, x for ll) and their
-        alignment
-        with the selected head (spec 7.1): cor(w, Delta) = <w, Delta>/(||w||_Sigma ||Delta||_Sigma)
-        and the
-        Theorem-1 quantities L = cor ||Delta||_Sigma, with w the centred head rows (binary: W_1 -
-        W_0)."""
+        alignment with the selected head (spec 7.1): cor(w, Delta) = <w, Delta>/(||w||_Sigma
+        ||Delta||_Sigma) and the Theorem-1 quantities L = cor ||Delta||_Sigma, with w the centred
+        head rows (binary: W_1 - W_0)."""
         C, A = train.n_classes, train.n_attrs
         state = self.state_
         if isinstance(state, ProjectionState):

@@ -14,12 +14,11 @@ Protocol [P]:
     - `random`: k rows uniformly at random.
     The k rows of highest score (`num_data`) form the finetuning set.
  3. f's last layer (initialised at the ERM head W0, b0, not reset) is finetuned on them for 250
- steps
-    with a class-balanced sampler (`balance_finetune=sampler`), SGD at a constant lr, weight decay
-    1e-4, batch 32 (Waterbirds config); evaluated once, after the last step. Momentum: the code's
-    `--momentum` default is 0.9, but it assigns `optimizer.momentum` after building the optimizer,
-    which leaves the param groups' momentum at 0; embedkit tries both (0, 0.9) and selects on
-    val[select] with lr and wd (`momentum=0` alone reproduces what the code runs).
+    steps with a class-balanced sampler (`balance_finetune=sampler`), SGD at a constant lr, weight
+    decay 1e-4, batch 32 (Waterbirds config); evaluated once, after the last step. Momentum: the
+    code's `--momentum` default is 0.9, but it assigns `optimizer.momentum` after building the
+    optimizer, which leaves the param groups' momentum at 0; embedkit tries both (0, 0.9) and
+    selects on val[select] with lr and wd (`momentum=0` alone reproduces what the code runs).
  4. (num_data in {20, 100, 500}, lr, early checkpoint) are chosen on the selection half by the
     regime rule (the paper: val worst-group accuracy). The halves are disjoint, so the leak guard
     accepts the run. The paper's lr grid {1e-4, 1e-3, 1e-2} is for ResNet-50 features; on cached
@@ -27,17 +26,13 @@ Protocol [P]:
 
 The two models. `early_backbone=KEY` [P]: the paper's ERM run gives the final model (the split's own
 backbone, whose stored logits and head W0, b0 are f) and an early checkpoint, extracted into the
-same
-cache under KEY (`embedkit train-erm --save-early EPOCHS` writes it; `extract` adds each checkpoint
-as
-one backbone over the same rows): its stored val logits are f_e. Several keys (comma-separated) are
-candidates of step 4, as the paper's early-stop epochs {1, 2, 5} (checkpoint indices). The runner
-reads
-those keys from the cache and hands them to the head (`bind_backbones`).
-Without `early_backbone` [W]: both models are linear ERM heads on the frozen embeddings, trained
-by the shared trainer on train (lr `stage1_lr`, wd `stage1_wd`, `stage1_steps` steps, infer stream);
-f is the last step and the early checkpoints are its snapshots at `early_fracs` of the run (0.1,
-0.2,
+same cache under KEY (`embedkit train-erm --save-early EPOCHS` writes it; `extract` adds each
+checkpoint as one backbone over the same rows): its stored val logits are f_e. Several keys
+(comma-separated) are candidates of step 4, as the paper's early-stop epochs {1, 2, 5} (checkpoint
+indices). The runner reads those keys from the cache and hands them to the head (`bind_backbones`).
+Without `early_backbone` [W]: both models are linear ERM heads on the frozen embeddings, trained by
+the shared trainer on train (lr `stage1_lr`, wd `stage1_wd`, `stage1_steps` steps, infer stream); f
+is the last step and the early checkpoints are its snapshots at `early_fracs` of the run (0.1, 0.2,
 0.5: the paper's checkpoint indices 1, 2, 5 of ten over 100 epochs). Dropout acts on the embedding
 (the paper's ResNet applies Dropout(p) right before its fc), p in {0.5, 0.7, 0.9}, one seeded mask
 (infer stream).
@@ -175,14 +170,14 @@ class SELFHead(SGDHead):
     def unmet(self, train, val) -> str | None:
         if self.early_keys() and (train.logits is None or train.erm_head is None):
             return (
-                f"self with early_backbone needs the final backbone's stored logits and head "
+                "self with early_backbone needs the final backbone's stored logits and head "
                 f"({train.backbone})"
             )
         if self.early_keys() and np.shape(train.erm_head[0])[0] != train.n_classes:
             return (
                 f"self: the stored head of {train.backbone} scores "
                 f"{np.shape(train.erm_head[0])[0]} classes, the cache has {train.n_classes} "
-                f"(a backbone's own head of another label set)"
+                "(a backbone's own head of another label set)"
             )
         missing = [k for k in self.early_keys() if k not in self._bound]
         return (

@@ -182,7 +182,7 @@ class TextProjHead(ZeroShotHead):
                 return (
                     f"{self.name}: needs prompts of kind {wanted} in "
                     f"/text/{train.backbone or '<backbone>'} "
-                    f"(see embedkit.cache.text.store_prompts)"
+                    "(see embedkit.cache.text.store_prompts)"
                 )
         return super().unmet(train, val)
 

@@ -19,12 +19,11 @@ standardisation `z' = (z - mu)/sigma` fitted on the fitting rows, a stored head 
 
 Methods customise the loss with an `objective(ctx) -> [K]` callable (GroupDRO's q-weighted group
 means, AFR's L2 pull towards the initial head, SCER's regulariser); it may define `record(k) ->
-dict`
-to add fields (GroupDRO's q) to every evaluation record of config k. Hooks change the step itself
-without a loop of their own (see `fit_grid`): GERNE's biased and less-biased batches are a
-batch-draw
-hook, IPG's corrective step a post-grad / after-update hook. Test data never enters: per-step test
-metrics come from the runner's `Monitor`, which is handed the K heads' logits at each evaluation.
+dict` to add fields (GroupDRO's q) to every evaluation record of config k. Hooks change the step
+itself without a loop of their own (see `fit_grid`): GERNE's biased and less-biased batches are a
+batch-draw hook, IPG's corrective step a post-grad / after-update hook. Test data never enters:
+per-step test metrics come from the runner's `Monitor`, which is handed the K heads' logits at each
+evaluation.
 
 Determinism (spec 0.4): on CPU the trainer runs under `torch.use_deterministic_algorithms(True)`
 with an optional fixed thread count (restored afterwards), init and sampler draws come from their
@@ -60,14 +59,13 @@ _EVAL_CHUNK = 4096
 
 # Trainer settings every SGD head exposes as parameters. The spec's budget is 5,000 steps with an
 # evaluation every 250; embedkit's default is 1,000 / 100 so that the full default sweep (about 15
-# heads x 3 seeds on a Waterbirds-size cache) fits in 5 minutes on 2 CPU cores: a step costs
-# ~K x B x D x C multiply-adds twice, compute-bound on CPU. 1,000 steps of 128 rows are 27 epochs of
+# heads x 3 seeds on a Waterbirds-size cache) fits in 5 minutes on 2 CPU cores: a step costs ~K x B
+# x D x C multiply-adds twice, compute-bound on CPU. 1,000 steps of 128 rows are 27 epochs of
 # Waterbirds; linear heads on frozen features converge (or are early-stopped by selection) well
 # within that at the grid's larger learning rates. `steps=5000 eval_every=250` restores the spec's
 # budget. One thread by default: deterministic everywhere, and small matmuls gain little from a
-# second thread while losing much when the cores are shared. Device: "cpu" in every head (one
-# choice for all, issue 11): deterministic and bitwise reproducible; `device=auto` or `cuda` opts
-# in.
+# second thread while losing much when the cores are shared. Device: "cpu" in every head (one choice
+# for all, issue 11): deterministic and bitwise reproducible; `device=auto` or `cuda` opts in.
 DEVICE = Param(
     "choice",
     "cpu",
@@ -474,11 +472,10 @@ def fit_grid(
     and are for the objective to read. `batch_size=None` = full batch (every row every step, as
     AFR). `init=(W0, b0)` starts every linear head from a stored raw-coordinate head (mapped when
     standardising); otherwise PyTorch's default init from `init_seed`, the same for all configs.
-    With `val`, each evaluation (every `eval_every` steps and the last) writes one record per
-    config `{config_id, config, step, val, test}` (test and any other split from the runner's
-    `monitor`, which is handed the K heads' logits, never the other way round), and the head chosen
-    by `rule` (ties: `tie`) is kept. `snapshot_steps`: also return every config's head at these
-    steps.
+    With `val`, each evaluation (every `eval_every` steps and the last) writes one record per config
+    `{config_id, config, step, val, test}` (test and any other split from the runner's `monitor`,
+    which is handed the K heads' logits, never the other way round), and the head chosen by `rule`
+    (ties: `tie`) is kept. `snapshot_steps`: also return every config's head at these steps.
 
     `hooks`: objects that change the step without a loop of their own (any of these methods):
     - `draw(step) -> rows` (at most one hook): the batch-draw hook; its row indices [B'] replace the

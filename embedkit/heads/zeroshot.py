@@ -7,7 +7,7 @@ embeddings of the prompts stored in the cache under `/text/<backbone_key>`, each
 and an `index`:
 
 - kind `class`, index c: prompts of class c (templates). t_c = unit(mean_j
-unit(E_text(template_j(c)))).
+  unit(E_text(template_j(c)))).
 - kind `group`, index g = y·A + a: one prompt per (class, attribute) for `prompts="group"`.
 
 logits = τ · X̂ Tᵀ with x̂ = x/‖x‖ and τ = 100 (both reference codes); ŷ = argmax. In group mode
@@ -85,7 +85,7 @@ def _check_dims(T: np.ndarray, Z: np.ndarray, what: str) -> None:
     if T.shape[1] != Z.shape[1]:
         raise EmbedkitError(
             f"{what}: text embeddings have {T.shape[1]} dims but image embeddings {Z.shape[1]}; "
-            f"zero-shot needs post-projection CLIP image features"
+            "zero-shot needs post-projection CLIP image features"
         )
 
 

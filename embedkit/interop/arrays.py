@@ -63,7 +63,7 @@ def _tensor_to_numpy(t, path, what: str) -> np.ndarray:
     if not isinstance(t, torch.Tensor) or t.layout != torch.strided:
         raise EmbedkitError(
             f"{path}: {what} is a {type(t).__name__}, not a dense tensor; "
-            f"a .pt feature file must hold a tensor or a dict of tensors"
+            "a .pt feature file must hold a tensor or a dict of tensors"
         )
     t = t.detach().cpu()
     if t.dtype == torch.bfloat16:  # numpy has no bfloat16; float32 holds it exactly
@@ -90,7 +90,7 @@ def load_pt(path) -> dict[str, np.ndarray] | np.ndarray:
         )
         raise EmbedkitError(
             f"{path}: not a plain-tensor .pt file: it {what}; embedkit loads .pt files only "
-            f"with torch.load(weights_only=True)"
+            "with torch.load(weights_only=True)"
         ) from None
     except Exception as e:  # not a torch file at all, or a broken archive
         raise EmbedkitError(

@@ -1,10 +1,9 @@
 """Peer tools' embedding formats in and out of a cache.
 
-    subpopbench     DIR/feats_{train,val,test}.npy + SubpopBench's metadata_<dataset>.csv: the
-    layout
-                    the `dpe` package (DPE, To et al. 2025) reads on SubpopBench's metadata.
-                    feats_<split>.npy row i is the i-th metadata row of that split, in file order
-                    (dpe's `split_indices`). Import and export.
+    subpopbench     DIR/feats_{train,val,test}.npy + SubpopBench's metadata_<dataset>.csv:
+                    the layout the `dpe` package (DPE, To et al. 2025) reads on SubpopBench's
+                    metadata. feats_<split>.npy row i is the i-th metadata row of that split, in
+                    file order (dpe's `split_indices`). Import and export.
     clip-retrieval  DIR/img_emb/img_emb_<k>.npy + DIR/metadata/metadata_<k>.parquet, row-aligned
                     part by part (clip-retrieval's `clip_inference` writer). Import.
     dfr             the DFR follow-up's `--save_embeddings` npz (embeddings_<split>, y_<split>,
@@ -176,10 +175,9 @@ def _read_sidecar(folder: Path, metadata: Path) -> dict:
 
 def export_subpopbench(cache_path, folder, backbone: str | None = None, log=print) -> Path:
     """Write feats_{train,val,test}.npy (the cache's dtype) and metadata_<dataset>.csv with
-    SubpopBench's
-    columns id, filename, split, y, a (filename = the cache's uid, id = the row number), plus a JSON
-    sidecar with the class/attribute names. Rows flagged invalid are left out: peer tools have no
-    validity mask. An unknown attribute is written as a = -1."""
+    SubpopBench's columns id, filename, split, y, a (filename = the cache's uid, id = the row
+    number), plus a JSON sidecar with the class/attribute names. Rows flagged invalid are left out:
+    peer tools have no validity mask. An unknown attribute is written as a = -1."""
     cache = Cache.open(cache_path)
     prov = cache.provenance(backbone)  # names the one backbone, or says which to choose
     key, dtype = prov["backbone_key"], prov["dtype"]
@@ -211,8 +209,7 @@ def export_subpopbench(cache_path, folder, backbone: str | None = None, log=prin
     with open(meta_path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         # SubpopBench's columns; `seen` (rows the backbone trained on) only when the cache records
-        # it
-        # (readers that select columns by name, as SubpopBench and dpe do, ignore it)
+        # it (readers that select columns by name, as SubpopBench and dpe do, ignore it)
         w.writerow(["id", "filename", "split", "y", "a"] + (["seen"] if seen_known else []))
         for i, (u, code, y, a, t) in enumerate(rows):
             w.writerow([i, u, code, y, a] + ([t] if seen_known else []))
@@ -408,8 +405,7 @@ def import_clip_retrieval(
         if j != i:
             raise EmbedkitError(
                 f"{where[i][0]}, row {where[i][1]}: duplicate {id_col} {u!r} (also "
-                f"{where[j][0].name} "
-                f"row {where[j][1]}); name a unique column with --id-col"
+                f"{where[j][0].name} row {where[j][1]}); name a unique column with --id-col"
             )
     return import_arrays(
         out,
@@ -507,7 +503,7 @@ def import_dfr(
         if missing:
             raise EmbedkitError(
                 f"{f}: missing array {missing[0]!r} (arrays present: {', '.join(sorted(z))}); "
-                f"DFR saves 'embeddings' and 'labels' (or embeddings_<split>, y_<split>, ...)"
+                "DFR saves 'embeddings' and 'labels' (or embeddings_<split>, y_<split>, ...)"
             )
         if splits is not None:
             split = splits[j]
@@ -516,7 +512,7 @@ def import_dfr(
             if not m:
                 raise EmbedkitError(
                     f"{f}: no split in the file name (..._<train|val|test>_embeddings.npz); "
-                    f"pass --split"
+                    "pass --split"
                 )
             split = m.group(1)
         Z, y = z["embeddings"], z["labels"]

@@ -105,7 +105,7 @@ def write_report(
     if not entries:
         raise EmbedkitError(
             f"{root}: no run records under it (record.json of a finished run); "
-            f"point it at the --out of `embedkit fit` or `embedkit sweep`"
+            "point it at the --out of `embedkit fit` or `embedkit sweep`"
         )
     if analysis is not None and not isinstance(analysis, CacheAnalysis):
         # checked before anything is written: a misfit folder stops the report, tables included

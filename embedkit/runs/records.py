@@ -6,8 +6,8 @@ One run = one method, one parameter set, one seed and one label budget, in its o
     OUT/<method>[-<params sha8>][-budget<b>][-reserved<r>][-groups_<m>]/seed<k>/
         record.json     the run record, written after everything else
         history.jsonl   the head's evaluation records {config_id, config, step, val, test}
-        artifacts.npz   the head's arrays (`artifacts_`), its linear weights and the row sets by
-                        role
+        artifacts.npz   the head's arrays (`artifacts_`), its linear weights and the row sets
+                        by role
         prompts.json    the prompt log (zero-shot and text-projection heads)
         done            empty marker written last; a sweep skips directories that have it
         skipped.json    instead of the above when the run could not run (its status and reason)
@@ -128,7 +128,7 @@ def finished(d, fingerprint: str) -> dict | None:
     if rec["cache"].get("fingerprint") != fingerprint:
         raise EmbedkitError(
             f"{d}: holds a run of another cache ({rec['cache'].get('path')}); "
-            f"use another --out folder or --force"
+            "use another --out folder or --force"
         )
     return rec
 

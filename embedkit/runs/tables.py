@@ -1,7 +1,7 @@
-"""Result tables from run records: one row per run (method, parameters, label budget, backbone)
-with the mean and sample std over seeds, one row per seed, and their markdown. Written through the
-shared writer (embedkit.tables); the records come from `records.collect`, the loader the figures
-use too."""
+"""Result tables from run records: one row per run (method, parameters, label budget, backbone) with
+the mean and sample std over seeds, one row per seed, and their markdown. Written through the shared
+writer (embedkit.tables); the records come from `records.collect`, the loader the figures use
+too."""
 
 from __future__ import annotations
 

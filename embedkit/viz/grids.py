@@ -83,9 +83,8 @@ def image_grid(
 
 
 def neighbour_grid(queries, neighbours, out, *, scores=None, title: str = "", cell: int = CELL):
-    """One grid row per query: the query's picture, then its neighbours' pictures. A picture is
-    (PIL image or None, caption); `scores[q][j]` is printed after neighbour j's caption when
-    given."""
+    """One grid row per query: the query's picture, then its neighbours' pictures. A picture is (PIL
+    image or None, caption); `scores[q][j]` is printed after neighbour j's caption when given."""
     cells = []
     for q, ((img, cap), nb) in enumerate(zip(queries, neighbours)):
         row = [(img, f"query: {cap}")]

@@ -4,10 +4,9 @@ runs.
 Each claim names one or more §11.2 metrics and the sign it predicts for "higher learning rate".
 For a series of runs (one row per learning rate and seed; diverged runs are counted, not used):
 
-- the trend test is Spearman's rank correlation between the learning rate and the metric over
-  every finished run, with a bootstrap interval over seeds: seeds are drawn with replacement
-  (all of a seed's runs travel together, so the LR grid stays intact) and the correlation is
-  recomputed;
+- the trend test is Spearman's rank correlation between the learning rate and the metric over every
+  finished run, with a bootstrap interval over seeds: seeds are drawn with replacement (all of a
+  seed's runs travel together, so the LR grid stays intact) and the correlation is recomputed;
 - the comparator test (claim "LR beats other regularisers") takes the best learning rate and the
   best comparator setting at the same budget (by their mean over seeds, in the claim's direction)
   and bootstraps the difference of their means over seeds.

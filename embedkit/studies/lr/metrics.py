@@ -103,8 +103,7 @@ def activation_sparsity(Z) -> float:
 
 
 def activation_compressibility(Z, kappa: float, q: float = 2) -> float:
-    """comp_kappa per sample on activation vectors, averaged over samples with a non-zero
-    vector."""
+    """comp_kappa per sample on activation vectors, averaged over samples with a non-zero vector."""
     return float(np.nanmean(compressibility(np.atleast_2d(Z), kappa, q)))
 
 
