@@ -43,3 +43,42 @@ def test_report_draws_the_analysis_folder_given_and_refuses_a_misfit(tmp_path, c
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "another cache" in err[0] and str(an_other) in err[0]
     assert not (tmp_path / "rep2").exists()  # refused before any table was written
+
+
+def _real_runs(tmp_path, real_cache):
+    """A one-run ERM sweep on a copy of the real colored_mnist cache (real MNIST images)."""
+    import shutil
+
+    cache = tmp_path / "cm.h5"
+    shutil.copy(real_cache("colored_mnist"), cache)
+    runs = tmp_path / "runs"
+    sweep = ["sweep", "--cache", str(cache), "--methods", "erm", "--seeds", "0"]
+    assert main([*sweep, "--out", str(runs)]) == 0
+    return cache, runs
+
+
+def test_report_root_draws_thumbnails_and_a_bad_root_is_a_note_naming_it(
+    tmp_path, capsys, real_cache
+):
+    """`report --root` is analyze's flag: the images there feed the thumbnail grids; a folder
+    without the dataset skips those grids with a note naming it (as `analyze --root` does)."""
+    import json
+
+    from tests.conftest import DATA
+
+    cache, runs = _real_runs(tmp_path, real_cache)
+    rep = tmp_path / "rep"
+    assert main(["report", str(runs), "--out", str(rep), "--root", str(DATA)]) == 0
+    made = json.loads((rep / "figures.json").read_text())["figures"]
+    assert "error_neighbours.png" in made
+    bad, rep2 = tmp_path / "nowhere", tmp_path / "rep2"
+    assert main(["report", str(runs), "--out", str(rep2), "--root", str(bad)]) == 0
+    man = json.loads((rep2 / "figures.json").read_text())
+    assert "error_neighbours.png" not in man["figures"]
+    notes = [s["reason"] for s in man["skipped"] if s["figure"] == "error_neighbours.png"]
+    assert notes and str(bad) in notes[0]
+    capsys.readouterr()
+    missing = ["report", str(runs), "--out", str(tmp_path / "rep3")]
+    assert main([*missing, "--cache", str(tmp_path / "absent.h5")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "absent.h5" in err[0] and "--cache" in err[0]
