@@ -82,3 +82,57 @@ def test_report_root_draws_thumbnails_and_a_bad_root_is_a_note_naming_it(
     assert main([*missing, "--cache", str(tmp_path / "absent.h5")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "absent.h5" in err[0] and "--cache" in err[0]
+
+
+def test_report_draws_the_saved_2d_map_and_recomputes_an_old_folders(tmp_path, monkeypatch):
+    """`analyze` saves the 2-D map it drew; `report --analysis` draws those coordinates without
+    calling map_2d. A folder from before maps were kept still draws (recomputed, and said so)."""
+    import json
+
+    import numpy as np
+
+    from embedkit.data.synthetic import planted_cache
+    from embedkit.pipelines import figures
+    from embedkit.viz import embedding
+
+    sizes = {"train": 300, "val": 100, "test": 100}
+    cache = planted_cache(tmp_path / "c.h5", sizes, 8, seed=0)[0]
+    runs, an = tmp_path / "runs", tmp_path / "an"
+    sweep = ["sweep", "--cache", str(cache), "--methods", "erm", "--seeds", "0"]
+    assert main([*sweep, "--out", str(runs)]) == 0
+    assert main(["analyze", "--cache", str(cache), "--out", str(an), "--no-clusters"]) == 0
+    with np.load(an / "analysis.npz") as z:
+        saved_xy, saved_index = z["map.xy"], z["map.index"]
+    assert json.loads((an / "summary.json").read_text())["map_2d"]["method"] == "pca"
+    real_map, real_scatter, drawn = figures.map_2d, embedding.scatter_2d, []
+
+    def forbidden(*a, **k):
+        raise AssertionError("map_2d called for a saved analysis")
+
+    def scatter(XY, g, *a, **k):
+        drawn.append((np.array(XY), np.array(g)))
+        return real_scatter(XY, g, *a, **k)
+
+    monkeypatch.setattr(figures, "map_2d", forbidden)
+    monkeypatch.setattr(embedding, "scatter_2d", scatter)
+    rep = tmp_path / "rep"
+    assert main(["report", str(runs), "--out", str(rep), "--analysis", str(an)]) == 0
+    man = json.loads((rep / "figures.json").read_text())
+    assert "scatter_train.png" in man["figures"] and (rep / "scatter_train.png").exists()
+    assert man["map_2d"]["origin"] == "saved"
+    np.testing.assert_array_equal(drawn[-1][0], saved_xy)
+    assert len(drawn[-1][1]) == len(saved_index)
+    # the old format: no map in analysis.npz nor in summary.json
+    with np.load(an / "analysis.npz") as z:
+        old = {k: z[k] for k in z.files if not k.startswith("map.")}
+    np.savez(an / "analysis.npz", **old)
+    s = json.loads((an / "summary.json").read_text())
+    s.pop("map_2d")
+    (an / "summary.json").write_text(json.dumps(s))
+    monkeypatch.setattr(figures, "map_2d", real_map)
+    rep2 = tmp_path / "rep2"
+    assert main(["report", str(runs), "--out", str(rep2), "--analysis", str(an)]) == 0
+    man = json.loads((rep2 / "figures.json").read_text())
+    assert "scatter_train.png" in man["figures"]
+    assert man["map_2d"]["origin"].startswith("recomputed")
+    np.testing.assert_allclose(np.abs(drawn[-1][0]), np.abs(saved_xy), rtol=1e-4, atol=1e-4)

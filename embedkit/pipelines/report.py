@@ -93,11 +93,15 @@ def report_figures(
     if analysis is not None:
         analysis = given_analysis(analysis, c, backbone)
     thumbs, why = thumbnail_source(c, image_root)
+    unsaved_map = analysis is not None and analysis.map is None
     try:
         res = analysis if analysis is not None else analyze_cache(c, backbone, george=False)
         analysis_figures(res, c, out_dir, thumbs=thumbs, thumbs_reason=why, figs=figs)
     except EmbedkitError as e:
         figs.skip("analysis figures", str(e))
+    if unsaved_map and "map_2d" in figs.facts:
+        # an analysis folder written before maps were kept (or with --no-figures)
+        figs.facts["map_2d"]["origin"] = "recomputed: the analysis given has no saved 2-D map"
     hsfm_figures(records, c, figs, thumbs, why, backbone)
     figs.write_manifest({"cache": str(c.path)})
     return figs.paths
