@@ -101,7 +101,9 @@ def test_group_accuracy_bars(tmp_path, digits_cache):
 
 def test_map_heatmap_and_histograms(tmp_path, digits_cache):
     tr = digits_cache.split("train")
-    XY, g, used = map_2d(tr.Z, tr.g, "pca", max_points=300)
+    m = map_2d(tr.Z, tr.g, "pca", max_points=300)
+    XY, g, used = m.xy, m.g, m.method
+    np.testing.assert_array_equal(g, tr.g[m.index])  # the groups are the mapped rows' own
     assert XY.shape == (300, 2) and used == "pca"
     p, info = embedding.scatter_2d(XY, g, tr.group_names, tmp_path / "map.png", method=used)
     assert png_size(p) == (800, 700) and info == {"method": "pca", "n_points": 300}

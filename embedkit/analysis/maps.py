@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from embedkit.analysis.groups import stratified_subsample
@@ -39,13 +41,28 @@ def embed_2d(Z, method: str = "pca", seed: int = 0) -> tuple[np.ndarray, str]:
     return PCA(n_components=2, random_state=seed).fit_transform(Z), "pca"
 
 
-def map_2d(Z, g, method: str = "pca", max_points: int = 5000, seed: int = 0):
-    """(coordinates [n, 2], the rows' groups [n], method used) for at most `max_points` rows,
-    subsampled group by group so that minority groups stay visible."""
+@dataclass
+class Map2D:
+    """A 2-D map of some rows of a split: what `scatter_2d` draws and `embedkit analyze` saves,
+    so that a saved analysis is drawn with the very coordinates it was made with."""
+
+    xy: np.ndarray  # [n, 2] coordinates
+    index: np.ndarray  # [n] positions of the mapped rows in the split (not cache rows)
+    g: np.ndarray  # [n] their groups
+    method: str  # the method used (pca or umap)
+    seed: int
+
+    def info(self) -> dict:
+        return {"method": self.method, "seed": int(self.seed), "n_points": len(self.index)}
+
+
+def map_2d(Z, g, method: str = "pca", max_points: int = 5000, seed: int = 0) -> Map2D:
+    """The map of at most `max_points` rows, subsampled group by group so that minority groups
+    stay visible."""
     g = np.asarray(g)
     idx = stratified_subsample(g, max_points, seed)
     XY, used = embed_2d(np.asarray(Z)[idx], method, seed)
-    return XY, g[idx], used
+    return Map2D(XY, np.asarray(idx), g[idx], used, seed)
 
 
 def projections(Z, directions: dict) -> dict[str, np.ndarray]:

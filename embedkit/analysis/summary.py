@@ -40,6 +40,7 @@ class CacheAnalysis:
     text_probes: list = field(default_factory=list)
     retrieval: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
+    map: object | None = None  # embedkit.analysis.maps.Map2D of `split`, once drawn or read back
 
 
 def _predictions(train, ev) -> tuple[np.ndarray, str]:

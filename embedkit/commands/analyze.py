@@ -1,7 +1,11 @@
 """embedkit analyze: FAISS centroids, kNN purity, clusters and directions of one backbone of a
 cache; writes summary.json and PNG figures (with figures.json listing them and any skipped)."""
 
-from embedkit.commands.options import add_allow_random_init_argument, add_prompts_argument
+from embedkit.commands.options import (
+    add_allow_random_init_argument,
+    add_prompts_argument,
+    add_root_argument,
+)
 
 
 def add_arguments(p):
@@ -63,9 +67,7 @@ def add_arguments(p):
     )
     add_allow_random_init_argument(p, "the --text-backbone")
     add_prompts_argument(p, "for the text probe")
-    p.add_argument(
-        "--root", help="dataset folder for image thumbnails (default: the adapter's own default)"
-    )
+    add_root_argument(p)
     p.add_argument(
         "--map", default="pca", choices=("pca", "umap", "auto"), help="2-D map method (default pca)"
     )

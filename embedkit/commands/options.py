@@ -30,3 +30,12 @@ def add_allow_random_init_argument(p, what: str = "the backbone") -> None:
         help=f"build {what} randomly initialised when its weights are absent (recorded; "
         f"mechanics only)",
     )
+
+
+def add_root_argument(p) -> None:
+    """--root: where the dataset's images are, for the thumbnails of the figures."""
+    p.add_argument(
+        "--root",
+        help="dataset folder for image thumbnails (default: the folder recorded in the cache, "
+        "else the adapter's own default)",
+    )

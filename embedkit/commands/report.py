@@ -1,5 +1,7 @@
 """embedkit report: tables and PNG figures from a run or sweep folder (nothing is refitted)."""
 
+from embedkit.commands.options import add_root_argument
+
 
 def add_arguments(p):
     p.add_argument(
@@ -15,6 +17,13 @@ def add_arguments(p):
         "instead of being recomputed (default: analyse the cache here)",
     )
     p.add_argument(
+        "--cache",
+        metavar="PATH",
+        help="cache file (.h5) the run records name, when it has moved (default: the path "
+        "recorded in the records)",
+    )
+    add_root_argument(p)
+    p.add_argument(
         "--include-flagged",
         action="store_true",
         help="also tabulate runs selected on test (oracle) or on rows they were fitted on",
@@ -22,11 +31,21 @@ def add_arguments(p):
 
 
 def run(args):
+    from pathlib import Path
+
     from embedkit import runs
+    from embedkit.errors import EmbedkitError
     from embedkit.pipelines.report import write_report
 
+    if args.cache is not None and not Path(args.cache).is_file():
+        raise EmbedkitError(f"--cache {args.cache}: no such cache file")
     rep = write_report(
-        args.runs, args.out, include_flagged=args.include_flagged, analysis=args.analysis
+        args.runs,
+        args.out,
+        include_flagged=args.include_flagged,
+        cache=args.cache,
+        analysis=args.analysis,
+        image_root=args.root,
     )
     print(runs.markdown_table(rep["rows"]))
     for f in rep["files"]:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from embedkit.analysis.edits import Edit
+from embedkit.analysis.maps import Map2D
 from embedkit.analysis.summary import CacheAnalysis, analyze_splits
 from embedkit.cache import Cache, write_derived
 from embedkit.errors import EmbedkitError
@@ -99,6 +100,8 @@ def run_analysis(
         made = [p.name for p in figs.paths]
         res.summary["figures"] = made
         res.summary["skipped_figures"] = figs.skipped
+    if res.map is not None:
+        res.summary["map_2d"] = res.map.info()
     write_json(out / SUMMARY, res.summary)
     save_arrays(out, res)
     if store:
@@ -146,8 +149,12 @@ def _log_summary(s: dict, k, split, eval_split, path, log) -> None:
 def save_arrays(out, res: CacheAnalysis) -> Path:
     """`analysis.npz`: the arrays of `res` that summary.json leaves out (directions, neighbour
     indices and scores, the edits), under flat keys `load_analysis` reads back. The inferred
-    clusters are not kept (no figure draws them; `--store` writes their labels to the cache)."""
+    clusters are not kept (no figure draws them; `--store` writes their labels to the cache).
+    The 2-D map drawn (if any) is kept as `map.xy` and `map.index` (positions in the split), its
+    method and seed in summary.json's `map_2d`."""
     arrays = {"pred": res.pred, "centroids": res.centroids, "distances": res.distances}
+    if res.map is not None:
+        arrays |= {"map.xy": res.map.xy, "map.index": res.map.index}
     arrays |= {f"direction.{k}": v for k, v in res.directions.items()}
     for part, d in (("errors", res.errors), ("retrieval", res.retrieval)):
         arrays |= {f"{part}.{k}": v for k, v in d.items() if isinstance(v, np.ndarray)}
@@ -158,6 +165,20 @@ def save_arrays(out, res: CacheAnalysis) -> Path:
     path = Path(out) / ARRAYS
     np.savez(path, **{k: v for k, v in arrays.items() if v is not None})
     return path
+
+
+def _saved_map(arrays: dict, info: dict | None, split, folder) -> Map2D | None:
+    """The 2-D map saved with an analysis, or None for a folder written before maps were kept
+    (the map is then computed when drawn)."""
+    if info is None or "map.xy" not in arrays or "map.index" not in arrays:
+        return None
+    index = arrays["map.index"].astype(np.int64)
+    if len(index) and (index.min() < 0 or index.max() >= len(split)):
+        raise EmbedkitError(
+            f"{folder}: the saved 2-D map names rows outside the {len(split)} of split "
+            f"{split.name!r}"
+        )
+    return Map2D(arrays["map.xy"], index, split.g[index], info["method"], info.get("seed", 0))
 
 
 def load_analysis(folder, cache) -> CacheAnalysis:
@@ -204,6 +225,7 @@ def load_analysis(folder, cache) -> CacheAnalysis:
             text = {f: str(fields.pop(f)) for f in ("name", "source")}
             edits[name] = Edit(**text, **fields)
     return CacheAnalysis(
+        map=_saved_map(arrays, s.get("map_2d"), tr, folder),
         summary=s,
         split=tr,
         eval_split=ev if ev is not None and len(ev) else None,

@@ -128,19 +128,24 @@ def analysis_figures(
     figs: Figures | None = None,
 ) -> Figures:
     """Figures of a `CacheAnalysis` (embedkit.analysis.summary.analyze_splits): the 2-D map, the
-    centroid distances, the projections, the text probes and the image grids."""
+    centroid distances, the projections, the text probes and the image grids. The map is
+    `res.map` when the analysis carries one (a saved analysis), else computed with `map_method`
+    and kept in `res.map` for `save_arrays`; figures.json says which (`map_2d.origin`)."""
     figs = figs or Figures(out_dir)
     tr, ev = res.split, res.eval_split
     names = tr.group_names
     try:
-        XY, g_map, used = map_2d(tr.Z, tr.g, map_method)
+        origin = "saved" if res.map is not None else "computed"
+        if res.map is None:
+            res.map = map_2d(tr.Z, tr.g, map_method)
+        figs.facts["map_2d"] = res.map.info() | {"origin": origin}
         figs.make(
             f"scatter_{tr.name}.png",
             embedding.scatter_2d,
-            XY,
-            g_map,
+            res.map.xy,
+            res.map.g,
             names,
-            method=used,
+            method=res.map.method,
             title=f"{tr.backbone}: {tr.name} rows coloured by group",
         )
     except EmbedkitError as e:

@@ -51,14 +51,22 @@ def given_analysis(analysis, cache, backbone) -> CacheAnalysis:
 
 
 def report_figures(
-    root, out_dir, records: list[dict], *, cache=None, analysis=None, include_flagged=False
+    root,
+    out_dir,
+    records: list[dict],
+    *,
+    cache=None,
+    analysis=None,
+    include_flagged=False,
+    image_root=None,
 ) -> list[Path]:
     """The figures `embedkit report` adds to its tables: per-group accuracy bars over seeds from
     `records` (runs.collect), the cache's analysis figures (map, centroid distances, projections,
     text probe, error neighbours, retrieval) and HSFM's edit views. `analysis`: a CacheAnalysis, or
     the output folder of `embedkit analyze` on the same cache, to draw instead of computing one (a
-    folder that does not fit the cache is an error). Missing pieces are skipped with a note in
-    `figures.json`; returns the PNG paths made."""
+    folder that does not fit the cache is an error). `image_root`: the dataset folder for the
+    thumbnails (`--root`; None: the one recorded in the cache). Missing pieces are skipped with
+    a note in `figures.json`; returns the PNG paths made."""
     figs = Figures(out_dir)
     records = [r for r in records if "metrics" in r]
     if records:
@@ -84,23 +92,27 @@ def report_figures(
     backbone = record_backbone(records, c)
     if analysis is not None:
         analysis = given_analysis(analysis, c, backbone)
-    thumbs, why = thumbnail_source(c)
+    thumbs, why = thumbnail_source(c, image_root)
+    unsaved_map = analysis is not None and analysis.map is None
     try:
         res = analysis if analysis is not None else analyze_cache(c, backbone, george=False)
         analysis_figures(res, c, out_dir, thumbs=thumbs, thumbs_reason=why, figs=figs)
     except EmbedkitError as e:
         figs.skip("analysis figures", str(e))
+    if unsaved_map and "map_2d" in figs.facts:
+        # an analysis folder written before maps were kept (or with --no-figures)
+        figs.facts["map_2d"]["origin"] = "recomputed: the analysis given has no saved 2-D map"
     hsfm_figures(records, c, figs, thumbs, why, backbone)
     figs.write_manifest({"cache": str(c.path)})
     return figs.paths
 
 
 def write_report(
-    root, out_dir, include_flagged: bool = False, *, cache=None, analysis=None
+    root, out_dir, include_flagged: bool = False, *, cache=None, analysis=None, image_root=None
 ) -> dict:
     """results.csv, results.md, results_per_seed.csv and the figures, from the finished runs
     under `root` (every shard's, when several sweeps shared the folder); `analysis` as
-    `report_figures` takes it."""
+    `report_figures` takes it, and `image_root` (the dataset folder for thumbnails) too."""
     entries = runs.collect(root)
     if not entries:
         raise EmbedkitError(
@@ -120,6 +132,12 @@ def write_report(
     rows = runs.write_results(root, out, include_flagged, entries=entries)
     files = [out / f for f in runs.TABLE_FILES]
     files += report_figures(
-        root, out, entries, cache=cache, analysis=analysis, include_flagged=include_flagged
+        root,
+        out,
+        entries,
+        cache=cache,
+        analysis=analysis,
+        include_flagged=include_flagged,
+        image_root=image_root,
     )
     return {"rows": rows, "files": [str(f) for f in files]}
