@@ -20,6 +20,7 @@ import numpy as np
 
 from embedkit import prompts
 from embedkit.analysis import clusters, edits, groups, probes
+from embedkit.analysis.maps import Map2D
 from embedkit.errors import EmbedkitError
 from embedkit.geometry.directions import Sigma, alignment, group_means, pair_differences, sigma_norm
 from embedkit.jsonsafe import jsonable
@@ -40,7 +41,7 @@ class CacheAnalysis:
     text_probes: list = field(default_factory=list)
     retrieval: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
-    map: object | None = None  # embedkit.analysis.maps.Map2D of `split`, once drawn or read back
+    map: Map2D | None = None  # the 2-D map of `split`, once drawn or read back
 
 
 def _predictions(train, ev) -> tuple[np.ndarray, str]:
