@@ -177,6 +177,12 @@ def format_table(table: list[dict]) -> str:
             f"{r['method']:<{w}} {_fmt(r['native_wga']):>15} {_fmt(r['erm_wga']):>13} "
             f"{_fmt(r['wga']):>13} {_fmt(r['mean']):>13} {r['seeds']:>5}  {note}".rstrip()
         )
+    lines += [
+        "ERM (own head): the backbone's own classifier on the cached logits (one head, so the same",
+        "for every seed); ERM (linear): a linear ERM head refitted on the cached features; method",
+        "WGA and mean acc: the row's head. A worst-group accuracy of 0.0 means that every test row",
+        "of some group is misclassified (the report's group_accuracy.png shows which).",
+    ]
     return "\n".join(lines)
 
 
